@@ -1,0 +1,44 @@
+# m3oe-lightning — every command a user needs. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+# torch is installed first, on its own, from this pin: the CPU wheel here. GPU users override it,
+# e.g. `make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"`.
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARGS ?=
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install train test bench ui clean clean-logs
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the project (idempotent)
+
+train: $(STAMP) ## train M3oE on MovieLens-1M with the paper's settings (extra Hydra overrides: ARGS="...")
+	$(BIN)/python -m m3oe_lightning.train $(ARGS)
+
+test: $(STAMP) ## run the whole test suite
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP) ## one-epoch throughput/RSS benchmark on MovieLens-1M → experiments/bench/README.md
+	$(BIN)/python -m m3oe_lightning.bench $(ARGS)
+
+ui: $(STAMP) ## MLflow UI for logs/mlflow.db on http://127.0.0.1:5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///logs/mlflow.db --default-artifact-root logs/mlflow/artifacts --host 127.0.0.1 --port 5000
+
+clean-logs: ## delete logs/ (MLflow store, checkpoints, Hydra outputs)
+	rm -rf logs outputs multirun
+
+clean: clean-logs ## delete the venv and caches too
+	rm -rf $(VENV) .cache .pytest_cache

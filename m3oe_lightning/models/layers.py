@@ -1,0 +1,126 @@
+"""Building blocks shared by the models.
+
+``GroupedMLP`` holds G independent MLPs (experts or towers) as stacked weights, so G experts cost one
+matmul (shared input) or one ``bmm`` (per-group input) instead of a Python loop over G modules. It is
+mathematically identical to G separate ``Linear (+LayerNorm) + ReLU`` stacks with PyTorch's default
+initialisation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from m3oe_lightning.data.schema import Batch, FeatureSchema
+
+
+class FeatureEmbedding(nn.Module):
+    """Embeds every sparse feature and concatenates the dense values: ``[B, schema.input_dim]``."""
+
+    def __init__(self, schema: FeatureSchema, init_std: float = 1e-4) -> None:
+        super().__init__()
+        self.tables = nn.ModuleList(nn.Embedding(f.vocab_size, f.embed_dim) for f in schema.sparse)
+        for table in self.tables:
+            nn.init.normal_(table.weight, mean=0.0, std=init_std)
+        self.output_dim = schema.input_dim
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        sparse = batch["sparse"]
+        parts = [table(sparse[:, i]) for i, table in enumerate(self.tables)]
+        parts.append(batch["dense"])
+        return torch.cat(parts, dim=1)
+
+
+def mlp_blocks(dims: Sequence[int], layernorm: bool = True) -> nn.Sequential:
+    """``[Linear (+LayerNorm) + ReLU]`` for each consecutive pair in ``dims``."""
+    layers: list[nn.Module] = []
+    for d_in, d_out in zip(dims[:-1], dims[1:]):
+        layers.append(nn.Linear(d_in, d_out))
+        if layernorm:
+            layers.append(nn.LayerNorm(d_out))
+        layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class GroupedLinear(nn.Module):
+    """G independent ``Linear(d_in, d_out)`` layers with stacked weights ``[G, d_in, d_out]``."""
+
+    def __init__(self, groups: int, d_in: int, d_out: int) -> None:
+        super().__init__()
+        self.groups, self.d_in, self.d_out = groups, d_in, d_out
+        bound = 1.0 / math.sqrt(d_in)  # nn.Linear's default init (kaiming_uniform with a=sqrt(5))
+        self.weight = nn.Parameter(torch.empty(groups, d_in, d_out).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(groups, 1, d_out).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor, groups: slice = slice(None)) -> torch.Tensor:
+        """``x``: ``[B, d_in]`` (the same input for every group) or ``[g, B, d_in]`` → ``[g, B, d_out]``.
+
+        ``groups`` selects a contiguous range of the G layers (e.g. one domain's towers).
+        """
+        weight, bias = self.weight[groups], self.bias[groups]
+        if x.dim() == 2:
+            # one GEMM for all groups: [B, d_in] @ [d_in, g*d_out]
+            g = weight.shape[0]
+            flat = weight.permute(1, 0, 2).reshape(self.d_in, g * self.d_out)
+            y = (x @ flat).view(x.shape[0], g, self.d_out).transpose(0, 1)
+            return y + bias
+        return torch.baddbmm(bias, x, weight)
+
+
+class GroupedLayerNorm(nn.Module):
+    """G independent ``LayerNorm(d)`` with affine parameters ``[G, 1, d]``, over ``[G, B, d]``."""
+
+    def __init__(self, groups: int, d: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(groups, 1, d))
+        self.bias = nn.Parameter(torch.zeros(groups, 1, d))
+
+    def forward(self, x: torch.Tensor, groups: slice = slice(None)) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[-1:], eps=self.eps) * self.weight[groups] + self.bias[groups]
+
+
+class GroupedMLP(nn.Module):
+    """G independent MLPs ``[Linear (+LayerNorm) + ReLU] * len(dims)-1`` (+ an optional final Linear).
+
+    ``final_dim`` adds a plain ``Linear`` at the end (a tower's logit layer).
+    """
+
+    def __init__(self, groups: int, dims: Sequence[int], layernorm: bool = True,
+                 final_dim: int | None = None) -> None:
+        super().__init__()
+        self.groups = groups
+        self.linears = nn.ModuleList(GroupedLinear(groups, a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.norms = nn.ModuleList(GroupedLayerNorm(groups, b) for b in dims[1:]) if layernorm else None
+        self.final = GroupedLinear(groups, dims[-1], final_dim) if final_dim is not None else None
+        self.output_dim = final_dim if final_dim is not None else dims[-1]
+
+    def forward(self, x: torch.Tensor, groups: slice = slice(None)) -> torch.Tensor:
+        """``[B, d_in]`` or ``[g, B, d_in]`` → ``[g, B, output_dim]`` for the selected ``groups``."""
+        if x.dim() == 2 and not self.linears:
+            x = x.unsqueeze(0).expand(len(range(self.groups)[groups]), *x.shape)
+        for i, linear in enumerate(self.linears):
+            x = linear(x, groups)
+            if self.norms is not None:
+                x = self.norms[i](x, groups)
+            x = F.relu(x)
+        if self.final is not None:
+            x = self.final(x, groups)
+        return x
+
+
+def sort_by_domain(domain: torch.Tensor, num_domains: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Permutation that groups the batch by domain, its inverse, and the rows per domain.
+
+    Models permute the batch once, work on contiguous per-domain slices (views, no gathers), and
+    un-permute the logits at the end.
+    """
+    order = torch.argsort(domain, stable=True)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel(), device=order.device)
+    counts = torch.bincount(domain, minlength=num_domains).tolist()
+    return order, inverse, counts

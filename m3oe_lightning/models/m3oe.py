@@ -1,0 +1,208 @@
+"""M3oE: Multi-Domain Multi-Task Mixture-of-Experts (Zhang et al., SIGIR'24, arXiv 2404.18465).
+
+Layers, bottom to top (equation numbers from the paper; see ``../shared/docs/m3oe-reference.md``):
+
+1. Domain representation (STAR-style, Eq. 1–2): ``f_DR(x) = x (W_d ⊙ W_sh) + b_d + b_sh`` for the
+   row's own domain d, then ``h = W_c f_DR(x) + b_c + f_DA(x)`` with a skip path ``f_DA``.
+2. Experts: N shared experts mixed per (domain, task) by a softmax gate (Eq. 4); D domain experts and
+   T task experts, every row through all of them.
+3. Two-level fusion: level 1 (Eq. 5–6) ``β·own + (1-β)/(K-1)·Σ others`` inside the domain and the task
+   module; level 2 (Eq. 7, with the pairing the paper's text and code use) ``h̄ = S + α_d·D + α_t·T``.
+   Each weight is ``sigmoid(e)`` of a trainable logit (Eq. 10), tuned by the AutoML step.
+4. D×T towers (Eq. 8); only the row's own domain's T towers are evaluated.
+
+Differences of the released code (Applied-Machine-Learning-Lab/M3oE @1b30217) are switches:
+``num_shared_experts`` (code: 4), ``tower_layernorm`` (code: True), ``gate_detach`` (code: True),
+``bottom_layernorm`` (code: LayerNorm+ReLU after ``W_c``), and the ``joint`` AutoML mode (training
+system). Rows are routed to their own domain's STAR weights and towers instead of computing every
+domain on every row: the same maths, a fraction of the work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+from m3oe_lightning.data.schema import Batch, FeatureSchema
+from m3oe_lightning.errors import UserInputError
+from m3oe_lightning.models.base import MDMTModel
+from m3oe_lightning.models.layers import FeatureEmbedding, GroupedLinear, GroupedMLP, mlp_blocks, sort_by_domain
+
+Granularity = Literal["scalar", "per_domain", "per_task"]
+FUSION_WEIGHTS = ("alpha_d", "alpha_t", "beta_d", "beta_t")
+
+
+def check_domains_tasks(schema: FeatureSchema, num_domains: int | None, num_tasks: int | None,
+                        model_name: str) -> None:
+    """Fail before training when a model was configured for a different D or T than the data has."""
+    for setting, wanted, actual in (("num_domains", num_domains, schema.num_domains),
+                                    ("num_tasks", num_tasks, schema.num_tasks)):
+        if wanted is not None and wanted != actual:
+            raise UserInputError(
+                f"model.{setting}={wanted} but the data has {actual} "
+                f"({', '.join(schema.domains if setting == 'num_domains' else schema.tasks)}); "
+                f"set model.{setting}={actual} or null (= take it from the data) for {model_name}"
+            )
+
+
+class M3oE(MDMTModel):
+    """M3oE with the paper's equations as defaults and the released code's choices as switches.
+
+    Args:
+        schema: features, domains and tasks of the data.
+        star_dim: width of the STAR layer ``f_DR`` (code: 512).
+        bottom_dim: width of ``h`` after ``W_c`` and of the skip path (code: 256).
+        bottom_layernorm: LayerNorm + ReLU after ``W_c`` (code) instead of the paper's linear map.
+        expert_dims: widths of each expert's ``Linear + LayerNorm + ReLU`` blocks after ``h``.
+        num_shared_experts: N (paper: 1 on MovieLens, 4 on KuaiRand; code: 4).
+        tower_dims: hidden widths of each tower before its logit layer.
+        tower_layernorm: LayerNorm in the towers (code) or not (paper, Eq. 8).
+        gate_detach: gates see ``h.detach()`` (code) or ``h`` (paper).
+        fusion_granularity: one value per fusion weight (``scalar``, paper and code), or one per
+            domain / per task of the (domain, task) objective.
+        fusion_init: initial raw logit of every fusion weight (code: 1.0 → sigmoid 0.731).
+        use_domain_experts / use_task_experts: keep the domain / task module (ablations).
+        embedding_init_std: std of the normal initialisation of the embeddings (code: 1e-4).
+        num_domains / num_tasks: optional; when set they must match the data.
+    """
+
+    def __init__(
+        self,
+        schema: FeatureSchema,
+        *,
+        star_dim: int = 512,
+        bottom_dim: int = 256,
+        bottom_layernorm: bool = False,
+        expert_dims: Sequence[int] = (64,),
+        num_shared_experts: int = 1,
+        tower_dims: Sequence[int] = (64,),
+        tower_layernorm: bool = False,
+        gate_detach: bool = False,
+        fusion_granularity: Granularity = "scalar",
+        fusion_init: float = 1.0,
+        use_domain_experts: bool = True,
+        use_task_experts: bool = True,
+        embedding_init_std: float = 1e-4,
+        num_domains: int | None = None,
+        num_tasks: int | None = None,
+    ) -> None:
+        super().__init__(schema)
+        check_domains_tasks(schema, num_domains, num_tasks, "M3oE")
+        if num_shared_experts < 1:
+            raise UserInputError(f"model.num_shared_experts={num_shared_experts}: need at least 1")
+        if fusion_granularity not in ("scalar", "per_domain", "per_task"):
+            raise UserInputError(
+                f"model.fusion_granularity={fusion_granularity!r}: use scalar, per_domain or per_task")
+        D, T, N = self.num_domains, self.num_tasks, num_shared_experts
+        in_dim = schema.input_dim
+        self.num_shared = N
+        self.use_domain = use_domain_experts
+        self.use_task = use_task_experts
+        self.gate_detach = gate_detach
+        self.granularity = fusion_granularity
+
+        self.embedding = FeatureEmbedding(schema, init_std=embedding_init_std)
+        # Eq. 1: per-domain and shared STAR weights (Xavier-uniform, zero biases, as the code)
+        self.star_weight = nn.Parameter(nn.init.xavier_uniform_(torch.empty(D, in_dim, star_dim)))
+        self.star_shared_weight = nn.Parameter(nn.init.xavier_uniform_(torch.empty(in_dim, star_dim)))
+        self.star_bias = nn.Parameter(torch.zeros(D, star_dim))
+        self.star_shared_bias = nn.Parameter(torch.zeros(star_dim))
+        # Eq. 2: W_c and the domain-agnostic skip path f_DA
+        self.w_c = mlp_blocks([star_dim, bottom_dim]) if bottom_layernorm else nn.Linear(star_dim, bottom_dim)
+        self.skip = mlp_blocks([in_dim, bottom_dim])
+
+        # shared, domain and task experts stacked into one grouped MLP: [N | D | T]
+        self.num_experts = N + (D if use_domain_experts else 0) + (T if use_task_experts else 0)
+        self.experts = GroupedMLP(self.num_experts, [bottom_dim, *expert_dims], layernorm=True)
+        expert_out = self.experts.output_dim
+        # one gate per (d, t), stored per domain as Linear(bottom → T·N); with N = 1 the softmax is
+        # constantly 1, so no gate parameters exist.
+        self.gates = GroupedLinear(D, bottom_dim, T * N) if N > 1 else None
+        self.towers = GroupedMLP(D * T, [expert_out, *tower_dims], layernorm=tower_layernorm, final_dim=1)
+
+        groups = {"scalar": 1, "per_domain": D, "per_task": T}[fusion_granularity]
+        used = [name for name in FUSION_WEIGHTS
+                if (name.endswith("_d") and use_domain_experts) or (name.endswith("_t") and use_task_experts)]
+        self.fusion_logits = nn.ParameterDict(
+            {name: nn.Parameter(torch.full((groups,), float(fusion_init))) for name in used})
+
+    # ----------------------------------------------------------------------------------- interface
+    def architecture_parameters(self) -> list[nn.Parameter]:
+        return list(self.fusion_logits.values())
+
+    def architecture_weights(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, logit in self.fusion_logits.items():
+            values = torch.sigmoid(logit.detach()).tolist()
+            if len(values) == 1:
+                out[name] = values[0]
+            else:
+                labels = self.schema.domains if self.granularity == "per_domain" else self.schema.tasks
+                out.update({f"{name}/{label}": v for label, v in zip(labels, values)})
+        return out
+
+    # ------------------------------------------------------------------------------------ forward
+    def _fusion(self, name: str, domain: int) -> torch.Tensor:
+        """Weight ``name`` for the T objectives (domain, t) as ``[T, 1, 1]``."""
+        w = torch.sigmoid(self.fusion_logits[name])
+        if self.granularity == "scalar":
+            w = w.expand(self.num_tasks)
+        elif self.granularity == "per_domain":
+            w = w[domain].expand(self.num_tasks)
+        return w.view(-1, 1, 1)
+
+    @staticmethod
+    def _level1(own: torch.Tensor, total: torch.Tensor, beta: torch.Tensor, k: int) -> torch.Tensor:
+        """Eq. 5/6: ``β·own + (1-β)/(K-1)·(Σ all − own)``; with K = 1 only ``β·own`` remains."""
+        if k == 1:
+            return beta * own
+        return beta * own + (1.0 - beta) / (k - 1) * (total - own)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        D, T, N = self.num_domains, self.num_tasks, self.num_shared
+        order, inverse, counts = sort_by_domain(batch["domain"], D)
+        x = self.embedding(batch).index_select(0, order)  # [B, in], grouped by domain
+
+        # Eq. 1: each row through its own domain's STAR weights only
+        star_parts = []
+        for d, x_d in enumerate(torch.split(x, counts)):
+            if x_d.shape[0]:
+                w = self.star_weight[d] * self.star_shared_weight
+                star_parts.append(torch.addmm(self.star_bias[d] + self.star_shared_bias, x_d, w))
+        h = self.w_c(torch.cat(star_parts)) + self.skip(x)  # Eq. 2, [B, bottom]
+
+        experts = self.experts(h)  # [E, B, k]
+        shared = experts[:N]
+        pos = N
+        domain_out = experts[pos:pos + D] if self.use_domain else None
+        pos += D if self.use_domain else 0
+        task_out = experts[pos:pos + T] if self.use_task else None
+        gate_in = h.detach() if self.gate_detach else h
+
+        logits = []
+        start = 0
+        for d, n_d in enumerate(counts):
+            if n_d == 0:
+                continue
+            rows = slice(start, start + n_d)
+            start += n_d
+            if self.gates is not None:  # Eq. 4: per-(d, t) softmax over the N shared experts
+                g = self.gates(gate_in[rows], slice(d, d + 1))[0].view(n_d, T, N).softmax(dim=-1)
+                fused = torch.einsum("btn,nbk->tbk", g, shared[:, rows])  # [T, B_d, k]
+            else:
+                fused = shared[:, rows].expand(T, -1, -1)
+            if domain_out is not None:  # Eq. 5 for domain d, then α_d (Eq. 7)
+                dom = domain_out[:, rows]
+                level1 = self._level1(dom[d], dom.sum(0), self._fusion("beta_d", d), D)
+                fused = fused + self._fusion("alpha_d", d) * level1
+            if task_out is not None:  # Eq. 6 for every task t, then α_t (Eq. 7)
+                tsk = task_out[:, rows]
+                level1 = self._level1(tsk, tsk.sum(0, keepdim=True), self._fusion("beta_t", d), T)
+                fused = fused + self._fusion("alpha_t", d) * level1
+            tower = self.towers(fused, slice(d * T, (d + 1) * T))  # Eq. 8, [T, B_d, 1]
+            logits.append(tower.squeeze(-1).transpose(0, 1))  # [B_d, T]
+        return torch.cat(logits).index_select(0, inverse)
+

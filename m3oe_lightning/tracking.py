@@ -1,0 +1,171 @@
+"""MLflow side of a run: naming, tags, parameters, artifacts, resume bookkeeping.
+
+Models and the LightningModule never import MLflow (DESIGN.md, property 6): the entry point builds
+the logger here and logs what the run produced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from lightning.pytorch.loggers import MLFlowLogger
+from mlflow.tracking import MlflowClient
+
+LIBRARIES = ("torch", "lightning", "torchmetrics", "hydra-core", "mlflow", "numpy", "pandas")
+STATE_SUFFIX = ".run.json"  # beside the run's checkpoint folder: <checkpoint_dir>/<run_id>.run.json
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (lists kept as their string form)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """Identity of a run's settings (what resume matches on)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[f"version.{name}"] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[f"version.{name}"] = "absent"
+    return versions
+
+
+def ensure_experiment(tracking_uri: str, experiment_name: str, artifact_location: str | None) -> str:
+    """Create the sqlite store and the experiment once (before any parallel job touches them)."""
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = Path(artifact_location).resolve().as_uri() if artifact_location else None
+    return client.create_experiment(experiment_name, artifact_location=location)
+
+
+def unique_run_name(client: MlflowClient, experiment_id: str, base: str) -> str:
+    """``base``, or ``base-2``, ``base-3``… when runs of that name exist already."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.runName` LIKE '{base}%'",
+                              max_results=10_000)
+    taken = {r.info.run_name for r in runs}
+    if base not in taken:
+        return base
+    n = 2
+    while f"{base}-{n}" in taken:
+        n += 1
+    return f"{base}-{n}"
+
+
+@dataclass
+class RunHandle:
+    """The MLflow run of one training run and its checkpoint folder."""
+
+    logger: MLFlowLogger
+    run_id: str
+    run_name: str
+    checkpoint_dir: Path
+    resumed_from: Path | None
+
+    @property
+    def client(self) -> MlflowClient:
+        return self.logger.experiment
+
+    def mark(self, status: str) -> None:
+        """Record the run's state in its checkpoint folder (resume looks for unfinished runs)."""
+        state_file = state_path(self.checkpoint_dir)
+        state = json.loads(state_file.read_text())
+        state["status"] = status
+        write_json_atomic(state_file, state)
+
+
+def state_path(checkpoint_dir: Path) -> Path:
+    return checkpoint_dir.with_name(checkpoint_dir.name + STATE_SUFFIX)
+
+
+def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    tmp.replace(path)
+
+
+def find_resumable(checkpoint_root: Path, cfg_hash: str) -> tuple[str, Path] | None:
+    """The newest unfinished run with this config hash that has a ``last.ckpt``: (run id, ckpt path)."""
+    candidates = []
+    for state_file in checkpoint_root.glob(f"*{STATE_SUFFIX}"):
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        last = checkpoint_root / str(state.get("run_id")) / "last.ckpt"
+        if state.get("config_hash") == cfg_hash and state.get("status") != "FINISHED" and last.exists():
+            candidates.append((last.stat().st_mtime, state["run_id"], last))
+    if not candidates:
+        return None
+    _, run_id, last = max(candidates)
+    return run_id, last
+
+
+def open_run(*, tracking_uri: str, experiment_name: str, artifact_location: str | None, base_name: str,
+             tags: Mapping[str, str], checkpoint_root: Path, cfg_hash: str, resume: bool,
+             run_id: str | None = None) -> RunHandle:
+    """Create (or, with ``resume``, reopen) the MLflow run and its checkpoint folder.
+
+    ``run_id`` is given to DDP worker ranks, which join the run rank 0 created.
+    """
+    experiment_id = ensure_experiment(tracking_uri, experiment_name, artifact_location)
+    client = MlflowClient(tracking_uri)
+    resumed_from = None
+    if run_id is None and resume:
+        found = find_resumable(checkpoint_root, cfg_hash)
+        if found is not None:
+            run_id, resumed_from = found
+    if run_id is None:
+        run_name = unique_run_name(client, experiment_id, base_name)
+        run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+        run_id = run.info.run_id
+    else:
+        run_name = client.get_run(run_id).info.run_name
+        client.update_run(run_id, status="RUNNING")
+    checkpoint_dir = checkpoint_root / run_id
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    state_file = state_path(checkpoint_dir)
+    if not state_file.exists():
+        write_json_atomic(state_file, {"run_id": run_id, "run_name": run_name, "config_hash": cfg_hash,
+                                       "status": "RUNNING"})
+    logger = MLFlowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri, run_id=run_id,
+                          artifact_location=artifact_location)
+    return RunHandle(logger=logger, run_id=run_id, run_name=run_name, checkpoint_dir=checkpoint_dir,
+                     resumed_from=resumed_from)
+
+
+def search_finished_runs(tracking_uri: str, experiment_name: str) -> Any:
+    """All finished runs of an experiment as a DataFrame (metric names back-quoted in filters)."""
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.search_runs(experiment_names=[experiment_name], filter_string="attributes.status = 'FINISHED'")

@@ -1,0 +1,150 @@
+"""Entry point: ``python -m m3oe_lightning.train [hydra overrides]`` (console script ``m3oe-train``).
+
+Thin on purpose (DESIGN.md, property 4): compose the config → build data, model, system, logger,
+trainer → fit → test the best checkpoint → log and print the results.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from m3oe_lightning import results, tracking
+from m3oe_lightning.cli import build, report_user_errors
+from m3oe_lightning.data.datamodule import MDMTDataModule
+from m3oe_lightning.data.schema import FeatureSchema
+from m3oe_lightning.errors import UserInputError
+from m3oe_lightning.training.module import MDMTModule, count_parameters
+
+RUN_ID_ENV = "M3OE_MLFLOW_RUN_ID"  # hands rank 0's run to DDP worker processes
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Settings checks that must fail before anything is read or trained."""
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
+        raise UserInputError(f"seed={cfg.seed!r} is not an integer; pass e.g. seed=2022")
+    if cfg.threads is not None and (not isinstance(cfg.threads, int) or cfg.threads < 1):
+        raise UserInputError(f"threads={cfg.threads!r}: use a positive integer or null")
+
+
+def run_names(cfg: DictConfig) -> tuple[str, str]:
+    """(model label, data label) for the run name ``{model}-{data}-s{seed}``."""
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    model = choices.get("experiment") or choices.get("model") or cfg.model._target_.rsplit(".", 1)[-1].lower()
+    return str(model).replace("/", "_"), str(cfg.data.name)
+
+
+def build_callbacks(cfg: DictConfig, checkpoint_dir: Path) -> list[Callback]:
+    callbacks: list[Callback] = []
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if node is None or "_target_" not in node:
+            continue
+        extra = {"dirpath": str(checkpoint_dir)} if name == "model_checkpoint" else {}
+        callbacks.append(build(node, **extra))
+    return callbacks
+
+
+def print_results(metrics: dict[str, float], schema: FeatureSchema, title: str) -> None:
+    table = Table(title=title)
+    for column in ("domain", "task", "AUC", "logloss"):
+        table.add_column(column, justify="right" if column in ("AUC", "logloss") else "left")
+    for domain, task, auc, logloss in results.table_rows(metrics, schema.domains, schema.tasks):
+        table.add_row(domain, task, f"{auc:.4f}", f"{logloss:.4f}")
+    table.add_row("mean", "", f"{metrics.get('test/auc_mean', float('nan')):.4f}",
+                  f"{metrics.get('test/logloss_mean', float('nan')):.4f}", style="bold")
+    Console().print(table)
+
+
+def log_run_outputs(run: tracking.RunHandle, cfg: DictConfig, metrics: dict[str, float],
+                    schema: FeatureSchema, n_params: int) -> None:
+    """Artifacts of a finished run: resolved config, results table, AUC bar plot."""
+    client = run.client
+    client.log_dict(run.run_id, OmegaConf.to_container(cfg, resolve=True), "config/config.yaml")
+    client.log_text(run.run_id, results.markdown_table(metrics, schema.domains, schema.tasks),
+                    "results/test_table.md")
+    figure = results.auc_bar_plot(metrics, schema.domains, schema.tasks, title=run.run_name)
+    client.log_figure(run.run_id, figure, "plots/test_auc.png")
+    client.log_metric(run.run_id, "model/parameters", n_params)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train, test and log one run; returns the test metrics."""
+    validate(cfg)
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    datamodule: MDMTDataModule = build(cfg.data)
+    schema = datamodule.load().schema
+    model = build(cfg.model, schema=schema)
+    system = MDMTModule(
+        model, lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay,
+        automl_mode=cfg.automl.mode, automl_every=cfg.automl.every, automl_source=cfg.automl.source,
+        automl_lr=cfg.automl.lr, automl_weight_decay=cfg.automl.weight_decay,
+    )
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    identity = {k: v for k, v in resolved.items() if k not in ("resume", "paths", "logger", "trainer")}
+    identity["max_epochs"] = resolved["trainer"].get("max_epochs")
+    cfg_hash = tracking.config_hash(identity)
+    model_label, data_label = run_names(cfg)
+    tags = {"model": model_label, "data": data_label, "seed": str(cfg.seed), "split": str(cfg.data.get("split")),
+            "config_hash": cfg_hash, "git_commit": tracking.git_commit(), **tracking.library_versions(),
+            **{str(k): str(v) for k, v in (cfg.logger.tags or {}).items()}}
+    is_worker = rank_zero_only.rank > 0 and RUN_ID_ENV in os.environ
+    run = tracking.open_run(
+        tracking_uri=cfg.logger.tracking_uri, experiment_name=cfg.logger.experiment_name,
+        artifact_location=cfg.logger.artifact_location,
+        base_name=cfg.logger.run_name or f"{model_label}-{data_label}-s{cfg.seed}", tags=tags,
+        checkpoint_root=Path(cfg.paths.checkpoint_dir), cfg_hash=cfg_hash, resume=bool(cfg.resume),
+        run_id=os.environ.get(RUN_ID_ENV) if is_worker else None,
+    )
+    os.environ[RUN_ID_ENV] = run.run_id
+    if not is_worker and run.resumed_from is None:
+        run.logger.log_hyperparams(tracking.flatten(resolved))
+    if run.resumed_from is not None:
+        print(f"resuming run {run.run_name} ({run.run_id}) from {run.resumed_from}")
+
+    trainer: L.Trainer = build(cfg.trainer, callbacks=build_callbacks(cfg, run.checkpoint_dir), logger=run.logger)
+    try:
+        trainer.fit(system, datamodule=datamodule, ckpt_path=run.resumed_from, weights_only=True)
+        metrics: dict[str, float] = {}
+        if cfg.test:
+            checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+            best = "best" if checkpoint is not None and checkpoint.best_model_path else None
+            trainer.test(system, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
+            metrics = dict(system.test_results)
+        if trainer.is_global_zero:
+            log_run_outputs(run, cfg, metrics, schema, count_parameters(model))
+            run.client.set_terminated(run.run_id, "FINISHED")
+            run.mark("FINISHED")
+            if metrics:
+                print_results(metrics, schema, f"{run.run_name}: test metrics (best checkpoint)")
+        return metrics
+    except BaseException:
+        if trainer.is_global_zero:
+            run.client.set_terminated(run.run_id, "FAILED")
+            run.mark("FAILED")
+        raise
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry; returns the mean test AUC (what an Optuna sweep would optimise)."""
+    metrics = report_user_errors(train, cfg)
+    return metrics.get("test/auc_mean") if metrics else None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Training system: one LightningModule (loss, metrics, optimisers, AutoML step) for every model."""

@@ -1,0 +1,173 @@
+"""``MDMTModule``: the one LightningModule for every model (DESIGN.md, property 2).
+
+It owns the loss (Σ over (domain, task) of the per-domain BCE mean), the per-(domain, task) metrics,
+the model optimiser and the AutoML step that tunes a model's architecture (fusion) parameters.
+Optimisation is manual because the AutoML step is a second optimiser on a different schedule
+(Lightning 2.x supports several optimisers only under manual optimisation).
+
+AutoML modes (``automl.mode``; m3oe-reference.md, Decisions 2–3):
+
+* ``alternate`` (paper): the model optimiser never holds architecture parameters; a second Adam
+  updates only them, every ``automl.every`` (``epoch`` = once after each epoch, or every N steps), on
+  one batch from ``automl.source`` (``train`` as the paper, or ``val`` as DARTS).
+* ``joint`` (released code's effective behaviour): architecture parameters are also in the model
+  optimiser (model lr, every step); the separate step still runs.
+* ``off`` ("w/o AutoML" ablation): architecture logits fixed at 0, i.e. every weight is 0.5.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import nn
+
+from m3oe_lightning.data.schema import Batch
+from m3oe_lightning.errors import UserInputError
+from m3oe_lightning.models.base import MDMTModel
+from m3oe_lightning.training.metrics import DomainTaskMetrics, grouped_bce_loss
+
+AutoMLMode = Literal["alternate", "joint", "off"]
+
+
+class MDMTModule(L.LightningModule):
+    """Training system around any :class:`MDMTModel`.
+
+    Args:
+        model: the network (built from the data's schema).
+        lr / weight_decay: Adam settings of the model optimiser.
+        automl_mode: ``alternate`` | ``joint`` | ``off`` (see module docstring).
+        automl_every: ``"epoch"`` or a number of training steps between architecture steps.
+        automl_source: ``train`` or ``val``: where the architecture step's batch comes from.
+        automl_lr / automl_weight_decay: Adam settings of the architecture optimiser.
+    """
+
+    def __init__(
+        self,
+        model: MDMTModel,
+        *,
+        lr: float = 1e-2,
+        weight_decay: float = 1e-5,
+        automl_mode: AutoMLMode = "alternate",
+        automl_every: str | int = "epoch",
+        automl_source: Literal["train", "val"] = "train",
+        automl_lr: float = 1e-3,
+        automl_weight_decay: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        if automl_mode not in ("alternate", "joint", "off"):
+            raise UserInputError(f"automl.mode={automl_mode!r}: use alternate, joint or off")
+        if automl_source not in ("train", "val"):
+            raise UserInputError(f"automl.source={automl_source!r}: use train or val")
+        if automl_every != "epoch" and (not isinstance(automl_every, int) or automl_every < 1):
+            raise UserInputError(f"automl.every={automl_every!r}: use 'epoch' or a positive number of steps")
+        self.save_hyperparameters(ignore=["model"])  # plain values only: checkpoints load weights_only
+        self.automatic_optimization = False
+        self.model = model
+        self.arch_params = model.architecture_parameters()
+        if automl_mode == "off":
+            with torch.no_grad():
+                for p in self.arch_params:
+                    p.zero_()  # sigmoid(0) = 0.5
+                    p.requires_grad_(False)
+        domains, tasks = model.schema.domains, model.schema.tasks
+        self.val_metrics = DomainTaskMetrics(domains, tasks)
+        self.test_metrics = DomainTaskMetrics(domains, tasks)
+        self.test_results: dict[str, float] = {}
+
+    # ------------------------------------------------------------------------------------ helpers
+    @property
+    def uses_architecture_step(self) -> bool:
+        return self.hparams.automl_mode != "off" and bool(self.arch_params)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.model(batch)
+
+    def _loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(batch)
+        return grouped_bce_loss(logits, batch["labels"], batch["domain"], self.model.num_domains), logits
+
+    def _optimizers(self) -> tuple[Any, Any | None]:
+        opts = self.optimizers()
+        if isinstance(opts, list):
+            return opts[0], opts[1]
+        return opts, None
+
+    # ----------------------------------------------------------------------------------- training
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        model_opt, _ = self._optimizers()
+        loss, _ = self._loss(batch)
+        model_opt.zero_grad()
+        self.manual_backward(loss)
+        model_opt.step()
+        self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, batch_size=batch["domain"].shape[0])
+        every = self.hparams.automl_every
+        if self.uses_architecture_step and every != "epoch" and (batch_idx + 1) % int(every) == 0:
+            self.architecture_step(seed_offset=batch_idx)
+        return loss.detach()
+
+    def on_train_epoch_end(self) -> None:
+        if self.uses_architecture_step and self.hparams.automl_every == "epoch":
+            self.architecture_step(seed_offset=0)
+        if self.arch_params:
+            self.log_dict({f"arch/{k}": v for k, v in self.model.architecture_weights().items()})
+
+    def architecture_step(self, seed_offset: int) -> None:
+        """One first-order step of the architecture optimiser on one batch, every other weight frozen."""
+        _, arch_opt = self._optimizers()
+        datamodule = self.trainer.datamodule
+        batch = datamodule.automl_batch(self.hparams.automl_source, epoch=self.current_epoch, offset=seed_offset)
+        batch = self.transfer_batch_to_device(batch, self.device, 0)
+        with self.toggled_optimizer(arch_opt):
+            loss, _ = self._loss(batch)
+            arch_opt.zero_grad()
+            self.manual_backward(loss)
+            if self.trainer.world_size > 1:  # not run through the DDP wrapper: average by hand
+                for p in self.arch_params:
+                    if p.grad is not None:
+                        p.grad = self.trainer.strategy.reduce(p.grad, reduce_op="mean")
+            arch_opt.step()
+
+    # --------------------------------------------------------------------------------- evaluation
+    def _eval_step(self, batch: Batch, stage: str, metrics: DomainTaskMetrics) -> None:
+        loss, logits = self._loss(batch)
+        metrics.update(logits, batch["labels"], batch["domain"])
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=batch["domain"].shape[0],
+                 sync_dist=self.trainer.world_size > 1)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test", self.test_metrics)
+
+    def _log_metrics(self, stage: str, metrics: DomainTaskMetrics) -> dict[str, float]:
+        values = {f"{stage}/{k}": v for k, v in metrics.compute().items()}
+        metrics.reset()
+        self.log_dict(values)
+        return {k: float(v) for k, v in values.items()}
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val", self.val_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self.test_results = self._log_metrics("test", self.test_metrics)
+
+    # --------------------------------------------------------------------------------- optimisers
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        arch_ids = {id(p) for p in self.arch_params}
+        if hp.automl_mode == "joint":
+            model_params = [p for p in self.model.parameters() if p.requires_grad]
+        else:
+            model_params = [p for p in self.model.parameters() if id(p) not in arch_ids]
+        model_opt = torch.optim.Adam(model_params, lr=hp.lr, weight_decay=hp.weight_decay)
+        if not self.uses_architecture_step:
+            return model_opt
+        arch_opt = torch.optim.Adam(self.arch_params, lr=hp.automl_lr, weight_decay=hp.automl_weight_decay)
+        return [model_opt, arch_opt]
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,44 @@
+"""Helpers for tests that go through the public entry points."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from m3oe_lightning.train import CONF_DIR
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+
+
+def isolated(tmp_path: Path) -> list[str]:
+    """Overrides that keep a run's store, checkpoints and outputs inside ``tmp_path``."""
+    return [f"paths.log_dir={tmp_path / 'logs'}", f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'hydra'}", *QUIET]
+
+
+def compose_train(overrides: list[str], config_name: str = "train") -> DictConfig:
+    """Compose like ``python -m m3oe_lightning.train`` would, with the Hydra runtime set."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def run_module(module: str, args: list[str], cwd: Path, timeout: int = 300,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m <module> <args>`` in a subprocess (the console entry point as a user runs it)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)

@@ -1,0 +1,89 @@
+"""ml-1m.zip download: verified before extraction, extracted atomically, offline via file:// URLs."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from m3oe_lightning.data import movielens
+from m3oe_lightning.data.movielens import download_movielens1m, load_movielens1m, read_movielens1m
+from m3oe_lightning.errors import UserInputError
+
+FILES = {
+    "users.dat": "1::F::1::10::48067\n2::M::56::16::70072\n",
+    "movies.dat": "1::Toy Story (1995)::Animation|Children's|Comedy\n2::Heat (1995)::Action|Crime\n",
+    "ratings.dat": "1::1::5::978300760\n1::2::3::978302109\n2::1::4::978301968\n2::2::1::978300275\n",
+}
+
+
+def make_zip(tmp_path: Path, members: dict[str, str] | None = None) -> tuple[str, str]:
+    """A GroupLens-shaped ml-1m.zip; returns its file:// URL and SHA-256."""
+    path = tmp_path / "mirror" / "ml-1m.zip"
+    path.parent.mkdir(parents=True)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("ml-1m/", "")
+        archive.writestr("ml-1m/README", "GroupLens README\n")
+        for name, text in (members if members is not None else FILES).items():
+            archive.writestr(f"ml-1m/{name}", text)
+    return path.as_uri(), hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_download_verifies_and_extracts(tmp_path):
+    url, sha = make_zip(tmp_path)
+    dest = tmp_path / "data" / "movielens-1m"
+    assert download_movielens1m(dest, url=url, sha256=sha) == dest
+    # exactly the three files: no temp folder, no archive left behind
+    assert sorted(p.name for p in dest.iterdir()) == ["movies.dat", "ratings.dat", "users.dat"]
+    assert (dest / "ratings.dat").read_text() == FILES["ratings.dat"]
+    frame = read_movielens1m(dest)
+    assert frame["click"].tolist() == [1, 0, 1, 0] and frame["like"].tolist() == [1, 0, 0, 0]
+
+
+def test_wrong_checksum_extracts_nothing(tmp_path):
+    url, sha = make_zip(tmp_path)
+    dest = tmp_path / "dest"
+    wrong = "0" * 64
+    with pytest.raises(UserInputError) as err:
+        download_movielens1m(dest, url=url, sha256=wrong)
+    message = str(err.value)
+    assert "ml-1m.zip" in message and wrong in message and sha in message
+    assert list(dest.iterdir()) == []
+
+
+def test_archive_without_ratings_is_rejected_and_nothing_is_moved(tmp_path):
+    url, sha = make_zip(tmp_path, {k: v for k, v in FILES.items() if k != "ratings.dat"})
+    dest = tmp_path / "dest"
+    with pytest.raises(UserInputError, match="has no ml-1m/ratings.dat"):
+        download_movielens1m(dest, url=url, sha256=sha)
+    assert list(dest.iterdir()) == []
+
+
+def test_unreachable_url_is_a_user_error(tmp_path):
+    missing = (tmp_path / "absent.zip").as_uri()
+    with pytest.raises(UserInputError, match="cannot download .*absent.zip.*grouplens.org"):
+        download_movielens1m(tmp_path / "dest", url=missing, sha256="0" * 64)
+
+
+def test_load_with_download_fetches_only_when_missing(tmp_path, monkeypatch):
+    url, sha = make_zip(tmp_path)
+    calls: list[Path] = []
+
+    def fake_download(dest: Path) -> Path:
+        calls.append(dest)
+        return download_movielens1m(dest, url=url, sha256=sha)
+
+    monkeypatch.setattr(movielens, "download_movielens1m", fake_download)
+    root = tmp_path / "fresh"
+    ds = load_movielens1m(root, download=True, split="ordered")
+    assert len(ds.train) + len(ds.val) + len(ds.test) == 4
+    load_movielens1m(root, download=True)
+    assert calls == [root]  # the second load found the files and did not download again
+
+
+def test_default_source_is_grouplens_with_a_pinned_sha256():
+    assert re.fullmatch(r"[0-9a-f]{64}", movielens.ML1M_SHA256)
+    assert movielens.GROUPLENS_URL == "https://files.grouplens.org/datasets/movielens/ml-1m.zip"

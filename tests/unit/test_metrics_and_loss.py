@@ -1,0 +1,71 @@
+"""Masked loss and per-(domain, task) metrics."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from m3oe_lightning.training.metrics import DomainTaskMetrics, grouped_bce_loss
+
+
+def pairwise_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """AUC as the probability a positive outranks a negative (ties count half): the definition."""
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    greater = (pos[:, None] > neg[None, :]).float().sum()
+    ties = (pos[:, None] == neg[None, :]).float().sum()
+    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
+
+
+def test_loss_is_sum_over_groups_of_per_domain_means():
+    logits = torch.tensor([[0.1, -0.3], [2.0, 0.5], [-1.0, 1.0], [0.3, 0.3], [0.0, 0.2]])
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0], [1.0, 0.0]])
+    domain = torch.tensor([0, 0, 2, 2, 2])  # domain 1 is empty
+    loss = grouped_bce_loss(logits, labels, domain, num_domains=3)
+    expected = sum(
+        F.binary_cross_entropy_with_logits(logits[domain == d, t], labels[domain == d, t])
+        for d in (0, 2) for t in (0, 1)
+    )
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss, expected)
+
+
+def test_loss_with_every_group_empty_but_one_has_no_nan():
+    loss = grouped_bce_loss(torch.zeros(3, 2), torch.ones(3, 2), torch.tensor([1, 1, 1]), num_domains=3)
+    assert math.isclose(float(loss), 2 * math.log(2), rel_tol=1e-6)
+
+
+def test_metrics_match_definition_and_skip_single_class_groups():
+    g = torch.Generator().manual_seed(0)
+    metric = DomainTaskMetrics(("a", "b"), ("click", "like"))
+    logits = torch.randn(200, 2, generator=g)
+    labels = torch.randint(0, 2, (200, 2), generator=g).float()
+    domain = torch.randint(0, 2, (200,), generator=g)
+    labels[domain == 1, 1] = 1.0  # group (b, like) has a single class
+    for chunk in range(0, 200, 64):  # several updates, as an evaluation loop does
+        metric.update(logits[chunk:chunk + 64], labels[chunk:chunk + 64], domain[chunk:chunk + 64])
+    out = {k: float(v) for k, v in metric.compute().items()}
+
+    assert "auc/b/like" not in out  # not 0.0, not 0.5: absent
+    assert "logloss/b/like" in out
+    aucs = []
+    for d, dn in enumerate(("a", "b")):
+        for t, tn in enumerate(("click", "like")):
+            rows = domain == d
+            if (dn, tn) != ("b", "like"):
+                expected = pairwise_auc(logits[rows, t], labels[rows, t])
+                assert math.isclose(out[f"auc/{dn}/{tn}"], expected, abs_tol=1e-6)
+                aucs.append(expected)
+            expected_ll = float(F.binary_cross_entropy_with_logits(logits[rows, t], labels[rows, t]))
+            assert math.isclose(out[f"logloss/{dn}/{tn}"], expected_ll, rel_tol=1e-5)
+    assert math.isclose(out["auc_mean"], sum(aucs) / 3, abs_tol=1e-6)
+
+
+def test_metrics_reset_between_epochs():
+    metric = DomainTaskMetrics(("a",), ("click",))
+    metric.update(torch.tensor([[1.0], [-1.0]]), torch.tensor([[1.0], [0.0]]), torch.tensor([0, 0]))
+    assert float(metric.compute()["auc/a/click"]) == 1.0
+    metric.reset()
+    metric.update(torch.tensor([[-1.0], [1.0]]), torch.tensor([[1.0], [0.0]]), torch.tensor([0, 0]))
+    assert float(metric.compute()["auc/a/click"]) == 0.0

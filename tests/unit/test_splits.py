@@ -1,0 +1,50 @@
+"""Row splits: sizes, determinism, coverage and the error for an unknown kind."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from m3oe_lightning.data.splits import split_indices
+from m3oe_lightning.errors import UserInputError
+
+ML1M_ROWS = 1_000_209
+
+
+def test_ordered_ml1m_sizes_are_the_documented_ones():
+    train, val, test = split_indices(ML1M_ROWS, "ordered", seed=0)
+    assert (len(train), len(val), len(test)) == (800_167, 100_021, 100_021)
+    assert train[0] == 0 and train[-1] == 800_166 and val[0] == 800_167 and test[-1] == ML1M_ROWS - 1
+    assert np.all(np.diff(np.concatenate([train, val, test])) == 1)
+
+
+@pytest.mark.parametrize("kind", ["random", "ordered"])
+@pytest.mark.parametrize("n", [0, 1, 7, 10, 1001])
+def test_splits_partition_all_rows(kind, n):
+    parts = split_indices(n, kind, seed=3)
+    joined = np.concatenate(parts)
+    assert joined.dtype == np.int64
+    assert np.array_equal(np.sort(joined), np.arange(n))
+    assert [len(p) for p in parts] == [len(p) for p in split_indices(n, "ordered", seed=0)]
+
+
+def test_random_split_is_seeded():
+    a = split_indices(1000, "random", seed=2022)
+    b = split_indices(1000, "random", seed=2022)
+    c = split_indices(1000, "random", seed=7)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not np.array_equal(a[1], c[1])
+    assert not np.array_equal(a[0], np.arange(800))  # actually shuffled, not file order
+    assert all(np.all(np.diff(p) > 0) for p in a)  # each part sorted
+
+
+def test_custom_fractions():
+    train, val, test = split_indices(100, "ordered", seed=0, fractions=(0.5, 0.25, 0.25))
+    assert (len(train), len(val), len(test)) == (50, 25, 25)
+    with pytest.raises(UserInputError, match="sum"):
+        split_indices(100, "ordered", seed=0, fractions=(0.5, 0.5, 0.5))
+
+
+def test_unknown_kind_names_the_setting():
+    with pytest.raises(UserInputError, match=r"data\.split='sideways'.*random, ordered"):
+        split_indices(10, "sideways", seed=0)
