@@ -95,7 +95,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    identity = {k: v for k, v in resolved.items() if k not in ("resume", "paths", "logger", "trainer")}
+    # what a resumed run must share with the original (callbacks' state travels in the checkpoint)
+    identity = {k: v for k, v in resolved.items() if k not in ("resume", "paths", "logger", "trainer", "callbacks")}
     identity["max_epochs"] = resolved["trainer"].get("max_epochs")
     cfg_hash = tracking.config_hash(identity)
     model_label, data_label = run_names(cfg)

@@ -102,14 +102,22 @@ class MDMTModule(L.LightningModule):
         self.manual_backward(loss)
         model_opt.step()
         self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, batch_size=batch["domain"].shape[0])
-        every = self.hparams.automl_every
-        if self.uses_architecture_step and every != "epoch" and (batch_idx + 1) % int(every) == 0:
+        if self.uses_architecture_step and self._architecture_step_due(batch_idx):
             self.architecture_step(seed_offset=batch_idx)
         return loss.detach()
 
+    def _architecture_step_due(self, batch_idx: int) -> bool:
+        """After the epoch's last batch (``every: epoch``) or every N batches.
+
+        The per-epoch step runs inside the last training step rather than in ``on_train_epoch_end``:
+        Lightning validates and checkpoints before that hook, so a resumed run would miss the step.
+        """
+        every = self.hparams.automl_every
+        if every == "epoch":
+            return batch_idx + 1 == self.trainer.num_training_batches
+        return (batch_idx + 1) % int(every) == 0
+
     def on_train_epoch_end(self) -> None:
-        if self.uses_architecture_step and self.hparams.automl_every == "epoch":
-            self.architecture_step(seed_offset=0)
         if self.arch_params:
             self.log_dict({f"arch/{k}": v for k, v in self.model.architecture_weights().items()})
 

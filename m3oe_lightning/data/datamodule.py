@@ -1,0 +1,176 @@
+"""The datamodule: one encoded table held as tensors, batches by slicing a shuffled index.
+
+There is no per-row ``Dataset.__getitem__`` and no collate: a batch is one ``index_select`` per tensor
+(DESIGN.md, property 3). The training order depends only on ``(seed, epoch)``, so a run resumed from a
+checkpoint sees exactly the batches an uninterrupted run would. Under DDP each rank takes every
+``world_size``-th row of the permutation (training: truncated to equal length so ranks step in lock
+step; evaluation: no padding or duplication, so gathered metrics are exact).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from m3oe_lightning.data.registry import load_dataset
+from m3oe_lightning.data.schema import Batch, EncodedDataset, EncodedSplit, FeatureSchema
+from m3oe_lightning.errors import UserInputError
+
+
+def epoch_permutation(n_rows: int, seed: int, epoch: int) -> torch.Tensor:
+    """The training order of one epoch: a function of (seed, epoch) only."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n_rows, generator=generator)
+
+
+@dataclass
+class TensorBatchLoader:
+    """An iterable of :data:`Batch` over one split; Lightning accepts it as a dataloader.
+
+    ``epoch_fn`` is read at the start of each pass (the trainer's current epoch) to derive the order.
+    """
+
+    split: EncodedSplit
+    batch_size: int
+    shuffle: bool
+    seed: int = 0
+    epoch_fn: Callable[[], int] = lambda: 0
+    rank: int = 0
+    world_size: int = 1
+    drop_uneven: bool = False
+
+    def _indices(self) -> torch.Tensor | None:
+        """Row order of this pass for this rank (``None`` = all rows in order, sliced as views)."""
+        n = len(self.split)
+        if not self.shuffle and self.world_size == 1:
+            return None
+        index = epoch_permutation(n, self.seed, self.epoch_fn()) if self.shuffle else torch.arange(n)
+        if self.world_size > 1:
+            if self.drop_uneven:
+                index = index[: n - n % self.world_size]
+            index = index[self.rank :: self.world_size]
+        return index
+
+    def _num_rows(self) -> int:
+        n = len(self.split)
+        if self.world_size == 1:
+            return n
+        if self.drop_uneven:
+            return n // self.world_size
+        return len(range(self.rank, n, self.world_size))
+
+    def __len__(self) -> int:
+        return -(-self._num_rows() // self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        index = self._indices()
+        total = self._num_rows()
+        for start in range(0, total, self.batch_size):
+            stop = min(start + self.batch_size, total)
+            yield self.split.rows(slice(start, stop) if index is None else index[start:stop])
+
+
+class MDMTDataModule(L.LightningDataModule):
+    """Serves a dataset from :mod:`m3oe_lightning.data.registry` as preloaded tensors.
+
+    Args:
+        name: dataset name (``movielens1m``, ``movielens100k``, ``synthetic``).
+        root: data folder (default: env ``M3OE_DATA_DIR``, then ``./data``, then ``../shared/data``).
+        split: ``random`` (seeded 80/10/10) or ``ordered`` (80/10/10 in file order).
+        split_seed: seed of the random split (fixed by default so every run compares on one split).
+        download: fetch the dataset when it is absent (MovieLens-1M).
+        batch_size / eval_batch_size: rows per training / evaluation batch.
+        cache_dir: where encoded tables are cached (``null`` disables the cache).
+        seed: run seed; with the epoch it sets the training order.
+        options: dataset-specific settings (e.g. the synthetic generator's).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        root: str | None = None,
+        split: str = "random",
+        split_seed: int = 2022,
+        download: bool = False,
+        batch_size: int = 4096,
+        eval_batch_size: int = 65536,
+        cache_dir: str | None = None,
+        seed: int = 0,
+        **options: Any,
+    ) -> None:
+        super().__init__()
+        if int(batch_size) < 1 or int(eval_batch_size) < 1:
+            raise UserInputError(f"data.batch_size={batch_size}, data.eval_batch_size={eval_batch_size}: must be ≥ 1")
+        self.name = name
+        self.root = root
+        self.split = split
+        self.split_seed = int(split_seed)
+        self.download = bool(download)
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size)
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.seed = int(seed)
+        self.options = dict(options)
+        self.dataset: EncodedDataset | None = None
+
+    @classmethod
+    def from_dataset(cls, dataset: EncodedDataset, *, batch_size: int = 4096, eval_batch_size: int = 65536,
+                     seed: int = 0) -> MDMTDataModule:
+        """Serve an already encoded dataset (a federated client's partition, a test's table)."""
+        module = cls(name="in-memory", batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed)
+        module.dataset = dataset
+        return module
+
+    def load(self) -> EncodedDataset:
+        """Read (or fetch from the cache) the encoded dataset; idempotent."""
+        if self.dataset is None:
+            self.dataset = load_dataset(
+                self.name, root=self.root, split=self.split, split_seed=self.split_seed,
+                download=self.download, cache_dir=self.cache_dir, **self.options,
+            )
+        return self.dataset
+
+    @property
+    def schema(self) -> FeatureSchema:
+        return self.load().schema
+
+    def setup(self, stage: str | None = None) -> None:
+        self.load()
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
+
+    def loader(self, split: str, *, train: bool = False) -> TensorBatchLoader:
+        rank, world = self._rank()
+        return TensorBatchLoader(
+            split=self.load().split(split),
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train, seed=self.seed, epoch_fn=self._epoch,
+            rank=rank, world_size=world, drop_uneven=train,
+        )
+
+    def train_dataloader(self) -> TensorBatchLoader:
+        return self.loader("train", train=True)
+
+    def val_dataloader(self) -> TensorBatchLoader:
+        return self.loader("val")
+
+    def test_dataloader(self) -> TensorBatchLoader:
+        return self.loader("test")
+
+    def automl_batch(self, source: str, *, epoch: int, offset: int = 0) -> Batch:
+        """One training-size batch for the AutoML step, drawn from (seed, epoch, offset) only."""
+        split = self.load().split(source)
+        rank, world = self._rank()
+        generator = torch.Generator().manual_seed(self.seed * 7_919 + epoch * 104_729 + offset * 31 + rank)
+        size = min(self.batch_size, len(split))
+        return split.rows(torch.randperm(len(split), generator=generator)[:size])

@@ -1,0 +1,122 @@
+"""The contract between data and models.
+
+A :class:`FeatureSchema` says which sparse (embedded) and dense features a table has, and which domains
+and tasks it is labelled with. Every model is built from a schema; every batch follows
+:data:`Batch`'s layout. Everything here is plain Python so it can be stored in checkpoints and the
+cache with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypedDict
+
+import torch
+
+
+@dataclass(frozen=True)
+class SparseFeature:
+    """A categorical column; ids are in ``[0, vocab_size)`` and 0 is reserved for unseen values."""
+
+    name: str
+    vocab_size: int
+    embed_dim: int = 16
+
+
+@dataclass(frozen=True)
+class DenseFeature:
+    """A numeric column, already scaled by the reader."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class FeatureSchema:
+    """Feature columns plus the domain and task names of a dataset (order = column order)."""
+
+    sparse: tuple[SparseFeature, ...]
+    dense: tuple[DenseFeature, ...]
+    domains: tuple[str, ...]
+    tasks: tuple[str, ...]
+    extras: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def num_domains(self) -> int:
+        return len(self.domains)
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.tasks)
+
+    @property
+    def input_dim(self) -> int:
+        """Width of the concatenated embeddings + dense values (113 on MovieLens-1M)."""
+        return sum(f.embed_dim for f in self.sparse) + len(self.dense)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sparse": [asdict(f) for f in self.sparse],
+            "dense": [asdict(f) for f in self.dense],
+            "domains": list(self.domains),
+            "tasks": list(self.tasks),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FeatureSchema:
+        return cls(
+            sparse=tuple(SparseFeature(**f) for f in d["sparse"]),
+            dense=tuple(DenseFeature(**f) for f in d["dense"]),
+            domains=tuple(d["domains"]),
+            tasks=tuple(d["tasks"]),
+        )
+
+
+class Batch(TypedDict):
+    """One mini-batch: ``sparse`` int64 [B, n_sparse], ``dense`` float32 [B, n_dense],
+    ``domain`` int64 [B] (index into ``schema.domains``), ``labels`` float32 [B, T]."""
+
+    sparse: torch.Tensor
+    dense: torch.Tensor
+    domain: torch.Tensor
+    labels: torch.Tensor
+
+
+@dataclass
+class EncodedSplit:
+    """One split of an encoded table, as whole tensors (rows aligned across the four)."""
+
+    sparse: torch.Tensor
+    dense: torch.Tensor
+    domain: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.domain.shape[0])
+
+    def rows(self, index: torch.Tensor | slice) -> Batch:
+        """Gather rows by index (the hot path: one ``index_select`` per tensor, no per-row collate)."""
+        if isinstance(index, slice):
+            return Batch(sparse=self.sparse[index], dense=self.dense[index], domain=self.domain[index],
+                         labels=self.labels[index])
+        return Batch(
+            sparse=self.sparse.index_select(0, index),
+            dense=self.dense.index_select(0, index),
+            domain=self.domain.index_select(0, index),
+            labels=self.labels.index_select(0, index),
+        )
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        return {"sparse": self.sparse, "dense": self.dense, "domain": self.domain, "labels": self.labels}
+
+
+@dataclass
+class EncodedDataset:
+    """What every reader produces: the schema and the train/val/test splits as tensors."""
+
+    schema: FeatureSchema
+    train: EncodedSplit
+    val: EncodedSplit
+    test: EncodedSplit
+
+    def split(self, name: str) -> EncodedSplit:
+        return {"train": self.train, "val": self.val, "test": self.test}[name]

@@ -1,0 +1,68 @@
+"""Train/val/test row indices.
+
+Two kinds: ``random`` (a seeded permutation, the default) and ``ordered`` (consecutive blocks in file
+order; ML-1M's ``ratings.dat`` is grouped by user, so an ordered split puts mostly *different users*
+in val/test -- a harder, cold-start-like setting). Split sizes are cumulative floors of
+``fractions * n``, so ML-1M ordered gives exactly 800,167 / 100,021 / 100,021 rows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+
+from m3oe_lightning.errors import UserInputError
+
+SplitKind = Literal["random", "ordered"]
+SPLIT_KINDS: tuple[str, ...] = ("random", "ordered")
+
+
+def _boundaries(n_rows: int, fractions: Sequence[float]) -> tuple[int, int]:
+    """End of train and end of val, as cumulative floors (a tiny epsilon absorbs float error)."""
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0,
+                                                                                 abs_tol=1e-6):
+        raise UserInputError(
+            f"split fractions must be three non-negative numbers summing to 1 (train, val, test); got "
+            f"{tuple(fractions)}"
+        )
+    end_train = min(n_rows, int(math.floor(n_rows * fractions[0] + 1e-9)))
+    end_val = min(n_rows, int(math.floor(n_rows * (fractions[0] + fractions[1]) + 1e-9)))
+    return end_train, end_val
+
+
+def check_split_kind(kind: str) -> None:
+    """Fail fast (before reading any file) on a misspelt ``data.split``."""
+    if kind not in SPLIT_KINDS:
+        raise UserInputError(f"data.split={kind!r} is not a split kind; use one of {', '.join(SPLIT_KINDS)}")
+
+
+def split_indices(
+    n_rows: int,
+    kind: str = "random",
+    seed: int = 2022,
+    fractions: Sequence[float] = (0.8, 0.1, 0.1),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return ``(train_idx, val_idx, test_idx)`` as int64 arrays covering ``range(n_rows)`` once.
+
+    ``random`` draws one permutation from ``numpy.random.default_rng(seed)`` and then sorts each part,
+    so a split's rows keep file order (cache-friendly, and the datamodule shuffles batches anyway).
+    ``ordered`` cuts the file order into consecutive blocks; ``seed`` is ignored.
+    """
+    check_split_kind(kind)
+    if n_rows < 0:
+        raise ValueError(f"n_rows must be >= 0, got {n_rows}")
+    end_train, end_val = _boundaries(n_rows, fractions)
+    if kind == "random":
+        order = np.random.default_rng(seed).permutation(n_rows).astype(np.int64)
+        parts = (order[:end_train], order[end_train:end_val], order[end_val:])
+        return tuple(np.sort(p) for p in parts)  # type: ignore[return-value]
+    if kind == "ordered":
+        return (
+            np.arange(0, end_train, dtype=np.int64),
+            np.arange(end_train, end_val, dtype=np.int64),
+            np.arange(end_val, n_rows, dtype=np.int64),
+        )
+    raise AssertionError(f"unhandled split kind {kind!r}")  # unreachable: check_split_kind guards it
