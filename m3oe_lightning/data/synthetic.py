@@ -4,7 +4,7 @@ Real data cannot tell us whether a model *can* use domain- and task-specific sig
 much there is. Each user and item has a latent vector; the logit of task ``t`` for a row of domain ``d``
 is a sum of three standardised bilinear terms, each with its own strength:
 
-    logit[t] = shared_signal * <u, v>            (the same for every domain and task)
+    logit[t] = shared_signal * (<u, v> + 2 (b_u + b_i))  (the same for every domain and task)
              + domain_signal * <u, a_d * v>      (a per-domain re-weighting of the latent dimensions)
              + task_signal   * <u, b_t * v>      (a per-task re-weighting)
              + domain_signal * offset_d                  (per-domain base rate)
@@ -91,9 +91,13 @@ def synthetic_table(
     i = rng.integers(0, num_items, size=rows)
     d = rng.integers(0, num_domains, size=rows)
     x = rng.random((rows, 2))
+    user_bias = rng.standard_normal(num_users)  # drawn last: the draws above are unchanged by it
+    item_bias = rng.standard_normal(num_items)
     uv = users[u] * items[i]  # [N, k]: per-dimension user-item interaction
 
-    shared = _standardise((uv.sum(axis=1) + 1.5 * (x[:, 0] - 0.5))[:, None])
+    # user propensity and item popularity, as in real logs: easy for embeddings, so models learn fast
+    additive = user_bias[u] + item_bias[i]
+    shared = _standardise((uv.sum(axis=1) + 2.0 * additive + 1.5 * (x[:, 0] - 0.5))[:, None])
     domain = _standardise((uv * domain_weights[d]).sum(axis=1)[:, None]) + domain_offsets[d][:, None]
     task = _standardise(uv @ task_weights.T)  # [N, T]
     clean = shared_signal * shared + domain_signal * domain + task_signal * task

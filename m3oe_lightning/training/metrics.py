@@ -51,7 +51,7 @@ class DomainTaskMetrics(Metric):
 
     def compute(self) -> dict[str, torch.Tensor]:
         """Keys ``auc/{domain}/{task}``, ``logloss/{domain}/{task}``, ``auc_mean``, ``logloss_mean``."""
-        if not self.logits:
+        if isinstance(self.logits, list) and not self.logits:  # a tensor after a DDP sync
             return {}
         logits, labels, domain = (dim_zero_cat(s) for s in (self.logits, self.labels, self.domain))
         out: dict[str, torch.Tensor] = {}

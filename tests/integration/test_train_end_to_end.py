@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from m3oe_lightning.train import train
 from tests.helpers import REPO_ROOT, compose_train, isolated, run_module
 
-SYNTHETIC = ["data=synthetic", "data.rows=6000", "trainer.max_epochs=3", "seed=7"]
+SYNTHETIC = ["data=synthetic", "data.batch_size=512", "trainer.max_epochs=2", "seed=7"]
 
 
 def finished_runs(tmp_path: Path):
@@ -21,7 +21,7 @@ def finished_runs(tmp_path: Path):
 
 def test_train_on_synthetic_logs_everything_to_sqlite(tmp_path):
     metrics = train(compose_train([*SYNTHETIC, *isolated(tmp_path)]))
-    assert metrics["test/auc_mean"] > 0.65  # learns the planted structure (a constant predictor is 0.5)
+    assert metrics["test/auc_mean"] > 0.6  # learns the planted structure (a constant predictor is 0.5)
 
     (run,) = finished_runs(tmp_path)
     assert run.info.status == "FINISHED"
@@ -34,7 +34,7 @@ def test_train_on_synthetic_logs_everything_to_sqlite(tmp_path):
             assert f"val/auc/{domain}/{task}" in stored
     assert {"arch/alpha_d", "arch/beta_t", "train/loss", "val/auc_mean"} <= set(stored)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert len(client.get_metric_history(run.info.run_id, "val/auc_mean")) == 3  # one per epoch
+    assert len(client.get_metric_history(run.info.run_id, "val/auc_mean")) == 2  # one per epoch
     params = run.data.params
     assert params["model.num_shared_experts"] == "1" and params["automl.mode"] == "alternate"
     tags = run.data.tags
@@ -45,7 +45,7 @@ def test_train_on_synthetic_logs_everything_to_sqlite(tmp_path):
 
 
 def test_same_seed_twice_gives_identical_metrics_and_unique_run_names(tmp_path):
-    overrides = [*SYNTHETIC, "trainer.max_epochs=2", *isolated(tmp_path)]
+    overrides = [*SYNTHETIC, "trainer.max_epochs=1", *isolated(tmp_path)]
     first = train(compose_train(overrides))
     second = train(compose_train(overrides))
     assert first == second
