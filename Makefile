@@ -11,7 +11,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test bench ui clean clean-logs
+.PHONY: help install train test bench ui movielens movielens-report clean clean-logs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -30,6 +30,14 @@ train: $(STAMP) ## train M3oE on MovieLens-1M with the paper's settings (extra H
 
 test: $(STAMP) ## run the whole test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+movielens: $(STAMP) ## M3oE paper + released presets × random + ordered splits on ML-1M, then the report
+	$(BIN)/python -m m3oe_lightning.train -m experiment=m3oe_paper,m3oe_released data.split=random,ordered \
+		+logger.tags.study=movielens trainer.enable_progress_bar=false $(ARGS)
+	$(MAKE) movielens-report
+
+movielens-report: $(STAMP) ## experiments/movielens/README.md (+ PNG) from the MLflow store
+	$(BIN)/python -m m3oe_lightning.report --study movielens --out experiments/movielens
 
 bench: $(STAMP) ## one-epoch throughput/RSS benchmark on MovieLens-1M → experiments/bench/README.md
 	$(BIN)/python -m m3oe_lightning.bench $(ARGS)

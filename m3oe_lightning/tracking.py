@@ -48,6 +48,12 @@ def git_commit() -> str:
         return "unknown"
 
 
+def command_line(hydra_config: Any | None) -> str:
+    """The command that reproduces this run: the entry point plus this job's overrides."""
+    overrides = list(hydra_config.overrides.task) if hydra_config is not None else []
+    return " ".join(["python -m m3oe_lightning.train", *overrides])
+
+
 def library_versions() -> dict[str, str]:
     versions = {}
     for name in LIBRARIES:

@@ -102,6 +102,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model_label, data_label = run_names(cfg)
     tags = {"model": model_label, "data": data_label, "seed": str(cfg.seed), "split": str(cfg.data.get("split")),
             "config_hash": cfg_hash, "git_commit": tracking.git_commit(), **tracking.library_versions(),
+            "command": tracking.command_line(HydraConfig.get() if HydraConfig.initialized() else None),
             **{str(k): str(v) for k, v in (cfg.logger.tags or {}).items()}}
     is_worker = rank_zero_only.rank > 0 and RUN_ID_ENV in os.environ
     run = tracking.open_run(
