@@ -37,7 +37,7 @@ movielens: $(STAMP) ## M3oE paper + released presets × random + ordered splits 
 	$(MAKE) movielens-report
 
 movielens-report: $(STAMP) ## experiments/movielens/README.md (+ PNG) from the MLflow store
-	$(BIN)/python -m m3oe_lightning.report --study movielens --out experiments/movielens
+	$(BIN)/python -m m3oe_lightning.report --study movielens --out experiments/movielens --readme README.md
 
 bench: $(STAMP) ## one-epoch throughput/RSS benchmark on MovieLens-1M → experiments/bench/README.md
 	$(BIN)/python -m m3oe_lightning.bench $(ARGS)

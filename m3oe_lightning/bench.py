@@ -1,0 +1,539 @@
+"""One-epoch throughput and memory benchmark: ``python -m m3oe_lightning.bench`` (``make bench``).
+
+For each preset (``paper``: the default config, batch 4,096; ``released``: ``experiment=m3oe_released``,
+batch 40,960) it composes the Hydra config as ``python -m m3oe_lightning.train`` would, builds the
+datamodule, model and :class:`MDMTModule` the same way, trains with a real ``lightning.Trainer``
+(no logger, no checkpoints, no validation during fit) and then runs ``Trainer.validate`` over the val
+split. A callback timestamps Lightning's hooks to split the training time into
+
+* **batch wait**: from the end of one ``training_step`` to the start of the next (the loader's
+  ``next()``, which also prefetches the following batch, plus Lightning's per-batch bookkeeping), and
+* **step**: ``on_train_batch_start`` → ``on_train_batch_end`` (forward, loss, backward, optimiser
+  step, ``self.log`` and, once per epoch in the paper preset, the AutoML architecture step).
+
+Each preset runs in a fresh Python process (``--in-process`` turns that off) so that its peak RSS
+(``getrusage(RUSAGE_SELF).ru_maxrss``) is its own. The figures go to ``<out>/results.json`` and
+``<out>/README.md`` (default ``experiments/bench``) and a table is printed.
+
+Examples::
+
+    python -m m3oe_lightning.bench                                  # both presets, MovieLens-1M
+    python -m m3oe_lightning.bench --presets paper --limit-batches 20
+    python -m m3oe_lightning.bench --data synthetic --limit-batches 3 --out /tmp/bench data.rows=4000
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import psutil
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
+from omegaconf import DictConfig
+
+from m3oe_lightning import tracking
+from m3oe_lightning.cli import build, report_user_errors
+from m3oe_lightning.data.datamodule import MDMTDataModule
+from m3oe_lightning.errors import UserInputError
+from m3oe_lightning.models.base import MDMTModel
+from m3oe_lightning.train import CONF_DIR, validate
+from m3oe_lightning.training.module import MDMTModule, count_parameters
+
+PRESETS: dict[str, list[str]] = {
+    "paper": [],                                 # the default config: model=m3oe, batch 4,096
+    "released": ["experiment=m3oe_released"],    # the released code's settings, batch 40,960
+}
+TARGET_BATCH_SHARE = 0.10      # at most 10 % of the training time waiting for batches
+TARGET_PEAK_RSS_MB = 3 * 1024  # below 3 GiB
+DEFAULT_OUT = "experiments/bench"
+MB = 1024 * 1024
+
+
+# ------------------------------------------------------------------------------------ measuring
+class StepTimer(L.Callback):
+    """Timestamps the training hooks: batch wait, step, and the step's forward / backward / rest."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+        self.steps: list[float] = []
+        self.forward: list[float] = []   # batch start → first on_before_backward (forward, loss, zero_grad)
+        self.backward: list[float] = []  # first on_before_backward → on_after_backward
+        self.rest: list[float] = []      # → batch end (optimiser step, self.log, the AutoML step when due)
+        self.rows = 0
+        self.epoch_seconds: list[float] = []
+        self.iterator_seconds = 0.0      # time inside the loader's next() (set by TimedLoader)
+        self.cpu_seconds = 0.0           # this process's CPU time during the epochs
+        self.system_busy_seconds = 0.0   # every process's CPU time during the epochs (whole machine)
+        self._last_end = self._start = self._epoch_start = self._cpu0 = self._busy0 = 0.0
+        self._marks: dict[str, float] = {}
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._cpu0, self._busy0 = _process_cpu_seconds(), _system_busy_seconds()
+        self._epoch_start = self._last_end = time.perf_counter()
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        now = time.perf_counter()
+        self.waits.append(now - self._last_end)
+        self._start = now
+        self._marks = {}
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+        self._marks.setdefault("before_backward", time.perf_counter())  # first backward only (not AutoML's)
+
+    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._marks.setdefault("after_backward", time.perf_counter())
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        now = time.perf_counter()
+        self.steps.append(now - self._start)
+        self.rows += int(batch["domain"].shape[0])
+        if len(self._marks) == 2:
+            before, after = self._marks["before_backward"], self._marks["after_backward"]
+            self.forward.append(before - self._start)
+            self.backward.append(after - before)
+            self.rest.append(now - after)
+        self._last_end = now
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.epoch_seconds.append(time.perf_counter() - self._epoch_start)
+        self.cpu_seconds += _process_cpu_seconds() - self._cpu0
+        self.system_busy_seconds += _system_busy_seconds() - self._busy0
+
+
+class RowCounter(L.Callback):
+    """Counts the rows of the validation batches (what ``Trainer.validate`` actually evaluated)."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.batches = 0
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.rows += int(batch["domain"].shape[0])
+        self.batches += 1
+
+
+class TimedLoader:
+    """The datamodule's training loader unchanged, with the time spent in its ``next()`` added up."""
+
+    def __init__(self, loader: Any, timer: StepTimer) -> None:
+        self.loader = loader
+        self.timer = timer
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        start = time.perf_counter()
+        iterator = iter(self.loader)
+        self.timer.iterator_seconds += time.perf_counter() - start
+        while True:
+            start = time.perf_counter()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                self.timer.iterator_seconds += time.perf_counter() - start
+                return
+            self.timer.iterator_seconds += time.perf_counter() - start
+            yield batch
+
+
+def _process_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _system_busy_seconds() -> float:
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / MB if sys.platform == "darwin" else peak / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Restart the peak-RSS count (Linux ``clear_refs``; also resets ``ru_maxrss``); False where unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _median_ms(values: Sequence[float]) -> float:
+    return 1000 * statistics.median(values) if values else float("nan")
+
+
+# --------------------------------------------------------------------------------- building
+def compose_preset(preset: str, data: str | None = None, overrides: Sequence[str] = (),
+                   default_root_dir: str | None = None) -> DictConfig:
+    """The config ``python -m m3oe_lightning.train <preset overrides> [data=<data>] <overrides>`` runs."""
+    if preset not in PRESETS:
+        raise UserInputError(f"unknown preset {preset!r}: use {', '.join(PRESETS)}")
+    all_overrides = [*PRESETS[preset], *([f"data={data}"] if data else []), *overrides]
+    if default_root_dir is not None:  # replaces ${hydra:runtime.output_dir}, unset outside @hydra.main
+        all_overrides.append(f"trainer.default_root_dir={default_root_dir}")
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return compose(config_name="train", overrides=all_overrides)
+    except HydraException as error:
+        raise UserInputError(f"cannot compose preset {preset!r} with overrides {all_overrides}: {error}") from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _build_system(cfg: DictConfig) -> tuple[MDMTDataModule, MDMTModel, MDMTModule]:
+    """Data, model and training system exactly as ``train.train`` builds them.
+
+    TEMPORARY mirror of the first lines of ``m3oe_lightning.train.train`` (validate, threads, seed,
+    datamodule, model, MDMTModule): replace with ``from m3oe_lightning.train import build_system`` once
+    train.py exposes that function.
+    """
+    validate(cfg)
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule: MDMTDataModule = build(cfg.data)
+    model = build(cfg.model, schema=datamodule.load().schema)
+    system = MDMTModule(
+        model, lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay,
+        automl_mode=cfg.automl.mode, automl_every=cfg.automl.every, automl_source=cfg.automl.source,
+        automl_lr=cfg.automl.lr, automl_weight_decay=cfg.automl.weight_decay,
+    )
+    return datamodule, model, system
+
+
+def _bench_trainer(cfg: DictConfig, callback: L.Callback, **settings: Any) -> L.Trainer:
+    """``cfg.trainer`` (accelerator, devices, precision ...) without logger, checkpoints, bars or sanity checks."""
+    return build(cfg.trainer, callbacks=[callback], logger=False, enable_checkpointing=False,
+                 enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, **settings)
+
+
+def _quiet_lightning() -> None:
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
+# ----------------------------------------------------------------------------------- one preset
+def run_preset(preset: str, *, data: str | None = None, overrides: Sequence[str] = (), epochs: int = 1,
+               limit_batches: int | None = None, reset_peak: bool = True) -> dict[str, Any]:
+    """Train ``epochs`` epochs and validate once for one preset in this process; returns its figures.
+
+    ``reset_peak``: restart the peak-RSS count first (for several presets in one process); a fresh
+    process (the default of :func:`main`) reports its whole-life peak instead.
+    """
+    _quiet_lightning()
+    load_before = os.getloadavg()
+    peak_scope = "since preset start" if reset_peak and reset_peak_rss() else "whole process"
+    rss_start = psutil.Process().memory_info().rss / MB
+    with tempfile.TemporaryDirectory(prefix="m3oe-bench-") as root:
+        cfg = compose_preset(preset, data, overrides, default_root_dir=root)
+        start = time.perf_counter()
+        datamodule, model, system = _build_system(cfg)
+        build_seconds = time.perf_counter() - start
+
+        timer = StepTimer()
+        train_loader = datamodule.train_dataloader
+        datamodule.train_dataloader = lambda: TimedLoader(train_loader(), timer)  # type: ignore[method-assign]
+        limit = {} if limit_batches is None else {"limit_train_batches": limit_batches}
+        trainer = _bench_trainer(cfg, timer, max_epochs=epochs, limit_val_batches=0, **limit)
+        start = time.perf_counter()
+        trainer.fit(system, datamodule=datamodule)
+        fit_seconds = time.perf_counter() - start
+        datamodule.train_dataloader = train_loader  # type: ignore[method-assign]
+
+        counter = RowCounter()
+        evaluator = _bench_trainer(cfg, counter, limit_val_batches=1.0 if limit_batches is None else limit_batches)
+        start = time.perf_counter()
+        evaluator.validate(system, datamodule=datamodule, verbose=False)
+        eval_seconds = time.perf_counter() - start
+
+    threads = torch.get_num_threads()
+    epoch_seconds = sum(timer.epoch_seconds)
+    wait, step = sum(timer.waits), sum(timer.steps)
+    dataset = datamodule.load()
+    return {
+        "preset": preset,
+        "overrides": [*PRESETS[preset], *([f"data={data}"] if data else []), *overrides],
+        "data": str(cfg.data.name),
+        "batch_size": int(cfg.data.batch_size),
+        "eval_batch_size": int(cfg.data.eval_batch_size),
+        "epochs": epochs,
+        "limit_batches": limit_batches,
+        "train_rows_in_split": len(dataset.train),
+        "val_rows_in_split": len(dataset.val),
+        "train_rows": timer.rows,
+        "train_batches": len(timer.steps),
+        "train_seconds": epoch_seconds,
+        "train_samples_per_s": timer.rows / epoch_seconds if epoch_seconds > 0 else float("nan"),
+        "eval_rows": counter.rows,
+        "eval_batches": counter.batches,
+        "eval_seconds": eval_seconds,
+        "eval_samples_per_s": counter.rows / eval_seconds if eval_seconds > 0 else float("nan"),
+        "eval_method": "Trainer.validate wall time (forward, loss, AUC/logloss metrics, epoch-end compute)",
+        "batch_share": wait / (wait + step) if wait + step > 0 else float("nan"),
+        "iterator_share": timer.iterator_seconds / (wait + step) if wait + step > 0 else float("nan"),
+        "median_wait_ms": _median_ms(timer.waits),
+        "median_step_ms": _median_ms(timer.steps),
+        "median_forward_ms": _median_ms(timer.forward),
+        "median_backward_ms": _median_ms(timer.backward),
+        "median_rest_ms": _median_ms(timer.rest),
+        "first_wait_ms": 1000 * timer.waits[0] if timer.waits else float("nan"),
+        "max_step_ms": 1000 * max(timer.steps) if timer.steps else float("nan"),
+        "build_seconds": build_seconds,
+        "fit_seconds": fit_seconds,
+        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_scope": peak_scope,
+        "rss_at_start_mb": rss_start,
+        "process_cpu_cores": timer.cpu_seconds / epoch_seconds if epoch_seconds > 0 else float("nan"),
+        "other_cpu_cores": max(0.0, timer.system_busy_seconds - timer.cpu_seconds) / epoch_seconds
+        if epoch_seconds > 0 else float("nan"),
+        "load_before": list(load_before),
+        "load_after": list(os.getloadavg()),
+        "parameters": count_parameters(model),
+        "threads": threads,
+        "interop_threads": torch.get_num_interop_threads(),
+        "accelerator": type(trainer.accelerator).__name__,
+        "device": str(trainer.strategy.root_device),
+        "torch": torch.__version__,
+        "lightning": L.__version__,
+    }
+
+
+def _run_isolated(preset: str, *, data: str | None, overrides: Sequence[str], epochs: int,
+                  limit_batches: int | None) -> dict[str, Any]:
+    """:func:`run_preset` in a fresh ``python -m m3oe_lightning.bench`` process (its own peak RSS)."""
+    with tempfile.TemporaryDirectory(prefix="m3oe-bench-") as tmp:
+        result_path = Path(tmp) / "result.json"
+        command = [sys.executable, "-m", "m3oe_lightning.bench", "--presets", preset, "--epochs", str(epochs),
+                   "--worker-out", str(result_path)]
+        if limit_batches is not None:
+            command += ["--limit-batches", str(limit_batches)]
+        if data:
+            command += ["--data", data]
+        completed = subprocess.run([*command, *overrides])
+        if completed.returncode != 0:
+            raise SystemExit(completed.returncode)
+        return json.loads(result_path.read_text())
+
+
+# ------------------------------------------------------------------------------------- reporting
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count() or 0
+    return {"cpu": cpu, "cores": os.cpu_count() or 0, "usable_cores": usable,
+            "memory_gb": round(psutil.virtual_memory().total / 1024**3, 1),
+            "platform": platform.platform(), "python": platform.python_version()}
+
+
+def git_state() -> str:
+    commit = tracking.git_commit()
+    try:
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, check=True, cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return commit
+    return f"{commit} (+ uncommitted changes)" if dirty else commit
+
+
+def _fmt(value: float, digits: int = 0) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def results_table(results: Sequence[dict[str, Any]]) -> str:
+    rows = ["| preset | batch | parameters | train samples/s | eval samples/s | batch share | peak RSS (MB) |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        rows.append(f"| {r['preset']} | {r['batch_size']:,} | {r['parameters']:,} | {_fmt(r['train_samples_per_s'])} "
+                    f"| {_fmt(r['eval_samples_per_s'])} | {100 * r['batch_share']:.1f} % | {_fmt(r['peak_rss_mb'])} |")
+    return "\n".join(rows)
+
+
+def _targets(results: Sequence[dict[str, Any]]) -> str:
+    rows = ["| preset | batch share ≤ 10 % | peak RSS < 3 GiB |", "|---|---|---|"]
+    for r in results:
+        share = "met" if r["batch_share"] <= TARGET_BATCH_SHARE else "**missed**"
+        rss = "met" if r["peak_rss_mb"] < TARGET_PEAK_RSS_MB else "**missed**"
+        rows.append(f"| {r['preset']} | {share} ({100 * r['batch_share']:.1f} %) | {rss} ({_fmt(r['peak_rss_mb'])} MB) |")
+    return "\n".join(rows)
+
+
+def render_readme(results: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
+    machine = meta["machine"]
+    load = ", ".join(f"{x:.2f}" for x in meta["load_before"])
+    first = results[0]
+    details = ["| preset | train rows | batches | epoch (s) | wait / step median (ms) | forward / backward / rest "
+               "median (ms) | iterator share | first wait (ms) | slowest step (ms) | eval rows | eval (s) "
+               "| CPU cores used (us / others) | load 1 min before → after |",
+               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        details.append(
+            f"| {r['preset']} | {r['train_rows']:,} | {r['train_batches']} | {r['train_seconds']:.1f} "
+            f"| {r['median_wait_ms']:.2f} / {r['median_step_ms']:.1f} "
+            f"| {r['median_forward_ms']:.1f} / {r['median_backward_ms']:.1f} / {r['median_rest_ms']:.1f} "
+            f"| {100 * r['iterator_share']:.1f} % | {r['first_wait_ms']:.1f} | {r['max_step_ms']:.1f} "
+            f"| {r['eval_rows']:,} | {r['eval_seconds']:.2f} | {r['process_cpu_cores']:.2f} / {r['other_cpu_cores']:.2f} "
+            f"| {r['load_before'][0]:.2f} → {r['load_after'][0]:.2f} |")
+    limited = any(r["limit_batches"] is not None for r in results)
+    return f"""# Benchmark: M3oE, {meta['epochs']} epoch(s) on {first['data']}
+
+Generated by `m3oe_lightning/bench.py`; do not edit by hand, rerun `make bench` (figures of one run on
+one machine, not a guarantee).{' **Quick run: batches limited to ' + str(first['limit_batches']) + ' per stage.**' if limited else ''}
+
+- command: `{meta['command']}` (in `{meta['cwd']}`)
+- date: {meta['date']}
+- git commit: {meta['git_commit']}
+- machine: {machine['cpu']}, {machine['cores']} cores ({machine['usable_cores']} usable), {machine['memory_gb']} GB RAM, {machine['platform']}
+- software: Python {machine['python']}, torch {first['torch']}, Lightning {first['lightning']}, `torch.get_num_threads()` = {first['threads']} (inter-op {first['interop_threads']}), {first['accelerator']} ({first['device']})
+- load average before the run (1, 5, 15 min): {load}
+- presets run: {', '.join(f"`{r['preset']}` ({' '.join(r['overrides']) or 'default config'})" for r in results)}; each {'in its own fresh process' if meta['isolated'] else 'in this one process'}
+
+## Results
+
+{results_table(results)}
+
+Targets (reported, not enforced):
+
+{_targets(results)}
+
+## Where the training time goes
+
+{chr(10).join(details)}
+
+## Method
+
+- Config composed as `python -m m3oe_lightning.train <overrides>` would; datamodule, model and
+  `MDMTModule` built as `train.py` builds them; a real `lightning.Trainer` from `conf/trainer`
+  with `logger=False`, no checkpointing, no progress bar, `limit_val_batches=0` (no validation during
+  fit), `max_epochs={meta['epochs']}`.
+- **train samples/s**: rows trained / wall time from `on_train_epoch_start` to `on_train_epoch_end`,
+  summed over the epochs (includes the first batches' warm-up and, in the paper preset, the
+  once-per-epoch AutoML architecture step).
+- **batch share**: Σ batch wait / (Σ batch wait + Σ step). *Batch wait* = end of one training step
+  (`on_train_batch_end`) to the start of the next (`on_train_batch_start`), the first one measured from
+  `on_train_epoch_start`: the loader's `next()` (Lightning prefetches one batch ahead, so this is the
+  next-but-one batch) plus Lightning's per-batch bookkeeping. *Iterator share* is the part spent
+  inside the loader's `next()` alone (the loader wrapped by a timer). *Step* = `on_train_batch_start`
+  → `on_train_batch_end`; *forward* runs to the first `on_before_backward` (forward, loss, zero_grad),
+  *backward* to `on_after_backward`, *rest* to the batch end (Adam step, `self.log`, AutoML step).
+- **eval samples/s**: val rows / wall time of `Trainer.validate` over the val split
+  (batch {first['eval_batch_size']:,}; includes the per-(domain, task) AUC/logloss metrics).
+- **peak RSS**: `resource.getrusage(RUSAGE_SELF).ru_maxrss` of the process that ran the preset
+  ({first['peak_rss_scope']}: imported libraries, the loaded dataset, training and evaluation).
+- **CPU cores used**: this process's CPU seconds / epoch wall seconds; *others*: every other process's
+  CPU seconds on the machine (from `/proc/stat`) in the same time. Others > 0 means the figures were
+  taken on a shared, busy machine.
+- Machine-readable figures: `results.json` beside this file.
+"""
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m m3oe_lightning.bench",
+        description="Train M3oE for one epoch per preset; write throughput and peak RSS to <out>/README.md "
+                    "and <out>/results.json.")
+    parser.add_argument("--presets", nargs="+", choices=list(PRESETS), default=list(PRESETS),
+                        help="presets to run (default: all)")
+    parser.add_argument("--epochs", type=int, default=1, help="training epochs per preset (default 1)")
+    parser.add_argument("--limit-batches", type=int, default=None, metavar="N",
+                        help="train and evaluate on at most N batches (quick runs and tests)")
+    parser.add_argument("--data", default=None, help="data config to use instead of movielens1m "
+                                                     "(e.g. movielens100k, synthetic)")
+    parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run every preset in this process (faster start; peak RSS reset per preset "
+                             "where Linux allows it) instead of one fresh process per preset")
+    parser.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)  # a preset's child process
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every preset, e.g. data.rows=4000")
+    args = parser.parse_args(argv)
+    if args.epochs < 1:
+        parser.error("--epochs must be at least 1")
+    if args.limit_batches is not None and args.limit_batches < 1:
+        parser.error("--limit-batches must be at least 1")
+    return args
+
+
+def run_bench(args: argparse.Namespace, command: str) -> list[dict[str, Any]]:
+    """Run the presets, write ``results.json`` and ``README.md`` into ``args.out``, print the table."""
+    out = Path(args.out)
+    meta = {"command": command, "cwd": os.getcwd(),
+            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "git_commit": git_state(), "machine": machine_info(), "load_before": list(os.getloadavg()),
+            "epochs": args.epochs, "isolated": not args.in_process}
+    results = []
+    for preset in args.presets:
+        print(f"bench: {preset} ...", flush=True)
+        kwargs = {"data": args.data, "overrides": args.overrides, "epochs": args.epochs,
+                  "limit_batches": args.limit_batches}
+        result = run_preset(preset, **kwargs) if args.in_process else _run_isolated(preset, **kwargs)
+        results.append(result)
+    shared = {"date": meta["date"], "git_commit": meta["git_commit"], "command": command,
+              "cpu": meta["machine"]["cpu"], "cores": meta["machine"]["cores"],
+              "usable_cores": meta["machine"]["usable_cores"], "python": meta["machine"]["python"],
+              "bench_load_before": meta["load_before"], "isolated_process": meta["isolated"],
+              "target_batch_share": TARGET_BATCH_SHARE, "target_peak_rss_mb": TARGET_PEAK_RSS_MB}
+    records = [{**r, **shared} for r in results]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(records, indent=2) + "\n")
+    (out / "README.md").write_text(render_readme(results, meta))
+    print(results_table(results))
+    print(f"bench: wrote {out / 'README.md'} and {out / 'results.json'}")
+    return records
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """CLI entry; returns the records written to ``results.json``. Bad input: one line, exit code 2."""
+    args = parse_args(argv)
+    command = shlex.join(sys.orig_argv) if argv is None else shlex.join(
+        ["python", "-m", "m3oe_lightning.bench", *argv])
+    return report_user_errors(lambda a: _main(a, command), args)
+
+
+def _main(args: argparse.Namespace, command: str) -> list[dict[str, Any]]:
+    if args.worker_out:  # child process of _run_isolated: one preset, its figures to a file
+        result = run_preset(args.presets[0], data=args.data, overrides=args.overrides, epochs=args.epochs,
+                            limit_batches=args.limit_batches, reset_peak=False)
+        Path(args.worker_out).write_text(json.dumps(result))
+        return [result]
+    return run_bench(args, command)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""The report reads finished runs from an MLflow store and writes Markdown, a PNG and the README block."""
+
+from __future__ import annotations
+
+from mlflow.tracking import MlflowClient
+
+from m3oe_lightning import report
+from m3oe_lightning.tracking import ensure_experiment
+
+GROUPS = [(d, t) for d in report.MOVIELENS_DOMAINS for t in report.MOVIELENS_TASKS]
+
+
+def fake_run(client: MlflowClient, experiment_id: str, model: str, split: str, auc: float,
+             status: str = "FINISHED", study: str = "movielens") -> None:
+    run = client.create_run(experiment_id, run_name=f"{model}-{split}",
+                            tags={"study": study, "model": model, "split": split, "seed": "2022",
+                                  "command": f"python -m m3oe_lightning.train experiment={model}"})
+    rid = run.info.run_id
+    for epoch, value in enumerate((auc - 0.02, auc - 0.01, auc)):
+        client.log_metric(rid, "val/auc_mean", value, step=epoch)
+    for d, t in GROUPS:
+        client.log_metric(rid, f"test/auc/{d}/{t}", auc)
+        client.log_metric(rid, f"test/logloss/{d}/{t}", 0.5)
+    client.log_metric(rid, "test/auc_mean", auc)
+    client.log_metric(rid, "test/logloss_mean", 0.5)
+    client.set_terminated(rid, status)
+
+
+def test_report_from_store(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp = ensure_experiment(uri, "m3oe-lightning", str(tmp_path / "artifacts"))
+    client = MlflowClient(uri)
+    fake_run(client, exp, "m3oe_paper", "random", 0.8235)
+    fake_run(client, exp, "m3oe_released", "random", 0.8111)
+    fake_run(client, exp, "m3oe_paper", "ordered", 0.70, status="FAILED")  # not reported
+    fake_run(client, exp, "other", "random", 0.5, study="elsewhere")  # not in the study
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- RESULTS:START -->\nold\n<!-- RESULTS:END -->\noutro\n")
+
+    report.main(["--tracking-uri", uri, "--out", str(tmp_path / "out"), "--readme", str(readme)])
+
+    text = (tmp_path / "out" / "README.md").read_text()
+    assert "| m3oe_paper | random | 2022 |" in text and "**0.8235**" in text and "**0.8111**" in text
+    assert "| m3oe_paper | ordered |" not in text and "| other |" not in text
+    assert "`python -m m3oe_lightning.train experiment=m3oe_paper`" in text
+    assert (tmp_path / "out" / "test_auc.png").stat().st_size > 1000
+    block = readme.read_text()
+    assert block.startswith("intro\n<!-- RESULTS:START -->\n") and block.endswith("<!-- RESULTS:END -->\noutro\n")
+    assert "| m3oe_paper | random | 0.8235 | 0.5000 | 0.8235 | 3 |" in block and "old" not in block
