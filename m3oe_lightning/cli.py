@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import hydra
-from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from m3oe_lightning.errors import UserInputError
@@ -32,7 +31,7 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
         return factory(**kwargs)
     except UserInputError:
         raise
-    except (InstantiationException, TypeError, ValueError) as error:
+    except Exception as error:  # a constructor rejecting its settings is a settings problem
         cause: BaseException | None = error
         while cause is not None and not isinstance(cause, UserInputError):
             cause = cause.__cause__

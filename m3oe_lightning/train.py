@@ -118,8 +118,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if run.resumed_from is not None:
         print(f"resuming run {run.run_name} ({run.run_id}) from {run.resumed_from}")
 
-    trainer: L.Trainer = build(cfg.trainer, callbacks=build_callbacks(cfg, run.checkpoint_dir), logger=run.logger)
+    is_rank_zero = rank_zero_only.rank == 0
     try:
+        trainer: L.Trainer = build(cfg.trainer, callbacks=build_callbacks(cfg, run.checkpoint_dir),
+                                   logger=run.logger)
         trainer.fit(system, datamodule=datamodule, ckpt_path=run.resumed_from, weights_only=True)
         metrics: dict[str, float] = {}
         if cfg.test:
@@ -127,7 +129,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             best = "best" if checkpoint is not None and checkpoint.best_model_path else None
             trainer.test(system, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
             metrics = dict(system.test_results)
-        if trainer.is_global_zero:
+        if is_rank_zero:
             log_run_outputs(run, cfg, metrics, schema, count_parameters(model))
             run.client.set_terminated(run.run_id, "FINISHED")
             run.mark("FINISHED")
@@ -135,7 +137,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 print_results(metrics, schema, f"{run.run_name}: test metrics (best checkpoint)")
         return metrics
     except BaseException:
-        if trainer.is_global_zero:
+        if is_rank_zero:
             run.client.set_terminated(run.run_id, "FAILED")
             run.mark("FAILED")
         raise

@@ -44,3 +44,27 @@ def test_unknown_data_lists_the_choices(tmp_path):
     result = train_cli(tmp_path, "data=nosuchdata")
     assert result.returncode != 0
     assert "movielens1m" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_malformed_ratings_file_names_file_and_line(tmp_path):
+    from tests.unit.test_movielens_readers import write_ml100k
+
+    lines = ["1\t1\t5\t881250949", "2\t2\t3\t891717742", "3\t3\t9\t878887116"]  # rating 9 on line 3
+    folder = write_ml100k(tmp_path / "movielens-100k", data=lines)
+    result = train_cli(tmp_path, "data=movielens100k", f"data.root={tmp_path}")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+    assert str(folder / "u.data") in line and "line 3" in line
+    assert not list((tmp_path / "cache").glob("**/*.pt"))  # nothing half-written in the cache
+
+
+def test_failure_after_the_run_started_marks_it_failed(tmp_path):
+    import mlflow
+
+    result = train_cli(tmp_path, "data=synthetic", "data.rows=500", "trainer.max_epochs=-5")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "max_epochs" in result.stderr
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = mlflow.search_runs(experiment_names=["m3oe-lightning"], output_format="list")
+    assert run.info.status == "FAILED"
