@@ -28,6 +28,7 @@ import argparse
 import datetime as dt
 import json
 import logging
+import math
 import os
 import platform
 import resource
@@ -98,7 +99,8 @@ class StepTimer(L.Callback):
         self._start = now
         self._marks = {}
 
-    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           loss: torch.Tensor) -> None:
         self._marks.setdefault("before_backward", time.perf_counter())  # first backward only (not AutoML's)
 
     def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -177,7 +179,7 @@ def peak_rss_mb() -> float:
 
 
 def reset_peak_rss() -> bool:
-    """Restart the peak-RSS count (Linux ``clear_refs``; also resets ``ru_maxrss``); False where unsupported."""
+    """Restart the peak-RSS count (Linux ``clear_refs``, resets ``ru_maxrss`` too); False if unsupported."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
         return True
@@ -203,7 +205,7 @@ def compose_preset(preset: str, data: str | None = None, overrides: Sequence[str
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             return compose(config_name="train", overrides=all_overrides)
     except HydraException as error:
-        raise UserInputError(f"cannot compose preset {preset!r} with overrides {all_overrides}: {error}") from None
+        raise UserInputError(f"cannot compose preset {preset!r} with {all_overrides}: {error}") from None
     finally:
         GlobalHydra.instance().clear()
 
@@ -230,7 +232,7 @@ def _build_system(cfg: DictConfig) -> tuple[MDMTDataModule, MDMTModel, MDMTModul
 
 
 def _bench_trainer(cfg: DictConfig, callback: L.Callback, **settings: Any) -> L.Trainer:
-    """``cfg.trainer`` (accelerator, devices, precision ...) without logger, checkpoints, bars or sanity checks."""
+    """``cfg.trainer`` (accelerator, devices ...) without logger, checkpoints, bars or sanity checks."""
     return build(cfg.trainer, callbacks=[callback], logger=False, enable_checkpointing=False,
                  enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, **settings)
 
@@ -239,7 +241,8 @@ def _quiet_lightning() -> None:
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")  # Lightning on torch 2.13
+    # Lightning 2.6 on torch 2.13, once per batch transfer
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 # ----------------------------------------------------------------------------------- one preset
@@ -262,7 +265,8 @@ def run_preset(preset: str, *, data: str | None = None, overrides: Sequence[str]
 
         timer = StepTimer()
         train_loader = datamodule.train_dataloader
-        datamodule.train_dataloader = lambda: TimedLoader(train_loader(), timer)  # type: ignore[method-assign]
+        datamodule.train_dataloader = (  # type: ignore[method-assign]
+            lambda: TimedLoader(train_loader(), timer))
         limit = {} if limit_batches is None else {"limit_train_batches": limit_batches}
         trainer = _bench_trainer(cfg, timer, max_epochs=epochs, limit_val_batches=0, **limit)
         start = time.perf_counter()
@@ -271,7 +275,8 @@ def run_preset(preset: str, *, data: str | None = None, overrides: Sequence[str]
         datamodule.train_dataloader = train_loader  # type: ignore[method-assign]
 
         counter = RowCounter()
-        evaluator = _bench_trainer(cfg, counter, limit_val_batches=1.0 if limit_batches is None else limit_batches)
+        evaluator = _bench_trainer(cfg, counter,
+                                   limit_val_batches=1.0 if limit_batches is None else limit_batches)
         start = time.perf_counter()
         evaluator.validate(system, datamodule=datamodule, verbose=False)
         eval_seconds = time.perf_counter() - start
@@ -306,6 +311,10 @@ def run_preset(preset: str, *, data: str | None = None, overrides: Sequence[str]
         "median_forward_ms": _median_ms(timer.forward),
         "median_backward_ms": _median_ms(timer.backward),
         "median_rest_ms": _median_ms(timer.rest),
+        # one median batch (wait + step): the steady-state rate without warm-up and the AutoML step
+        "median_batch_samples_per_s": int(cfg.data.batch_size) / (statistics.median(timer.waits)
+                                                                  + statistics.median(timer.steps))
+        if timer.steps else float("nan"),
         "first_wait_ms": 1000 * timer.waits[0] if timer.waits else float("nan"),
         "max_step_ms": 1000 * max(timer.steps) if timer.steps else float("nan"),
         "build_seconds": build_seconds,
@@ -374,16 +383,29 @@ def git_state() -> str:
     return f"{commit} (+ uncommitted changes)" if dirty else commit
 
 
+def _json_safe(value: Any) -> Any:
+    """NaN/inf (a figure that could not be measured) become ``null``: results.json stays strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def _fmt(value: float, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
 def results_table(results: Sequence[dict[str, Any]]) -> str:
-    rows = ["| preset | batch | parameters | train samples/s | eval samples/s | batch share | peak RSS (MB) |",
+    rows = ["| preset | batch | parameters | train samples/s | eval samples/s | batch share "
+            "| peak RSS (MB) |",
             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
-        rows.append(f"| {r['preset']} | {r['batch_size']:,} | {r['parameters']:,} | {_fmt(r['train_samples_per_s'])} "
-                    f"| {_fmt(r['eval_samples_per_s'])} | {100 * r['batch_share']:.1f} % | {_fmt(r['peak_rss_mb'])} |")
+        rows.append(f"| {r['preset']} | {r['batch_size']:,} | {r['parameters']:,} "
+                    f"| {_fmt(r['train_samples_per_s'])} | {_fmt(r['eval_samples_per_s'])} "
+                    f"| {100 * r['batch_share']:.1f} % | {_fmt(r['peak_rss_mb'])} |")
     return "\n".join(rows)
 
 
@@ -392,7 +414,8 @@ def _targets(results: Sequence[dict[str, Any]]) -> str:
     for r in results:
         share = "met" if r["batch_share"] <= TARGET_BATCH_SHARE else "**missed**"
         rss = "met" if r["peak_rss_mb"] < TARGET_PEAK_RSS_MB else "**missed**"
-        rows.append(f"| {r['preset']} | {share} ({100 * r['batch_share']:.1f} %) | {rss} ({_fmt(r['peak_rss_mb'])} MB) |")
+        rows.append(f"| {r['preset']} | {share} ({100 * r['batch_share']:.1f} %) "
+                    f"| {rss} ({_fmt(r['peak_rss_mb'])} MB) |")
     return "\n".join(rows)
 
 
@@ -401,29 +424,38 @@ def render_readme(results: Sequence[dict[str, Any]], meta: dict[str, Any]) -> st
     load = ", ".join(f"{x:.2f}" for x in meta["load_before"])
     first = results[0]
     timing = ["| preset | train rows | batches | epoch (s) | median wait (ms) | median step (ms) "
-              "| forward / backward / rest, median (ms) | iterator share | first wait (ms) | slowest step (ms) |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| forward / backward / rest, median (ms) | iterator share | first wait (ms) "
+              "| slowest step (ms) | samples/s of a median batch |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         timing.append(
             f"| {r['preset']} | {r['train_rows']:,} | {r['train_batches']} | {r['train_seconds']:.1f} "
             f"| {r['median_wait_ms']:.2f} | {r['median_step_ms']:.1f} "
             f"| {r['median_forward_ms']:.1f} / {r['median_backward_ms']:.1f} / {r['median_rest_ms']:.1f} "
-            f"| {100 * r['iterator_share']:.2f} % | {r['first_wait_ms']:.1f} | {r['max_step_ms']:.1f} |")
-    load_rows = ["| preset | threads | CPU cores used: bench / other processes | load (1 min) before → after "
-                 "| eval rows | eval batches | eval (s) | build (s) | fit (s) |",
+            f"| {100 * r['iterator_share']:.2f} % | {r['first_wait_ms']:.1f} | {r['max_step_ms']:.1f} "
+            f"| {_fmt(r['median_batch_samples_per_s'])} |")
+    load_rows = ["| preset | threads | CPU cores used: bench / other processes "
+                 "| load (1 min) before → after | eval rows | eval batches | eval (s) | build (s) "
+                 "| fit (s) |",
                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         load_rows.append(
             f"| {r['preset']} | {r['threads']} | {r['process_cpu_cores']:.2f} / {r['other_cpu_cores']:.2f} "
-            f"| {r['load_before'][0]:.2f} → {r['load_after'][0]:.2f} | {r['eval_rows']:,} | {r['eval_batches']} "
+            f"| {r['load_before'][0]:.2f} → {r['load_after'][0]:.2f} "
+            f"| {r['eval_rows']:,} | {r['eval_batches']} "
             f"| {r['eval_seconds']:.2f} | {r['build_seconds']:.2f} | {r['fit_seconds']:.1f} |")
     busiest = max(r["other_cpu_cores"] for r in results)
-    busy = (f"\n**The machine was busy:** other processes used up to {busiest:.2f} of its {machine['cores']} cores "
-            f"on average during the training epochs, while torch ran {first['threads']} threads. The figures "
-            "are those of a shared machine and can be far below an idle one's.\n"
+    busy = (f"\n**The machine was busy:** other processes used up to {busiest:.2f} of its {machine['cores']} "
+            f"cores on average during the training epochs, while torch ran {first['threads']} thread(s). "
+            "The figures are those of a shared machine and can be far below an idle one's.\n"
             if busiest > BUSY_OTHER_CORES else "")
     limited = "" if first["limit_batches"] is None else (
         f" **Quick run: at most {first['limit_batches']} batches per stage.**")
+    hardware = (f"{machine['cpu']}, {machine['cores']} cores ({machine['usable_cores']} usable), "
+                f"{machine['memory_gb']} GB RAM, {machine['platform']}")
+    software = (f"Python {machine['python']}, torch {first['torch']}, Lightning {first['lightning']}, "
+                f"`torch.get_num_threads()` = {first['threads']} (inter-op {first['interop_threads']}), "
+                f"{first['accelerator']} ({first['device']})")
     presets = ", ".join(f"`{r['preset']}` ({' '.join(r['overrides']) or 'default config'})" for r in results)
     return f"""# Benchmark: M3oE, {meta['epochs']} epoch(s) on {first['data']}
 
@@ -433,8 +465,8 @@ one machine.{limited}
 - command: `{meta['command']}` (in `{meta['cwd']}`)
 - date: {meta['date']}
 - git commit: {meta['git_commit']}
-- machine: {machine['cpu']}, {machine['cores']} cores ({machine['usable_cores']} usable), {machine['memory_gb']} GB RAM, {machine['platform']}
-- software: Python {machine['python']}, torch {first['torch']}, Lightning {first['lightning']}, `torch.get_num_threads()` = {first['threads']} (inter-op {first['interop_threads']}), {first['accelerator']} ({first['device']})
+- machine: {hardware}
+- software: {software}
 - load average before the run (1, 5, 15 min): {load}
 - presets: {presets}; each {'in its own fresh process' if meta['isolated'] else 'in one shared process'}
 {busy}
@@ -498,7 +530,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="run every preset in this process (faster start; peak RSS reset per preset "
                              "where Linux allows it) instead of one fresh process per preset")
     parser.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)  # a preset's child process
-    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every preset, e.g. data.rows=4000")
+    parser.add_argument("overrides", nargs="*",
+                        help="extra Hydra overrides for every preset, e.g. threads=1 data.rows=4000")
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error("--epochs must be at least 1")
@@ -526,9 +559,9 @@ def run_bench(args: argparse.Namespace, command: str) -> list[dict[str, Any]]:
               "usable_cores": meta["machine"]["usable_cores"], "python": meta["machine"]["python"],
               "bench_load_before": meta["load_before"], "isolated_process": meta["isolated"],
               "target_batch_share": TARGET_BATCH_SHARE, "target_peak_rss_mb": TARGET_PEAK_RSS_MB}
-    records = [{**r, **shared} for r in results]
+    records = _json_safe([{**r, **shared} for r in results])
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(records, indent=2) + "\n")
+    (out / "results.json").write_text(json.dumps(records, indent=2, allow_nan=False) + "\n")
     (out / "README.md").write_text(render_readme(results, meta))
     print(results_table(results))
     print(f"bench: wrote {out / 'README.md'} and {out / 'results.json'}")

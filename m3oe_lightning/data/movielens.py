@@ -199,14 +199,19 @@ def read_ml1m_movies(path: Path) -> pd.DataFrame:
     return pd.DataFrame({"movie_id": df["movie_id"], "genre": genre})
 
 
-def read_ml1m_ratings_dat(path: Path) -> pd.DataFrame:
-    """``ratings.dat`` -> ``user_id, movie_id, click, like`` (rating must be 1..5)."""
-    df = read_separated(path, sep="::", names=["user_id", "movie_id", "rating", "timestamp"],
+def read_rating_lines(path: Path, sep: str) -> pd.DataFrame:
+    """``user item rating timestamp`` lines -> ``user_id, movie_id, click, like`` (rating must be 1..5)."""
+    df = read_separated(path, sep=sep, names=["user_id", "movie_id", "rating", "timestamp"],
                         int_columns=["user_id", "movie_id", "rating", "timestamp"])
     rating = df["rating"].to_numpy()
     require_in_range(rating, 1, 5, path, "rating", header_lines=0)
     click, like = _labels_from_rating(rating)
     return pd.DataFrame({"user_id": df["user_id"], "movie_id": df["movie_id"], "click": click, "like": like})
+
+
+def read_ml1m_ratings_dat(path: Path) -> pd.DataFrame:
+    """``ratings.dat`` (``UserID::MovieID::Rating::Timestamp``)."""
+    return read_rating_lines(path, "::")
 
 
 def _first_line(mask: np.ndarray) -> int | None:
@@ -363,13 +368,8 @@ def read_ml100k_users(path: Path) -> pd.DataFrame:
 
 
 def read_ml100k_ratings(path: Path) -> pd.DataFrame:
-    """``u.data`` (tab-separated ``user item rating timestamp``) -> ``user_id, movie_id, click, like``."""
-    df = read_separated(path, sep="\t", names=["user_id", "movie_id", "rating", "timestamp"],
-                        int_columns=["user_id", "movie_id", "rating", "timestamp"])
-    rating = df["rating"].to_numpy()
-    require_in_range(rating, 1, 5, path, "rating", header_lines=0)
-    click, like = _labels_from_rating(rating)
-    return pd.DataFrame({"user_id": df["user_id"], "movie_id": df["movie_id"], "click": click, "like": like})
+    """``u.data`` (tab-separated ``user item rating timestamp``)."""
+    return read_rating_lines(path, "\t")
 
 
 def read_movielens100k(root: Path) -> pd.DataFrame:

@@ -21,6 +21,7 @@ the *_signal arguments, so two tables that differ only in a signal strength have
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -112,27 +113,15 @@ def synthetic_table(
                           domains=tuple(f"d{k}" for k in range(num_domains)), tasks=tasks)
 
 
-def make_synthetic(
-    *,
-    num_domains: int = 3,
-    num_tasks: int = 2,
-    rows: int = 20000,
-    num_users: int = 500,
-    num_items: int = 300,
-    shared_signal: float = 1.0,
-    domain_signal: float = 1.0,
-    task_signal: float = 1.0,
-    noise: float = 0.5,
-    split: str = "random",
-    split_seed: int = 0,
-    seed: int = 0,
-) -> EncodedDataset:
+def make_synthetic(*, split: str = "random", split_seed: int = 0, **generator: Any) -> EncodedDataset:
     """Synthetic rows encoded like a real dataset: sparse ``user_id, item_id, domain``, dense ``x0, x1``,
-    domains ``d0..``, tasks ``t0..``."""
+    domains ``d0..``, tasks ``t0..``. ``generator`` holds :func:`synthetic_table`'s settings."""
     check_split_kind(split)
-    table = synthetic_table(num_domains=num_domains, num_tasks=num_tasks, rows=rows, num_users=num_users,
-                            num_items=num_items, shared_signal=shared_signal, domain_signal=domain_signal,
-                            task_signal=task_signal, noise=noise, seed=seed)
+    try:
+        table = synthetic_table(**generator)
+    except TypeError as error:  # a misspelt data.<setting>
+        raise UserInputError(f"unknown synthetic data setting: {error}") from None
+    num_domains, rows, seed = len(table.domains), len(table.frame), generator.get("seed", 0)
     spec = TableSpec(
         name="synthetic",
         sparse=("user_id", "item_id"),
