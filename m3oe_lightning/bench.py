@@ -53,11 +53,9 @@ from omegaconf import DictConfig
 
 from m3oe_lightning import tracking
 from m3oe_lightning.cli import build, report_user_errors
-from m3oe_lightning.data.datamodule import MDMTDataModule
 from m3oe_lightning.errors import UserInputError
-from m3oe_lightning.models.base import MDMTModel
-from m3oe_lightning.train import CONF_DIR, validate
-from m3oe_lightning.training.module import MDMTModule, count_parameters
+from m3oe_lightning.train import CONF_DIR, build_system
+from m3oe_lightning.training.module import count_parameters
 
 PRESETS: dict[str, list[str]] = {
     "paper": [],                                 # the default config: model=m3oe, batch 4,096
@@ -85,11 +83,13 @@ class StepTimer(L.Callback):
         self.iterator_seconds = 0.0      # time inside the loader's next() (set by TimedLoader)
         self.cpu_seconds = 0.0           # this process's CPU time during the epochs
         self.system_busy_seconds = 0.0   # every process's CPU time during the epochs (whole machine)
-        self._last_end = self._start = self._epoch_start = self._cpu0 = self._busy0 = 0.0
+        self.steal_seconds = 0.0         # CPU time the hypervisor took away during the epochs
+        self._last_end = self._start = self._epoch_start = self._cpu0 = self._busy0 = self._steal0 = 0.0
         self._marks: dict[str, float] = {}
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._cpu0, self._busy0 = _process_cpu_seconds(), _system_busy_seconds()
+        self._steal0 = _steal_seconds()
         self._epoch_start = self._last_end = time.perf_counter()
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
@@ -122,6 +122,7 @@ class StepTimer(L.Callback):
         self.epoch_seconds.append(time.perf_counter() - self._epoch_start)
         self.cpu_seconds += _process_cpu_seconds() - self._cpu0
         self.system_busy_seconds += _system_busy_seconds() - self._busy0
+        self.steal_seconds += _steal_seconds() - self._steal0
 
 
 class RowCounter(L.Callback):
@@ -168,8 +169,14 @@ def _process_cpu_seconds() -> float:
 
 
 def _system_busy_seconds() -> float:
+    """CPU seconds every process on the machine has used (guest time is inside user/nice on Linux)."""
     times = psutil.cpu_times()
-    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+    return sum(getattr(times, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq"))
+
+
+def _steal_seconds() -> float:
+    """CPU seconds the hypervisor gave to other machines while this one wanted to run (Linux VMs)."""
+    return getattr(psutil.cpu_times(), "steal", 0.0)
 
 
 def peak_rss_mb() -> float:
@@ -210,27 +217,6 @@ def compose_preset(preset: str, data: str | None = None, overrides: Sequence[str
         GlobalHydra.instance().clear()
 
 
-def _build_system(cfg: DictConfig) -> tuple[MDMTDataModule, MDMTModel, MDMTModule]:
-    """Data, model and training system exactly as ``train.train`` builds them.
-
-    TEMPORARY mirror of the first lines of ``m3oe_lightning.train.train`` (validate, threads, seed,
-    datamodule, model, MDMTModule): replace with ``from m3oe_lightning.train import build_system`` once
-    train.py exposes that function.
-    """
-    validate(cfg)
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule: MDMTDataModule = build(cfg.data)
-    model = build(cfg.model, schema=datamodule.load().schema)
-    system = MDMTModule(
-        model, lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay,
-        automl_mode=cfg.automl.mode, automl_every=cfg.automl.every, automl_source=cfg.automl.source,
-        automl_lr=cfg.automl.lr, automl_weight_decay=cfg.automl.weight_decay,
-    )
-    return datamodule, model, system
-
-
 def _bench_trainer(cfg: DictConfig, callback: L.Callback, **settings: Any) -> L.Trainer:
     """``cfg.trainer`` (accelerator, devices ...) without logger, checkpoints, bars or sanity checks."""
     return build(cfg.trainer, callbacks=[callback], logger=False, enable_checkpointing=False,
@@ -260,7 +246,7 @@ def run_preset(preset: str, *, data: str | None = None, overrides: Sequence[str]
     with tempfile.TemporaryDirectory(prefix="m3oe-bench-") as root:
         cfg = compose_preset(preset, data, overrides, default_root_dir=root)
         start = time.perf_counter()
-        datamodule, model, system = _build_system(cfg)
+        datamodule, model, system = build_system(cfg)
         build_seconds = time.perf_counter() - start
 
         timer = StepTimer()
@@ -325,6 +311,7 @@ def run_preset(preset: str, *, data: str | None = None, overrides: Sequence[str]
         "process_cpu_cores": timer.cpu_seconds / epoch_seconds if epoch_seconds > 0 else float("nan"),
         "other_cpu_cores": max(0.0, timer.system_busy_seconds - timer.cpu_seconds) / epoch_seconds
         if epoch_seconds > 0 else float("nan"),
+        "steal_cpu_cores": timer.steal_seconds / epoch_seconds if epoch_seconds > 0 else float("nan"),
         "load_before": list(load_before),
         "load_after": list(os.getloadavg()),
         "parameters": count_parameters(model),
@@ -434,13 +421,14 @@ def render_readme(results: Sequence[dict[str, Any]], meta: dict[str, Any]) -> st
             f"| {r['median_forward_ms']:.1f} / {r['median_backward_ms']:.1f} / {r['median_rest_ms']:.1f} "
             f"| {100 * r['iterator_share']:.2f} % | {r['first_wait_ms']:.1f} | {r['max_step_ms']:.1f} "
             f"| {_fmt(r['median_batch_samples_per_s'])} |")
-    load_rows = ["| preset | threads | CPU cores used: bench / other processes "
+    load_rows = ["| preset | threads | CPU cores used: bench / other processes / stolen by host "
                  "| load (1 min) before → after | eval rows | eval batches | eval (s) | build (s) "
                  "| fit (s) |",
                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         load_rows.append(
             f"| {r['preset']} | {r['threads']} | {r['process_cpu_cores']:.2f} / {r['other_cpu_cores']:.2f} "
+            f"/ {r['steal_cpu_cores']:.2f} "
             f"| {r['load_before'][0]:.2f} → {r['load_after'][0]:.2f} "
             f"| {r['eval_rows']:,} | {r['eval_batches']} "
             f"| {r['eval_seconds']:.2f} | {r['build_seconds']:.2f} | {r['fit_seconds']:.1f} |")
@@ -507,7 +495,8 @@ Targets (reported, not enforced):
 - **peak RSS** (MB = 2^20 bytes): `resource.getrusage(RUSAGE_SELF).ru_maxrss` of the process that ran
   the preset ({first['peak_rss_scope']}: imported libraries, the loaded dataset, training, evaluation).
 - **CPU cores used**: this process's CPU seconds / epoch wall seconds; *other processes*: every other
-  process's CPU seconds on the machine (`/proc/stat`) over the same time.
+  process's CPU seconds on the machine (`/proc/stat`) over the same time; *stolen by host*: time the
+  hypervisor ran something else while this (virtual) machine wanted to run.
 - Machine-readable figures: `results.json` beside this file.
 """
 

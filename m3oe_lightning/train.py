@@ -24,6 +24,7 @@ from m3oe_lightning.cli import build, report_user_errors
 from m3oe_lightning.data.datamodule import MDMTDataModule
 from m3oe_lightning.data.schema import FeatureSchema
 from m3oe_lightning.errors import UserInputError
+from m3oe_lightning.models.base import MDMTModel
 from m3oe_lightning.training.module import MDMTModule, count_parameters
 
 RUN_ID_ENV = "M3OE_MLFLOW_RUN_ID"  # hands rank 0's run to DDP worker processes
@@ -78,21 +79,26 @@ def log_run_outputs(run: tracking.RunHandle, cfg: DictConfig, metrics: dict[str,
     client.log_metric(run.run_id, "model/parameters", n_params)
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Train, test and log one run; returns the test metrics."""
+def build_system(cfg: DictConfig) -> tuple[MDMTDataModule, MDMTModel, MDMTModule]:
+    """Settings checks, threads and seed, then the datamodule, model and training system of ``cfg``."""
     validate(cfg)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-
     datamodule: MDMTDataModule = build(cfg.data)
-    schema = datamodule.load().schema
-    model = build(cfg.model, schema=schema)
+    model = build(cfg.model, schema=datamodule.load().schema)
     system = MDMTModule(
         model, lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay,
         automl_mode=cfg.automl.mode, automl_every=cfg.automl.every, automl_source=cfg.automl.source,
         automl_lr=cfg.automl.lr, automl_weight_decay=cfg.automl.weight_decay,
     )
+    return datamodule, model, system
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train, test and log one run; returns the test metrics."""
+    datamodule, model, system = build_system(cfg)
+    schema = datamodule.schema
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     # what a resumed run must share with the original (callbacks' state travels in the checkpoint)

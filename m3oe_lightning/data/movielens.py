@@ -349,7 +349,7 @@ def read_ml100k_items(path: Path, genres: list[str]) -> pd.DataFrame:
     df = read_separated(path, sep="|", names=["movie_id", "title", "release", "video_release", "url", *flags],
                         int_columns=["movie_id", *flags])
     matrix = df[flags].to_numpy(np.int64)
-    for j, col in enumerate(flags):
+    for j in range(len(flags)):
         require_in_range(matrix[:, j], 0, 1, path, f"genre flag {genres[j]!r}", header_lines=0)
     _require_unique(df["movie_id"].to_numpy(), path, "movie_id")
     names = np.asarray(genres, dtype=object)
