@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import pytest
-import torch
+# Before torch loads OpenMP: idle worker threads sleep instead of spinning. On a busy 2-core runner a
+# spinning thread waiting for a descheduled sibling makes small steps 10-100x slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from pathlib import Path  # noqa: E402
 
-from m3oe_lightning.data.schema import Batch, DenseFeature, FeatureSchema, SparseFeature
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from m3oe_lightning.data.schema import Batch, DenseFeature, FeatureSchema, SparseFeature  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
