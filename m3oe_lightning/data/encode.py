@@ -7,7 +7,8 @@ Every dataset goes through this one function so that all of them share the same 
   ``vocab_size = number of distinct train values + 1``; ids follow the sorted order of the values, so
   the same train set always gives the same ids;
 * dense columns are min-max scaled with the train minimum and maximum (not clipped: val/test values
-  outside the train range fall outside [0, 1]);
+  outside the train range fall outside [0, 1]); ``TableSpec.dense_scaling`` may choose another scaling
+  per column (:data:`DENSE_SCALINGS`: ``standard``, ``log1p``, ``none``), always fitted on train rows;
 * the domain of each row is an int64 index into ``spec.domains``; it is also appended as the last sparse
   feature (encoded like the others) because the M3oE reference feeds it to the embedding layer;
 * labels are float32 ``[N, T]`` in ``spec.tasks`` order.
@@ -42,6 +43,7 @@ class TableSpec:
 
     ``domain_of_value`` maps each value of ``domain_column`` to an index into ``domains`` (several values
     may share a domain, e.g. ML-1M age codes 35, 45, 50 and 56 are all ``age_35plus``).
+    ``dense_scaling`` maps a dense column to one of :data:`DENSE_SCALINGS`; unlisted columns are ``minmax``.
     """
 
     name: str
@@ -54,6 +56,7 @@ class TableSpec:
     domain_feature: str | None = "domain"
     embed_dim: int = 16
     extras: Mapping[str, Any] = field(default_factory=dict)
+    dense_scaling: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,7 @@ def _codes_and_uniques(column: pd.Series | np.ndarray) -> tuple[np.ndarray, np.n
     if isinstance(column, pd.Series) and isinstance(column.dtype, pd.CategoricalDtype):
         cat = column.cat
         if not cat.ordered and not cat.categories.is_monotonic_increasing:
-            cat = cat.reorder_categories(sorted(cat.categories))
+            cat = cat.reorder_categories(sorted(cat.categories)).cat  # the accessor returns a new Series
         return cat.codes.to_numpy(np.int64), np.asarray(cat.categories)
     codes, uniques = pd.factorize(np.asarray(column), sort=True, use_na_sentinel=True)
     return codes.astype(np.int64, copy=False), np.asarray(uniques)
@@ -118,6 +121,57 @@ def minmax_scale(values: np.ndarray, train_idx: np.ndarray) -> tuple[np.ndarray,
     span = high - low
     scaled = (values - low) / span if span > 0 else np.zeros_like(values, dtype=np.float64)
     return np.nan_to_num(scaled, nan=0.0).astype(np.float32), low, high
+
+
+DENSE_SCALINGS: tuple[str, ...] = ("minmax", "standard", "log1p", "none")
+
+
+def check_dense_scaling(kind: Any, column: str, setting: str = "dense scaling") -> str:
+    """Fail with one line on a scaling name that is not one of :data:`DENSE_SCALINGS`."""
+    if kind not in DENSE_SCALINGS:
+        raise UserInputError(f"{setting} of dense column {column!r} is {kind!r}; "
+                             f"use one of {', '.join(DENSE_SCALINGS)}")
+    return str(kind)
+
+
+def standard_scale(values: np.ndarray, train_idx: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """``(x - mean) / std`` with the train mean and (population) std; a constant column becomes zeros.
+
+    A missing value becomes 0 (the train mean), as in :func:`minmax_scale`.
+    """
+    train = values[train_idx]
+    mean = float(np.nanmean(train)) if np.isfinite(train).any() else 0.0
+    std = float(np.nanstd(train)) if np.isfinite(train).any() else 0.0
+    scaled = (values - mean) / std if std > 0 else np.zeros_like(values, dtype=np.float64)
+    return np.nan_to_num(scaled, nan=0.0).astype(np.float32), mean, std
+
+
+def signed_log1p(values: np.ndarray) -> np.ndarray:
+    """``sign(x) * log1p(|x|)``: ``log1p`` for the non-negative counts it is meant for, and still defined
+    (odd-symmetric) for the occasional negative value."""
+    return np.sign(values) * np.log1p(np.abs(values))
+
+
+def scale_dense(values: np.ndarray, train_idx: np.ndarray, kind: str = "minmax") -> tuple[np.ndarray, list[float]]:
+    """Scale one dense column with statistics of the train rows only; returns the values and the fitted
+    parameters (``minmax``/``log1p``: train min and max after the transform; ``standard``: mean, std).
+
+    ``log1p`` is :func:`signed_log1p` followed by min-max (heavy-tailed counts end up in about [0, 1]);
+    ``none`` keeps the values as they are (missing -> 0).
+    """
+    if kind == "minmax":
+        scaled, low, high = minmax_scale(values, train_idx)
+        return scaled, [low, high]
+    if kind == "log1p":
+        scaled, low, high = minmax_scale(signed_log1p(values), train_idx)
+        return scaled, [low, high]
+    if kind == "standard":
+        scaled, mean, std = standard_scale(values, train_idx)
+        return scaled, [mean, std]
+    if kind == "none":
+        return np.nan_to_num(values, nan=0.0).astype(np.float32), []
+    check_dense_scaling(kind, "?")
+    raise AssertionError("unreachable")
 
 
 def _check_inputs(frame: pd.DataFrame, spec: TableSpec, splits: tuple[np.ndarray, ...]) -> None:
@@ -166,12 +220,18 @@ def encode_table(
 
     dense = np.empty((n, len(spec.dense)), dtype=np.float32)
     ranges: dict[str, list[float]] = {}
+    scalings: dict[str, list[Any]] = {}  # only columns not scaled min-max (keeps old extras unchanged)
     for j, name in enumerate(spec.dense):
-        dense[:, j], low, high = minmax_scale(frame[name].to_numpy(np.float64), train_idx)
-        ranges[name] = [low, high]
+        kind = check_dense_scaling(spec.dense_scaling.get(name, "minmax"), name)
+        dense[:, j], params = scale_dense(frame[name].to_numpy(np.float64), train_idx, kind)
+        if kind == "minmax":
+            ranges[name] = params
+        else:
+            scalings[name] = [kind, *params]
 
     labels = frame[list(spec.tasks)].to_numpy(np.float32)
-    extras = {"dataset": spec.name, "dense_range": ranges, **dict(spec.extras)}
+    extras = {"dataset": spec.name, "dense_range": ranges, **({"dense_scaling": scalings} if scalings else {}),
+              **dict(spec.extras)}
     json.dumps(extras)  # extras travel through the cache as JSON: fail here, not at save time
     schema = FeatureSchema(
         sparse=tuple(features),

@@ -1,18 +1,21 @@
 """Dataset names → builders of an :class:`EncodedDataset`, with the on-disk cache in front.
 
 ``data=<name>`` in Hydra selects one of these; the datamodule calls :func:`load_dataset`. A dataset on
-disk lives in a folder (``folder``) under the data root, or the root itself holds its files.
+disk lives in a folder (``folder``, or one of ``also``) under the data root, or the root itself holds its
+files. A dataset with ``settings`` accepts dataset-specific ``data.*`` options: ``settings(**options)``
+checks them and fills in defaults, and the result goes to ``build`` and ``source_files`` and keys the
+cache. A dataset without it accepts no extra option (MovieLens), as before.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from m3oe_lightning.data import movielens, synthetic
+from m3oe_lightning.data import aliexpress, kuairand, movielens, open_bandit, synthetic, tabular
 from m3oe_lightning.data.cache import cached
 from m3oe_lightning.data.paths import resolve_data_root
 from m3oe_lightning.data.schema import EncodedDataset
@@ -21,20 +24,32 @@ from m3oe_lightning.errors import UserInputError
 
 @dataclass(frozen=True)
 class FileDataset:
-    """A dataset read from files: its folder name, a marker file set, a builder and its source files."""
+    """A dataset read from files: its folder name, a marker file set, a builder and its source files.
 
-    folder: str
+    ``folder=None`` marks a reader whose files a setting names (``data=tabular``'s ``data.path``): it gets
+    ``data.root`` when set, else the working directory, as the base of relative paths.
+    """
+
+    folder: str | None
     markers: tuple[tuple[str, ...], ...]  # any one of these file sets marks a folder holding the data
-    build: Callable[..., EncodedDataset]
-    source_files: Callable[[Path], list[Path]]
+    build: Callable[..., EncodedDataset]  # build(folder, *, split, split_seed, **settings)
+    source_files: Callable[..., list[Path]]  # source_files(folder, **settings)
     supports_download: bool = False
+    settings: Callable[..., dict[str, Any]] | None = None  # None: no dataset options accepted
+    also: tuple[str, ...] = ()  # other folder names (relative to the root) the data may live in
 
     def locate(self, root: Path) -> Path:
-        """The folder holding the files: ``root`` itself or ``root/<folder>``."""
-        for candidate in (root, root / self.folder):
+        """The folder holding the files: ``root`` itself, ``root/<folder>`` or ``root/<also...>``."""
+        assert self.folder is not None
+        for candidate in (root, root / self.folder, *(root / a for a in self.also)):
             if any(all((candidate / m).exists() for m in marker) for marker in self.markers):
                 return candidate
         return root / self.folder
+
+    def folder_for(self, root: str | Path | None) -> Path:
+        if self.folder is None:
+            return Path(root).expanduser().resolve() if root not in (None, "") else Path.cwd()
+        return self.locate(resolve_data_root(root))
 
 
 FILE_DATASETS: dict[str, FileDataset] = {
@@ -52,12 +67,52 @@ FILE_DATASETS: dict[str, FileDataset] = {
         build=movielens.load_movielens100k,
         source_files=movielens.movielens100k_source_files,
     ),
+    "tabular": FileDataset(
+        folder=None,
+        markers=(),
+        build=tabular.load_tabular,
+        source_files=tabular.tabular_source_files,
+        settings=tabular.tabular_settings,
+    ),
+    "kuairand_pure": FileDataset(
+        folder="kuairand",
+        also=("KuaiRand-Pure/data", "KuaiRand-Pure", "kuairand-pure"),
+        markers=((kuairand.USER_FEATURES, kuairand.VIDEO_FEATURES),),
+        build=kuairand.load_kuairand_pure,
+        source_files=kuairand.kuairand_source_files,
+        settings=kuairand.kuairand_settings,
+    ),
+    "aliexpress": FileDataset(
+        folder="aliexpress",
+        also=("AliExpress",),
+        markers=tuple((f"AliExpress_{c}/train.csv",) for c in aliexpress.COUNTRIES),
+        build=aliexpress.load_aliexpress,
+        source_files=aliexpress.aliexpress_source_files,
+        settings=aliexpress.aliexpress_settings,
+    ),
+    "open_bandit": FileDataset(
+        folder="open-bandit-dataset-sample",
+        also=("open_bandit_dataset", "open-bandit-dataset", "obd"),
+        markers=tuple((f"{p}/{c}/{c}.csv",) for p in open_bandit.POLICIES for c in open_bandit.CAMPAIGNS),
+        build=open_bandit.load_open_bandit,
+        source_files=open_bandit.open_bandit_source_files,
+        settings=open_bandit.open_bandit_settings,
+    ),
 }
 GENERATED_DATASETS: dict[str, Callable[..., EncodedDataset]] = {"synthetic": synthetic.make_synthetic}
 
 
 def dataset_names() -> list[str]:
     return sorted([*FILE_DATASETS, *GENERATED_DATASETS])
+
+
+def plain(value: Any) -> Any:
+    """Config containers (OmegaConf's DictConfig/ListConfig included) as plain dicts and lists."""
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) or (isinstance(value, Sequence) and not isinstance(value, (str, bytes))):
+        return [plain(v) for v in value]
+    return value
 
 
 def load_dataset(name: str, *, root: str | Path | None, split: str, split_seed: int, download: bool,
@@ -67,10 +122,14 @@ def load_dataset(name: str, *, root: str | Path | None, split: str, split_seed: 
         return GENERATED_DATASETS[name](split=split, split_seed=split_seed, **options)
     if name not in FILE_DATASETS:
         raise UserInputError(f"data.name={name!r} is not a known dataset; choose one of {dataset_names()}")
-    if options:
-        raise UserInputError(f"unknown data settings for {name}: {sorted(options)}")
     spec = FILE_DATASETS[name]
-    folder = spec.locate(resolve_data_root(root))
+    if spec.settings is None:
+        if options:
+            raise UserInputError(f"unknown data settings for {name}: {sorted(options)}")
+        settings: dict[str, Any] = {}
+    else:
+        settings = spec.settings(**plain(options))
+    folder = spec.folder_for(root)
     if download and spec.supports_download and not any(
             all((folder / m).exists() for m in marker) for marker in spec.markers):
         # a download never writes into a read-only shared folder: it goes under the explicit root
@@ -78,8 +137,10 @@ def load_dataset(name: str, *, root: str | Path | None, split: str, split_seed: 
         target = Path(root) if root is not None else Path("data")
         folder = target / spec.folder
         movielens.download_movielens1m(folder)
-    build = functools.partial(spec.build, folder, split=split, split_seed=split_seed)
+    build = functools.partial(spec.build, folder, split=split, split_seed=split_seed, **settings)
     if cache_dir is None:
         return build()
-    config = {"dataset": name, "split": split, "split_seed": split_seed}
-    return cached(build, cache_dir=cache_dir, source_files=spec.source_files(folder), config=config)
+    config: dict[str, Any] = {"dataset": name, "split": split, "split_seed": split_seed}
+    if settings:  # absent for datasets without options, so their cache keys are unchanged
+        config["settings"] = settings
+    return cached(build, cache_dir=cache_dir, source_files=spec.source_files(folder, **settings), config=config)

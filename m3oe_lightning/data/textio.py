@@ -13,7 +13,8 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -190,3 +191,250 @@ def read_csv_with_header(
             raise UserInputError(f"{path}, line {pos + 2}: {col} must be a number or empty, "
                                  f"got {df[col].iloc[pos]!r}")
     return df
+
+
+# --- column-selective readers for larger tables (CSV via pyarrow, Parquet) ---------------------------
+#
+# Rows of a table read here are numbered 0.. in file order. :class:`RowLocator` turns a row number back
+# into what a user can open: ``line N`` of a CSV (blank lines and quoted line breaks accounted for; found
+# by a scan only when an error is reported) or ``row N`` of a Parquet file.
+
+_CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".tsv", ".tsv.gz", ".txt", ".txt.gz")
+_PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
+
+
+def table_format(path: Path) -> str:
+    """``csv`` or ``parquet`` from the file name; anything else is a user error naming the file."""
+    name = path.name.lower()
+    if name.endswith(_PARQUET_SUFFIXES):
+        return "parquet"
+    if name.endswith(_CSV_SUFFIXES):
+        return "csv"
+    raise UserInputError(f"{path}: unknown table format; name CSV files *.csv (or .csv.gz, .tsv) and Parquet "
+                         f"files *.parquet")
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.name.lower().endswith(".gz"):
+        import gzip
+
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
+    if path.name.lower().endswith(".bz2"):
+        import bz2
+
+        return io.TextIOWrapper(bz2.open(path, "rb"), encoding="utf-8", newline="")
+    return path.open("r", encoding="utf-8", newline="")
+
+
+def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[int, list[str]]]:
+    """``(first line number, fields)`` of every non-blank CSV record, header included."""
+    with _open_text(path) as fh:
+        reader = csv.reader(fh, delimiter=delimiter)
+        previous_end = 0
+        for fields in reader:
+            start = previous_end + 1
+            previous_end = reader.line_num
+            if fields:  # a blank line: pyarrow skips it too
+                yield start, fields
+
+
+def csv_line_of_row(path: Path, row: int, delimiter: str = ",") -> int:
+    """1-based line on which data row ``row`` (0-based, header excluded) of a CSV file starts."""
+    for k, (line, _) in enumerate(_csv_rows(path, delimiter)):
+        if k == row + 1:
+            return line
+    return row + 2  # not reached for a row that exists; a plain-file guess otherwise
+
+
+def _first_bad_field_count(path: Path, delimiter: str) -> str | None:
+    """Describe the first record whose field count differs from the header's (the slow path of an error)."""
+    expected = None
+    for line, fields in _csv_rows(path, delimiter):
+        if expected is None:
+            expected = len(fields)
+        elif len(fields) != expected:
+            return f"{path}, line {line}: expected {expected} fields separated by {delimiter!r}, found {len(fields)}"
+    return None
+
+
+@dataclass(frozen=True)
+class RowLocator:
+    """Names a row of one file the way a user finds it: ``<file>, line N`` (CSV) or ``<file>, row N``."""
+
+    path: Path
+    kind: str
+    delimiter: str = ","
+
+    def where(self, row: int) -> str:
+        if self.kind == "csv":
+            return f"{self.path}, line {csv_line_of_row(self.path, row, self.delimiter)}"
+        return f"{self.path}, row {row + 1}"
+
+    def header(self) -> str:
+        return f"{self.path}, line 1" if self.kind == "csv" else str(self.path)
+
+
+def _arrow():
+    try:
+        import pyarrow  # noqa: F401
+        import pyarrow.csv
+        import pyarrow.parquet
+    except ImportError as exc:  # pragma: no cover - pyarrow ships with the project's dependencies
+        raise UserInputError(f"reading CSV/Parquet tables needs pyarrow ({exc}); pip install pyarrow") from exc
+    return pyarrow
+
+
+def table_columns(path: Path, *, delimiter: str = ",") -> list[str]:
+    """The column names of a CSV header or a Parquet schema (nothing else is read)."""
+    pa = _arrow()
+    try:
+        if table_format(path) == "parquet":
+            return list(pa.parquet.read_schema(path).names)
+        with _open_text(path) as fh:
+            header = next(csv.reader(fh, delimiter=delimiter), None)
+    except (OSError, EOFError, UnicodeDecodeError, pa.ArrowException) as exc:
+        raise UserInputError(f"{path}: cannot read it ({exc})") from exc
+    if not header:
+        raise UserInputError(f"{path} is empty; expected a header line with column names")
+    return header
+
+
+def require_table_columns(path: Path, needed: dict[str, str], *, delimiter: str = ",") -> list[str]:
+    """Check every key of ``needed`` (column -> the setting that asks for it) is in the file's header."""
+    columns = table_columns(path, delimiter=delimiter)
+    present = set(columns)
+    for column, why in needed.items():
+        if column not in present:
+            shown = ", ".join(columns[:40]) + (f", ... ({len(columns)} in all)" if len(columns) > 40 else "")
+            where = f"{path}, line 1" if table_format(path) == "csv" else str(path)
+            raise UserInputError(f"{where}: no column {column!r} (needed by {why}); the columns are {shown}")
+    return columns
+
+
+def read_table(
+    path: Path,
+    columns: Sequence[str],
+    *,
+    category_columns: Sequence[str] = (),
+    float_columns: Sequence[str] = (),
+    delimiter: str = ",",
+) -> tuple[pd.DataFrame, RowLocator]:
+    """Read ``columns`` of a CSV (header line; ``.gz``/``.bz2`` decompressed) or Parquet file.
+
+    Columns in ``category_columns`` come back as categoricals of **strings** (the same values whatever the
+    file format: an integer 7 is ``"7"`` in CSV and Parquet alike); CSV ``float_columns`` are parsed as
+    float64; the others with the types pyarrow infers (numbers, booleans, strings). Only an empty CSV field
+    is missing (``NA`` or ``null`` are text). Every CSV record must have as many fields as the header (a
+    short or long line is an error naming its line). An empty table is an error. Row ``i`` of the frame is
+    row ``i`` of the file; the locator names it.
+
+    CSV is parsed by pyarrow (multi-threaded). Its type inference looks at the first block only, so when a
+    later value does not fit (``2.5`` in a column of integers, ``abc`` among numbers) the file is read again
+    with those columns as text; the callers' checks then name the first bad value's line.
+    """
+    pa = _arrow()
+    kind = table_format(path)
+    locator = RowLocator(path, kind, delimiter)
+    columns = list(dict.fromkeys(columns))
+    category = [c for c in columns if c in set(category_columns)]
+    floats = [c for c in columns if c in set(float_columns) and c not in category]
+    dict_type = pa.dictionary(pa.int32(), pa.string())
+
+    def read_csv(*, safe: bool):
+        types = {c: dict_type for c in category}
+        types.update({c: pa.string() if safe else pa.float64() for c in floats})
+        if safe:
+            types.update({c: pa.string() for c in columns if c not in types})
+        return pa.csv.read_csv(
+            path,
+            read_options=pa.csv.ReadOptions(use_threads=True),
+            parse_options=pa.csv.ParseOptions(delimiter=delimiter, newlines_in_values=safe),
+            convert_options=pa.csv.ConvertOptions(
+                include_columns=columns, column_types=types,
+                null_values=[""],  # only an empty field is missing ("NA", "n/a", "null" are values)
+                strings_can_be_null=True,
+            ),
+        )
+
+    try:
+        if kind == "parquet":
+            table = pa.parquet.read_table(path, columns=columns)
+        else:
+            try:
+                table = read_csv(safe=False)  # the fast path
+            except pa.ArrowInvalid:
+                message = _first_bad_field_count(path, delimiter)
+                if message:
+                    raise UserInputError(message) from None
+                table = read_csv(safe=True)  # quoted line breaks or a value of another type: all as text
+    except pa.ArrowInvalid as exc:
+        raise UserInputError(f"{path}: cannot parse it ({exc})") from exc
+    except (OSError, EOFError, UnicodeDecodeError, pa.ArrowException) as exc:
+        raise UserInputError(f"{path}: cannot read it ({exc}); replace it with a valid "
+                             f"{'Parquet' if kind == 'parquet' else 'CSV'} file") from exc
+    if table.num_rows == 0:
+        raise UserInputError(f"{path} has no rows")
+    frame = table.to_pandas()
+    for column in category:
+        frame[column] = as_string_category(frame[column])
+    return frame, locator
+
+
+def as_string_category(series: pd.Series) -> pd.Categorical:
+    """A categorical whose categories are strings, whatever the column's type: an integer 7 is ``"7"``, and
+    so is an integral float 7.0 (a Parquet id column with missing values is float); missing stays missing.
+    Works on the distinct values only (one factorize), not row by row."""
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        codes, uniques = series.cat.codes.to_numpy(np.int64), series.cat.categories
+    else:
+        codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    text = _text(pd.Index(uniques))
+    if not len(text):
+        return pd.Categorical.from_codes(np.full(len(codes), -1, np.int64), categories=pd.Index([], dtype=object))
+    inverse, categories = pd.factorize(text)
+    new_codes = np.where(codes >= 0, inverse[np.maximum(codes, 0)], -1)
+    return pd.Categorical.from_codes(new_codes, categories=pd.Index(np.asarray(categories, dtype=object)))
+
+
+def _text(values: pd.Index) -> np.ndarray:
+    """Distinct (non-missing) values as strings; integral floats without ``.0``, booleans as true/false."""
+    if values.dtype.kind == "f":
+        numbers = values.to_numpy(np.float64)
+        integral = numbers == np.round(numbers)
+        return np.where(integral, np.char.mod("%d", np.where(integral, numbers, 0).astype(np.int64)),
+                        numbers.astype(str)).astype(object)
+    if values.dtype.kind == "b":
+        return np.where(values.to_numpy(bool), "true", "false").astype(object)
+    return np.asarray([str(v) for v in values], dtype=object)
+
+
+_BOOL_TEXT = {"true": 1.0, "false": 0.0}
+
+
+def _parse_numbers(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(float64 values, mask of present values that are not numbers) of a text column; ``true``/``false``
+    (any case) read as 1/0, as pyarrow reads them in a boolean column."""
+    values = pd.Series(np.asarray(series, dtype=object))
+    present = values.notna().to_numpy()
+    numbers = pd.to_numeric(values, errors="coerce").to_numpy(np.float64, copy=True)
+    failed = present & np.isnan(numbers)
+    if failed.any():
+        text = values[failed].astype(str).str.strip().str.lower()
+        numbers[failed] = text.map(_BOOL_TEXT).to_numpy(np.float64, na_value=np.nan)
+        failed = present & np.isnan(numbers) & ~values.astype(str).str.strip().str.lower().eq("nan").to_numpy()
+    return numbers, failed
+
+
+def first_non_numeric(series: pd.Series) -> int | None:
+    """Position of the first present value that is not a number (booleans count as 0/1), or None."""
+    if series.dtype.kind in "iufb":
+        return None
+    bad = np.flatnonzero(_parse_numbers(series)[1])
+    return int(bad[0]) if bad.size else None
+
+
+def as_numbers(series: pd.Series) -> np.ndarray:
+    """A column already checked by :func:`first_non_numeric` as float64 (missing -> NaN)."""
+    if series.dtype.kind in "iufb":
+        return series.to_numpy(np.float64, na_value=np.nan)
+    return _parse_numbers(series)[0]
