@@ -17,6 +17,7 @@ AutoML modes (``automl.mode``; m3oe-reference.md, Decisions 2–3):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import lightning as L
@@ -75,6 +76,10 @@ class MDMTModule(L.LightningModule):
         self.val_metrics = DomainTaskMetrics(domains, tasks)
         self.test_metrics = DomainTaskMetrics(domains, tasks)
         self.test_results: dict[str, float] = {}
+        # Optional term added to the training loss (not to the AutoML step's): a plain callable of the
+        # model, e.g. FedProx's proximal term or Ditto's regulariser. Not a hyper-parameter, not saved;
+        # ``train/loss`` stays the data loss.
+        self.extra_loss: Callable[[nn.Module], torch.Tensor] | None = None
 
     # ------------------------------------------------------------------------------------ helpers
     @property
@@ -98,8 +103,9 @@ class MDMTModule(L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         model_opt, _ = self._optimizers()
         loss, _ = self._loss(batch)
+        objective = loss if self.extra_loss is None else loss + self.extra_loss(self.model)
         model_opt.zero_grad()
-        self.manual_backward(loss)
+        self.manual_backward(objective)
         model_opt.step()
         self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, batch_size=batch["domain"].shape[0])
         if self.uses_architecture_step and self._architecture_step_due(batch_idx):

@@ -1,0 +1,188 @@
+"""The federated client: local fit and evaluate through the shared LightningModule.
+
+One class serves every algorithm; what it does in a round is decided by the round's config, which
+the strategy writes (as a Flower strategy writes a ``ConfigRecord``):
+
+==================  ============================================================================
+config key          effect
+==================  ============================================================================
+``local_epochs``    epochs of each local fit (a fresh Lightning ``Trainer`` per fit)
+``lr``              the client optimiser's learning rate
+``proximal_mu``     FedProx: adds ``μ/2·‖w − w_global‖²`` to the training loss (0 = off)
+``ditto_lambda``    Ditto: also trains the persistent personal model ``v`` with ``λ/2·‖v − w_global‖²``
+``personal_epochs`` Ditto: epochs of the personal fit
+``local_only``      Local: train the persistent personal model, send nothing back
+==================  ============================================================================
+
+The *personalized model* (evaluated on the local test split) is the model this round's local
+training produced (FedAvg/FedProx, as PAGE's code), Ditto's persistent ``v``, or Local's own model.
+Everything that persists across rounds is in :meth:`state_dict` (a Flower ClientApp keeps it in
+``context.state``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+
+import lightning as L
+import torch
+from torch import nn
+
+from m3oe_lightning.data.datamodule import MDMTDataModule
+from m3oe_lightning.data.schema import EncodedDataset
+from m3oe_lightning.federated.evaluation import evaluate_split
+from m3oe_lightning.federated.messages import Arrays, EvaluateIns, EvaluateRes, FitIns, FitRes, get_arrays, set_arrays
+from m3oe_lightning.models.base import MDMTModel
+from m3oe_lightning.training.module import MDMTModule
+
+SystemFactory = Callable[[MDMTModel, float], MDMTModule]  # (model, lr) -> training system
+TrainerFactory = Callable[..., L.Trainer]                  # (max_epochs=...) -> a quiet Trainer
+
+
+class ProximalTerm:
+    """``coefficient/2 · Σ‖p − p_ref‖²`` over the model's trainable parameters.
+
+    FedProx's proximal term (coefficient μ, reference = the received global model) and Ditto's
+    regulariser (λ) have this one form. A plain callable, not an ``nn.Module``: set as
+    ``MDMTModule.extra_loss`` it must not become a submodule (it would join the state dict).
+    """
+
+    def __init__(self, reference: Mapping[str, torch.Tensor], coefficient: float, model: nn.Module) -> None:
+        self.coefficient = float(coefficient)
+        self.names = [name for name, p in model.named_parameters() if p.requires_grad]
+        self.reference = [reference[name].detach() for name in self.names]
+
+    def __call__(self, model: nn.Module) -> torch.Tensor:
+        params = dict(model.named_parameters())
+        diffs = [params[name] - ref for name, ref in zip(self.names, self.reference)]
+        return 0.5 * self.coefficient * torch.stack([d.pow(2).sum() for d in diffs]).sum()
+
+
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Silence the per-Trainer banner ("GPU available…") and loader hints of many small local fits."""
+    names = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
+             "lightning.fabric.utilities.rank_zero")
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+            warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+class MDMTClient:
+    """A client holding one partition (local train/val/test) and its persistent state.
+
+    Args:
+        client_id: stable id (a partition id; metric keys use it).
+        data: the local splits.
+        model_fn: a fresh model with the federation's initial weights.
+        system_fn: ``(model, lr) -> MDMTModule`` (the same training system as ``m3oe-train``).
+        trainer_fn: ``(max_epochs=...) -> Trainer`` (logger, checkpointing, progress bar and summary off).
+        batch_size / eval_batch_size: local training / evaluation batch sizes.
+        seed: base seed; a fit's batch order is derived from (seed, round, fit).
+    """
+
+    def __init__(self, client_id: str, data: EncodedDataset, *, model_fn: Callable[[], MDMTModel],
+                 system_fn: SystemFactory, trainer_fn: TrainerFactory, batch_size: int = 4096,
+                 eval_batch_size: int = 65536, seed: int = 0) -> None:
+        self.client_id = client_id
+        self.data = data
+        self.model_fn = model_fn
+        self.system_fn = system_fn
+        self.trainer_fn = trainer_fn
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size)
+        self.seed = int(seed)
+        self.personal: Arrays | None = None  # the personalized model (see module doc)
+        self._model: MDMTModel | None = None
+
+    # -------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Arrays]:
+        return {} if self.personal is None else {"personal": self.personal}
+
+    def load_state_dict(self, state: Mapping[str, Arrays]) -> None:
+        self.personal = dict(state["personal"]) if "personal" in state else None
+
+    @property
+    def model(self) -> MDMTModel:
+        """The client's working copy of the model (built once)."""
+        if self._model is None:
+            self._model = self.model_fn()
+        return self._model
+
+    # -------------------------------------------------------------------------------- local fit
+    def train_local(self, model: MDMTModel, *, epochs: int, lr: float, server_round: int,
+                    extra_loss: Callable[[nn.Module], torch.Tensor] | None = None, stream: int = 0) -> float:
+        """``epochs`` of local training through ``MDMTModule`` and a fresh ``Trainer``; the train loss."""
+        seed = (self.seed * 1_000_003 + server_round * 7_919 + stream) % (2**31)
+        torch.manual_seed(seed)
+        system = self.system_fn(model, lr)
+        system.extra_loss = extra_loss
+        datamodule = MDMTDataModule.from_dataset(self.data, batch_size=self.batch_size,
+                                                 eval_batch_size=self.eval_batch_size, seed=seed)
+        with quiet_lightning():
+            trainer = self.trainer_fn(max_epochs=int(epochs))
+            trainer.fit(system, datamodule=datamodule)
+        loss = trainer.callback_metrics.get("train/loss")
+        return float(loss) if loss is not None else float("nan")
+
+    def fit(self, ins: FitIns) -> FitRes:
+        config = ins.config
+        server_round = int(config.get("server_round", 0))
+        epochs, lr = int(config["local_epochs"]), float(config["lr"])
+        n_train = len(self.data.train)
+        model = self.model
+        if config.get("local_only"):
+            if self.personal is not None:
+                set_arrays(model, self.personal)
+            loss = self.train_local(model, epochs=epochs, lr=lr, server_round=server_round)
+            self.personal = get_arrays(model)
+            return FitRes(arrays=None, num_examples=n_train, metrics={"train_loss": loss})
+        if ins.arrays is None:
+            raise ValueError(f"client {self.client_id}: round {server_round} sent no model to train")
+        received = ins.arrays
+        set_arrays(model, received)
+        mu = float(config.get("proximal_mu", 0.0))
+        extra = ProximalTerm(received, mu, model) if mu > 0 else None
+        loss = self.train_local(model, epochs=epochs, lr=lr, server_round=server_round, extra_loss=extra)
+        trained = get_arrays(model)
+        if "ditto_lambda" in config:
+            self.personal = self.fit_personal(received, lam=float(config["ditto_lambda"]), lr=lr,
+                                              epochs=int(config.get("personal_epochs", epochs)),
+                                              server_round=server_round)
+        else:
+            self.personal = trained
+        return FitRes(arrays=trained, num_examples=n_train, metrics={"train_loss": loss})
+
+    def fit_personal(self, received: Arrays, *, lam: float, lr: float, epochs: int, server_round: int) -> Arrays:
+        """Ditto's personal step: ``v`` (from the first global model it saw) pulled towards ``received``."""
+        model = self.model
+        set_arrays(model, self.personal if self.personal is not None else received)
+        extra = ProximalTerm(received, lam, model) if lam > 0 else None
+        self.train_local(model, epochs=epochs, lr=lr, server_round=server_round, extra_loss=extra, stream=1)
+        return get_arrays(model)
+
+    # --------------------------------------------------------------------------------- evaluate
+    def evaluate(self, ins: EvaluateIns) -> EvaluateRes:
+        """The personalized model (``config["model"] == "personal"``, default) or ``ins.arrays`` on the
+        local test split."""
+        which = ins.config.get("model", "personal")
+        arrays = self.personal if which == "personal" else ins.arrays
+        if arrays is None:
+            raise ValueError(f"client {self.client_id}: no {which} model to evaluate")
+        model = self.model
+        set_arrays(model, arrays)
+        metrics = evaluate_split(model, self.data.test, self.eval_batch_size)
+        return EvaluateRes(num_examples=len(self.data.test), metrics=metrics)

@@ -1,0 +1,108 @@
+"""Config → a ready simulation: data, partition, model, clients, strategy, server evaluation.
+
+Every settings check runs here, before anything trains (and before the entry point opens an MLflow
+run): the settings that need no data first, then those that depend on the partition.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from dataclasses import dataclass
+
+import hydra
+from omegaconf import DictConfig
+
+from m3oe_lightning.cli import build
+from m3oe_lightning.data.schema import EncodedSplit
+from m3oe_lightning.errors import UserInputError
+from m3oe_lightning.federated.client import MDMTClient
+from m3oe_lightning.federated.evaluation import evaluate_split
+from m3oe_lightning.federated.messages import Arrays, Metrics, get_arrays, set_arrays
+from m3oe_lightning.federated.partition import Federation, check_settings, partition, region_keys
+from m3oe_lightning.federated.simulation import Simulation
+from m3oe_lightning.federated.strategies.base import Strategy
+from m3oe_lightning.models.base import MDMTModel
+from m3oe_lightning.training.module import MDMTModule
+
+
+class ServerEvaluator:
+    """Flower's ``evaluate_fn``: the global model on the pooled global test set and held-out test set."""
+
+    def __init__(self, model: MDMTModel, global_test: EncodedSplit, heldout_test: EncodedSplit | None,
+                 batch_size: int = 65536) -> None:
+        self.model = model
+        self.sets = {"global": global_test, "heldout": heldout_test}
+        self.batch_size = batch_size
+
+    def __call__(self, server_round: int, arrays: Arrays) -> Metrics:
+        set_arrays(self.model, arrays)
+        out: Metrics = {}
+        for prefix, split in self.sets.items():
+            if split is None:
+                continue
+            for key, value in evaluate_split(self.model, split, self.batch_size).items():
+                if key in ("auc_mean", "logloss_mean", "loss") or prefix == "global":
+                    out[f"{prefix}/{key}"] = value
+        return out
+
+
+@dataclass
+class FederatedSetup:
+    simulation: Simulation
+    federation: Federation
+    strategy: Strategy
+    model: MDMTModel
+    rounds: int
+
+
+def check_federated(fed: DictConfig) -> None:
+    """Settings checks that need no data."""
+    rounds = fed.rounds
+    if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
+        raise UserInputError(f"federated.rounds={rounds!r}: use a positive integer")
+    timeout = fed.get("client_timeout")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise UserInputError(f"federated.client_timeout={timeout!r}: use a positive number of seconds or null")
+    check_settings(partition=fed.partition, num_clients=fed.num_clients, alpha=fed.alpha,
+                   heldout_clients=fed.heldout_clients, local_split=list(fed.local_split))
+
+
+def make_system_fn(cfg: DictConfig):
+    """``(model, lr) -> MDMTModule`` with the run's optimiser and AutoML settings."""
+    def system_fn(model: MDMTModel, lr: float) -> MDMTModule:
+        return MDMTModule(model, lr=lr, weight_decay=cfg.optimizer.weight_decay, automl_mode=cfg.automl.mode,
+                          automl_every=cfg.automl.every, automl_source=cfg.automl.source,
+                          automl_lr=cfg.automl.lr, automl_weight_decay=cfg.automl.weight_decay)
+    return system_fn
+
+
+def build_federated(cfg: DictConfig) -> FederatedSetup:
+    """Everything a federated run needs, from the composed ``federate`` config."""
+    from m3oe_lightning.train import build_system  # the same seed/threads/data/model path as m3oe-train
+
+    fed = cfg.federated
+    check_federated(fed)
+    strategy: Strategy = build(fed.strategy)
+    datamodule, model, _ = build_system(cfg)
+    dataset = datamodule.load()
+    keys = region_keys(datamodule, dataset) if fed.partition == "region" else None
+    federation = partition(dataset, partition=fed.partition, num_clients=fed.num_clients, alpha=fed.alpha,
+                           heldout_clients=fed.heldout_clients, local_split=list(fed.local_split),
+                           seed=fed.partition_seed, region_keys=keys)
+    strategy.check(len(federation.clients))
+
+    trainer_fn = hydra.utils.instantiate(cfg.client_trainer, _partial_=True)
+    system_fn = make_system_fn(cfg)
+    template = copy.deepcopy(model)  # the common initial weights of every client and the server
+    clients = {
+        c.client_id: MDMTClient(c.client_id, c.data, model_fn=functools.partial(copy.deepcopy, template),
+                                system_fn=system_fn, trainer_fn=trainer_fn, batch_size=datamodule.batch_size,
+                                eval_batch_size=datamodule.eval_batch_size, seed=cfg.seed * 1_009 + k)
+        for k, c in enumerate(federation.clients)
+    }
+    evaluator = ServerEvaluator(model, federation.global_test, federation.heldout_test, datamodule.eval_batch_size)
+    simulation = Simulation(strategy, clients, initial_arrays=get_arrays(template), evaluate_fn=evaluator,
+                            client_timeout=fed.get("client_timeout"))
+    return FederatedSetup(simulation=simulation, federation=federation, strategy=strategy, model=model,
+                          rounds=int(fed.rounds))

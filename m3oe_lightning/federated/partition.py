@@ -1,0 +1,270 @@
+"""Split one encoded dataset into federated clients.
+
+All rows of the dataset (its train, val and test splits, concatenated in that order: the *pool*) are
+assigned to clients, each row to exactly one client (``federated.partition``):
+
+* ``domain``: one client per domain (client id = the domain name).
+* ``region``: one client per region of the row's user (client ids ``region0`` … ``region9``): on
+  MovieLens the first character of the user's zip code (ML-100K's 18 Canadian postcodes, which start
+  with a letter, form ``region_other``); on synthetic data ``user_id mod 10``.
+* ``dirichlet``: users → ``num_clients`` clients. For each domain, client shares are drawn from
+  Dirichlet(α·1); the users of that domain (a user's domain = the domain of most of its rows) are
+  shuffled and cut by those shares (the usual label-Dirichlet split with the domain as the label).
+  Draws that leave a client without rows are redrawn (up to 100 times, seeded).
+
+Each client then splits its rows into local train/val/test (``federated.local_split``, seeded).
+``federated.heldout_clients`` clients (chosen at random, seeded) never train; the server's global test
+set is the union of the training clients' local test splits, and the held-out clients' local test
+splits form the held-out test set (generalization to new sites).
+
+The encoding (vocabularies, dense scaling) is the dataset's own, fitted on its global train split: a
+held-out client's users may have embedding rows, but nothing ever trains them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from m3oe_lightning.data.schema import EncodedDataset, EncodedSplit, FeatureSchema
+from m3oe_lightning.data.splits import split_indices
+from m3oe_lightning.errors import UserInputError
+
+PARTITIONS: tuple[str, ...] = ("domain", "region", "dirichlet")
+MAX_DIRICHLET_DRAWS = 100
+
+
+@dataclass
+class ClientData:
+    """One client's local data; ``rows`` are its pool row indices (train, val, test order)."""
+
+    client_id: str
+    data: EncodedDataset
+    rows: np.ndarray
+
+    @property
+    def num_train(self) -> int:
+        return len(self.data.train)
+
+    @property
+    def num_test(self) -> int:
+        return len(self.data.test)
+
+
+@dataclass
+class Federation:
+    """The partitioned dataset: training clients, held-out clients and the server's test sets."""
+
+    schema: FeatureSchema
+    clients: list[ClientData]
+    heldout: list[ClientData]
+    global_test: EncodedSplit
+    heldout_test: EncodedSplit | None
+    pool_size: int
+
+    def summary(self) -> list[tuple[str, int, int, int, bool]]:
+        """``(client id, train rows, val rows, test rows, held out)`` per client."""
+        return [(c.client_id, len(c.data.train), len(c.data.val), len(c.data.test), held)
+                for group, held in ((self.clients, False), (self.heldout, True)) for c in group]
+
+
+# ------------------------------------------------------------------------------------------ settings
+def check_settings(*, partition: str, num_clients: int, alpha: float, heldout_clients: int,
+                   local_split: Sequence[float]) -> None:
+    """Checks that need no data: fail before anything is read."""
+    if partition not in PARTITIONS:
+        raise UserInputError(f"federated.partition={partition!r}: use one of {', '.join(PARTITIONS)}")
+    if partition == "dirichlet":
+        if not isinstance(num_clients, int) or isinstance(num_clients, bool) or num_clients < 1:
+            raise UserInputError(f"federated.num_clients={num_clients!r}: use a positive integer")
+        if not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
+            raise UserInputError(f"federated.alpha={alpha!r}: the Dirichlet concentration must be > 0 "
+                                 f"(small = each client sees few domains, large = every client sees all)")
+    if not isinstance(heldout_clients, int) or isinstance(heldout_clients, bool) or heldout_clients < 0:
+        raise UserInputError(f"federated.heldout_clients={heldout_clients!r}: use an integer ≥ 0")
+    fractions = list(local_split)
+    if (len(fractions) != 3 or any(not isinstance(f, (int, float)) or f < 0 for f in fractions)
+            or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6) or fractions[0] <= 0 or fractions[2] <= 0):
+        raise UserInputError(f"federated.local_split={fractions}: give three fractions (train, val, test) "
+                             f"summing to 1, with train and test > 0")
+
+
+# --------------------------------------------------------------------------------------- assignment
+def pool_of(dataset: EncodedDataset) -> EncodedSplit:
+    """The dataset's train, val and test rows as one split (the rows every partition assigns)."""
+    parts = (dataset.train, dataset.val, dataset.test)
+    return EncodedSplit(**{key: torch.cat([getattr(p, key) for p in parts]) for key in
+                           ("sparse", "dense", "domain", "labels")})
+
+
+def assign_by_key(keys: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """One client per distinct key (sorted): client index per row and the keys as strings."""
+    uniques, assignment = np.unique(keys, return_inverse=True)
+    return assignment.astype(np.int64), [str(u) for u in uniques]
+
+
+def assign_domains(domain: np.ndarray, domains: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """One client per domain of the schema; a domain without rows is a client without rows."""
+    counts = np.bincount(domain, minlength=len(domains))
+    empty = [domains[d] for d in np.flatnonzero(counts == 0)]
+    if empty:
+        raise UserInputError(f"federated.partition=domain leaves client(s) {empty} without rows: the data has "
+                             f"no rows in those domains; use partition=dirichlet or region")
+    return domain.astype(np.int64), list(domains)
+
+
+def user_units(user: np.ndarray) -> np.ndarray:
+    """Unit of assignment per row: the user id; rows of an unseen user (id 0) are units of their own."""
+    key = np.where(user > 0, user, -np.arange(1, len(user) + 1, dtype=np.int64))
+    return np.unique(key, return_inverse=True)[1].astype(np.int64)
+
+
+def assign_dirichlet(unit: np.ndarray, domain: np.ndarray, num_domains: int, num_clients: int,
+                     alpha: float, seed: int) -> np.ndarray:
+    """Client index per row: units (users) follow per-domain Dirichlet(α) client shares (module doc)."""
+    n_units = int(unit.max()) + 1 if len(unit) else 0
+    per_unit_domain = np.bincount(unit * num_domains + domain, minlength=n_units * num_domains)
+    unit_domain = per_unit_domain.reshape(n_units, num_domains).argmax(axis=1)
+    unit_rows = np.bincount(unit, minlength=n_units)
+    rng = np.random.default_rng(seed)
+    for _ in range(MAX_DIRICHLET_DRAWS):
+        unit_client = np.empty(n_units, dtype=np.int64)
+        for d in range(num_domains):
+            members = rng.permutation(np.flatnonzero(unit_domain == d))
+            shares = rng.dirichlet(np.full(num_clients, float(alpha)))
+            cuts = np.floor(np.cumsum(shares)[:-1] * len(members) + 1e-9).astype(np.int64)
+            for client, part in enumerate(np.split(members, cuts)):
+                unit_client[part] = client
+        rows = np.bincount(unit_client, weights=unit_rows, minlength=num_clients)
+        if (rows > 0).all():
+            return unit_client[unit]
+    raise UserInputError(
+        f"federated.partition=dirichlet with num_clients={num_clients}, alpha={alpha} leaves a client without "
+        f"rows in {MAX_DIRICHLET_DRAWS} seeded draws ({n_units} users); use fewer clients or a larger alpha")
+
+
+def sparse_column(schema: FeatureSchema, name: str) -> int:
+    names = [f.name for f in schema.sparse]
+    if name not in names:
+        raise UserInputError(f"federated.partition=dirichlet assigns users, but the data has no {name!r} "
+                             f"feature (features: {names}); use partition=domain")
+    return names.index(name)
+
+
+# ------------------------------------------------------------------------------------ local splits
+def local_datasets(pool: EncodedSplit, schema: FeatureSchema, assignment: np.ndarray, names: list[str],
+                   local_split: Sequence[float], seed: int) -> list[ClientData]:
+    """Each client's rows, split seeded into local train/val/test (empty train or test: an error)."""
+    order = np.argsort(assignment, kind="stable")
+    bounds = np.cumsum(np.bincount(assignment, minlength=len(names)))[:-1]
+    clients = []
+    for k, (name, rows) in enumerate(zip(names, np.split(order, bounds))):
+        if len(rows) == 0:
+            raise UserInputError(f"federated partition leaves client {name!r} without rows")
+        parts = split_indices(len(rows), "random", seed * 1_000_003 + k, tuple(local_split))
+        if len(parts[0]) == 0 or len(parts[2]) == 0:
+            raise UserInputError(f"client {name!r} has {len(rows)} rows: too few for federated.local_split="
+                                 f"{list(local_split)} (its local train or test split would be empty); use "
+                                 f"fewer clients or another partition")
+        local = [rows[p] for p in parts]
+        splits = [pool.rows(torch.from_numpy(idx)) for idx in local]
+        clients.append(ClientData(name, EncodedDataset(schema, *(EncodedSplit(**s) for s in splits)),
+                                  np.concatenate(local)))
+    return clients
+
+
+def concat_splits(splits: Sequence[EncodedSplit]) -> EncodedSplit:
+    return EncodedSplit(**{key: torch.cat([getattr(s, key) for s in splits]) for key in
+                           ("sparse", "dense", "domain", "labels")})
+
+
+def partition(dataset: EncodedDataset, *, partition: str, num_clients: int = 10, alpha: float = 0.5,
+              heldout_clients: int = 0, local_split: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 0,
+              region_keys: np.ndarray | None = None) -> Federation:
+    """Partition ``dataset`` into a :class:`Federation` (module doc); ``region_keys``: one per pool row."""
+    check_settings(partition=partition, num_clients=num_clients, alpha=alpha, heldout_clients=heldout_clients,
+                   local_split=local_split)
+    seed = int(seed) % 2**32  # numpy seeds must be non-negative
+    schema = dataset.schema
+    pool = pool_of(dataset)
+    domain = pool.domain.numpy()
+    if partition == "domain":
+        assignment, names = assign_domains(domain, schema.domains)
+    elif partition == "region":
+        if region_keys is None or len(region_keys) != len(pool):
+            raise ValueError("partition=region needs one region key per pool row")
+        assignment, names = assign_by_key(np.asarray(region_keys))
+        names = [f"region{n}" for n in names]
+    else:
+        user = pool.sparse[:, sparse_column(schema, "user_id")].numpy()
+        assignment = assign_dirichlet(user_units(user), domain, schema.num_domains, num_clients, alpha, seed)
+        names = [f"client{k}" for k in range(num_clients)]
+    if heldout_clients >= len(names):
+        raise UserInputError(f"federated.heldout_clients={heldout_clients} but partition={partition} gives "
+                             f"{len(names)} client(s): at least one client must train")
+    clients = local_datasets(pool, schema, assignment, names, local_split, seed)
+    held = set(np.random.default_rng(seed + 1).choice(len(clients), size=heldout_clients, replace=False).tolist())
+    training = [c for k, c in enumerate(clients) if k not in held]
+    heldout = [c for k, c in enumerate(clients) if k in held]
+    return Federation(
+        schema=schema, clients=training, heldout=heldout,
+        global_test=concat_splits([c.data.test for c in training]),
+        heldout_test=concat_splits([c.data.test for c in heldout]) if heldout else None,
+        pool_size=len(pool),
+    )
+
+
+# ------------------------------------------------------------------------------------ region keys
+def _movielens_regions(datamodule: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Re-read the raw MovieLens frame (the encoded table keeps no zip strings) in pool order.
+
+    Returns (region key per pool row, age per pool row); the caller checks the ages against the
+    encoded domains, so a frame that does not line up with the encoded table is caught.
+    """
+    from m3oe_lightning.data import movielens
+    from m3oe_lightning.data.paths import resolve_data_root
+    from m3oe_lightning.data.registry import FILE_DATASETS
+
+    folder = FILE_DATASETS[datamodule.name].locate(resolve_data_root(datamodule.root))
+    reader = movielens.read_movielens1m if datamodule.name == "movielens1m" else movielens.read_movielens100k
+    frame = reader(Path(folder))
+    order = np.concatenate(split_indices(len(frame), datamodule.split, datamodule.split_seed))
+    first = frame["zip"].astype(str).str[:1].to_numpy()[order]
+    keys = np.where(np.char.isdigit(first.astype(str)), first, "_other")
+    lookup = np.zeros(max(movielens.AGE_TO_DOMAIN) + 1, dtype=np.int64)
+    for code, d in movielens.AGE_TO_DOMAIN.items():
+        lookup[code] = d
+    return keys.astype(str), lookup[frame["age"].to_numpy()[order]]
+
+
+def _synthetic_regions(datamodule: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic rows have no geography: region = ``user_id mod 10`` (regenerated, cheap and seeded)."""
+    from m3oe_lightning.data.synthetic import synthetic_table
+
+    table = synthetic_table(**datamodule.options)
+    order = np.concatenate(split_indices(len(table.frame), datamodule.split, datamodule.split_seed))
+    return (table.frame["user_id"].to_numpy()[order] % 10).astype(str), table.frame["domain"].to_numpy()[order]
+
+
+REGION_SOURCES = {"movielens1m": _movielens_regions, "movielens100k": _movielens_regions,
+                  "synthetic": _synthetic_regions}
+
+
+def region_keys(datamodule: Any, dataset: EncodedDataset) -> np.ndarray:
+    """One region key per pool row of ``dataset`` (loaded by ``datamodule``)."""
+    source = REGION_SOURCES.get(datamodule.name)
+    if source is None:
+        raise UserInputError(f"federated.partition=region needs a region per row; data {datamodule.name!r} has "
+                             f"none (regions: {sorted(REGION_SOURCES)}); use partition=domain or dirichlet")
+    keys, domains = source(datamodule)
+    pool_domain = torch.cat([dataset.train.domain, dataset.val.domain, dataset.test.domain]).numpy()
+    if len(keys) != len(pool_domain) or not np.array_equal(domains, pool_domain):
+        raise UserInputError(f"the raw {datamodule.name} files do not line up with the encoded table (cached under "
+                             f"data.cache_dir); delete that cache so it is rebuilt from these files")
+    return keys

@@ -1,0 +1,204 @@
+"""The in-process simulation runner: drives a Strategy and its Clients round by round.
+
+Everything the server knows lives in one :class:`ServerState` (round, global arrays, metric history,
+failures), which saves and loads with ``torch.save`` / ``torch.load(weights_only=True)``. Clients run
+one after another in this process. A client that raises is dropped from that round (logged, counted
+in ``round/clients_failed``); a reply that took longer than ``client_timeout`` seconds is discarded
+as late (a soft timeout: the in-process fit is not interrupted). With fewer than the strategy's
+``min_clients`` replies the round keeps the previous global model.
+
+Per-round metrics (MLflow step = round): ``personal/auc_mean``, ``personal/auc_mean_weighted``,
+``personal/logloss_mean``, ``client/{id}/auc_mean``, ``global/auc_mean`` (+ ``global/logloss_mean``
+and ``global/auc/{domain}/{task}``), ``heldout/auc_mean`` (+ logloss), ``train/loss``,
+``comm/bytes_down``, ``comm/bytes_up``, ``comm/bytes_sent``, ``round/clients_*`` and
+``time/{round,fit,evaluate,other}_s``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from m3oe_lightning.federated.evaluation import finite
+from m3oe_lightning.federated.messages import (
+    Arrays,
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    Metrics,
+    nbytes,
+)
+from m3oe_lightning.federated.strategies.base import Strategy
+
+log = logging.getLogger(__name__)
+
+EvaluateFn = Callable[[int, Arrays], Metrics]          # Flower's evaluate_fn(server_round, arrays)
+RoundCallback = Callable[[int, Metrics], None]
+
+
+class Client(Protocol):
+    """What the runner needs from a client (``MDMTClient`` implements it)."""
+
+    def fit(self, ins: FitIns) -> FitRes: ...
+    def evaluate(self, ins: EvaluateIns) -> EvaluateRes: ...
+    def state_dict(self) -> dict[str, Arrays]: ...
+    def load_state_dict(self, state: Mapping[str, Arrays]) -> None: ...
+
+
+@dataclass
+class ServerState:
+    """The server's whole state: enough to continue a run (resume itself comes in increment 2)."""
+
+    server_round: int = 0
+    global_arrays: Arrays | None = None
+    history: list[Metrics] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    strategy_state: dict[str, Any] = field(default_factory=dict)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"server_round": self.server_round, "global_arrays": self.global_arrays,
+                "history": self.history, "failures": self.failures, "strategy_state": self.strategy_state}
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> ServerState:
+        return cls(**dict(state))
+
+    def save(self, path: Path, clients: Mapping[str, Client] | None = None) -> None:
+        """Write the state (and, in simulation, the clients' persistent states) atomically."""
+        payload = {"server": self.state_dict(),
+                   "clients": {cid: c.state_dict() for cid, c in (clients or {}).items()}}
+        tmp = Path(path).with_suffix(".tmp")
+        torch.save(payload, tmp)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path, clients: Mapping[str, Client] | None = None) -> ServerState:
+        payload = torch.load(path, weights_only=True)
+        for cid, state in payload.get("clients", {}).items():
+            if clients is not None and cid in clients:
+                clients[cid].load_state_dict(state)
+        return cls.from_state_dict(payload["server"])
+
+
+def _mean_weighted(values: list[tuple[float, int]]) -> float | None:
+    values = [(v, n) for v, n in values if finite(v)]
+    if not values:
+        return None
+    v = np.array([x for x, _ in values])
+    n = np.array([m for _, m in values], dtype=np.float64)
+    return float((v * n).sum() / n.sum())
+
+
+class Simulation:
+    """Runs ``strategy`` over ``clients`` in this process.
+
+    Args:
+        strategy: the server-side algorithm.
+        clients: the training clients by id (held-out clients are not here: they never train).
+        initial_arrays: the global model's initial weights.
+        evaluate_fn: server-side evaluation of the global model (global and held-out test sets).
+        client_timeout: seconds after which a client's reply counts as late and is discarded (``None``: off).
+    """
+
+    def __init__(self, strategy: Strategy, clients: Mapping[str, Client], *, initial_arrays: Arrays | None,
+                 evaluate_fn: EvaluateFn | None = None, client_timeout: float | None = None) -> None:
+        self.strategy = strategy
+        self.clients = dict(clients)
+        self.evaluate_fn = evaluate_fn
+        self.client_timeout = client_timeout
+        self.state = ServerState(global_arrays=initial_arrays if strategy.has_global_model else None)
+
+    def _call(self, server_round: int, phase: str, cid: str, fn: Callable[[], Any]) -> tuple[Any, float]:
+        """Run one client call; a failure or a late reply is recorded and returns ``None``."""
+        start = time.perf_counter()
+        try:
+            reply = fn()
+        except Exception as error:  # noqa: BLE001 - any client failure drops the client, not the round
+            seconds = time.perf_counter() - start
+            self._fail(server_round, phase, cid, f"{type(error).__name__}: {error}")
+            return None, seconds
+        seconds = time.perf_counter() - start
+        if self.client_timeout is not None and seconds > self.client_timeout:
+            self._fail(server_round, phase, cid, f"late reply ({seconds:.1f} s > client_timeout "
+                                                 f"{self.client_timeout} s)")
+            return None, seconds
+        return reply, seconds
+
+    def _fail(self, server_round: int, phase: str, cid: str, reason: str) -> None:
+        log.warning("round %d: client %s failed in %s (%s); dropped from this round", server_round, cid, phase,
+                    reason)
+        self.state.failures.append({"round": server_round, "client": cid, "phase": phase, "error": reason})
+
+    def run_round(self) -> Metrics:
+        """One round: configure → fit → aggregate → evaluate; returns (and records) its metrics."""
+        strategy, state = self.strategy, self.state
+        server_round = state.server_round + 1
+        round_start = time.perf_counter()
+        failures_before = len(state.failures)
+
+        instructions = strategy.configure_train(server_round, state.global_arrays, list(self.clients))
+        replies: dict[str, FitRes] = {}
+        fit_seconds, bytes_down, bytes_up = 0.0, 0, 0
+        for cid, ins in instructions.items():
+            bytes_down += nbytes(ins.arrays)
+            reply, seconds = self._call(server_round, "fit", cid, lambda c=cid, i=ins: self.clients[c].fit(i))
+            fit_seconds += seconds
+            if reply is not None:
+                replies[cid] = reply
+                bytes_up += nbytes(reply.arrays)
+
+        aggregated = 0
+        if strategy.has_global_model:
+            new_arrays = strategy.aggregate_train(server_round, replies)
+            if new_arrays is None:
+                log.warning("round %d: %d of %d clients replied (min_clients=%d); the global model is unchanged",
+                            server_round, len(replies), len(instructions), strategy.min_clients)
+            else:
+                state.global_arrays, aggregated = new_arrays, 1
+
+        eval_start = time.perf_counter()
+        evaluations: dict[str, EvaluateRes] = {}
+        eval_ins = strategy.configure_evaluate(server_round, state.global_arrays, list(replies))
+        for cid, ins in eval_ins.items():
+            bytes_down += nbytes(ins.arrays)
+            reply, _ = self._call(server_round, "evaluate", cid, lambda c=cid, i=ins: self.clients[c].evaluate(i))
+            if reply is not None:
+                evaluations[cid] = reply
+        metrics: Metrics = dict(strategy.aggregate_evaluate(server_round, evaluations))
+        if strategy.has_global_model and self.evaluate_fn is not None and state.global_arrays is not None:
+            metrics.update(self.evaluate_fn(server_round, state.global_arrays))
+        eval_seconds = time.perf_counter() - eval_start
+
+        train_loss = _mean_weighted([(r.metrics.get("train_loss", float("nan")), r.num_examples)
+                                     for r in replies.values()])
+        if train_loss is not None:
+            metrics["train/loss"] = train_loss
+        round_seconds = time.perf_counter() - round_start
+        metrics.update({
+            "comm/bytes_down": float(bytes_down), "comm/bytes_up": float(bytes_up),
+            "comm/bytes_sent": float(bytes_down + bytes_up),
+            "round/clients_sampled": float(len(instructions)), "round/clients_ok": float(len(replies)),
+            "round/clients_failed": float(len(state.failures) - failures_before),
+            "round/aggregated": float(aggregated),
+            "time/round_s": round_seconds, "time/fit_s": fit_seconds, "time/evaluate_s": eval_seconds,
+            "time/other_s": max(0.0, round_seconds - fit_seconds - eval_seconds),
+        })
+        state.server_round = server_round
+        state.history.append(metrics)
+        return metrics
+
+    def run(self, num_rounds: int, on_round_end: RoundCallback | None = None) -> ServerState:
+        """Run rounds until ``num_rounds`` have been done (counting rounds already in the state)."""
+        while self.state.server_round < num_rounds:
+            metrics = self.run_round()
+            if on_round_end is not None:
+                on_round_end(self.state.server_round, metrics)
+        return self.state

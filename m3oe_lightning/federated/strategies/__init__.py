@@ -1,0 +1,9 @@
+"""Server-side algorithms (``conf/federated/*.yaml`` ↔ these classes)."""
+
+from m3oe_lightning.federated.strategies.base import Strategy
+from m3oe_lightning.federated.strategies.ditto import Ditto
+from m3oe_lightning.federated.strategies.fedavg import FedAvg
+from m3oe_lightning.federated.strategies.fedprox import FedProx
+from m3oe_lightning.federated.strategies.local import Local
+
+__all__ = ["Ditto", "FedAvg", "FedProx", "Local", "Strategy"]

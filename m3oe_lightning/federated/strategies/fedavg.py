@@ -1,0 +1,23 @@
+"""FedAvg (McMahan et al., AISTATS 2017): the replies averaged, weighted by local training rows."""
+
+from __future__ import annotations
+
+from m3oe_lightning.federated.messages import Arrays, FitRes, weighted_average
+from m3oe_lightning.federated.strategies.base import Strategy
+
+
+class FedAvg(Strategy):
+    """Sample-weighted averaging (Flower's ``FedAvg`` with ``weighted_by_key="num-examples"``)."""
+
+    name = "fedavg"
+
+    def aggregation_weights(self, server_round: int, replies: dict[str, FitRes]) -> dict[str, float]:
+        """Weight of each reply (the hook PAGE's server agent overrides)."""
+        return {cid: float(r.num_examples) for cid, r in replies.items()}
+
+    def aggregate_train(self, server_round: int, replies: dict[str, FitRes]) -> Arrays | None:
+        replies = {cid: r for cid, r in replies.items() if r.arrays is not None}
+        if len(replies) < self.min_clients:
+            return None
+        weights = self.aggregation_weights(server_round, replies)
+        return weighted_average((replies[cid].arrays, weights[cid]) for cid in sorted(replies))

@@ -1,0 +1,225 @@
+"""Federated package: aggregation, partitions, settings checks, faults, FedProx/FedAvg/Ditto/Local."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from m3oe_lightning.cli import build
+from m3oe_lightning.data.datamodule import MDMTDataModule
+from m3oe_lightning.data.synthetic import make_synthetic
+from m3oe_lightning.errors import UserInputError
+from m3oe_lightning.federated.factory import build_federated
+from m3oe_lightning.federated.messages import FitRes, nbytes, weighted_average
+from m3oe_lightning.federated.partition import partition, pool_of, region_keys
+from m3oe_lightning.federated.simulation import ServerState
+from m3oe_lightning.federated.strategies import Ditto, FedAvg, FedProx, Local
+from m3oe_lightning.train import CONF_DIR
+from tests.helpers import compose_train, isolated
+
+SYNTH = {"rows": 1500, "num_users": 60, "num_items": 40, "seed": 0}
+TINY_MODEL = ["model.star_dim=16", "model.bottom_dim=8", "model.expert_dims=[8]", "model.tower_dims=[8]"]
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return make_synthetic(split="random", split_seed=0, **SYNTH)
+
+
+def setup_for(tmp_path, *overrides: str):
+    """A ready simulation on tiny synthetic data with a tiny M3oE (built as the entry point builds it)."""
+    cfg = compose_train(["data=synthetic", "data.rows=1500", "data.num_users=60", "data.num_items=40",
+                         "data.batch_size=256", *TINY_MODEL, "federated.rounds=1", "seed=5",
+                         *isolated(tmp_path)[:4], *overrides], config_name="federate")
+    return build_federated(cfg)
+
+
+# ----------------------------------------------------------------------------------------------- configs
+def test_every_federated_option_composes_and_builds_its_strategy():
+    expected = {"fedavg": FedAvg, "fedprox": FedProx, "ditto": Ditto, "local": Local}
+    options = sorted(p.stem for p in (Path(CONF_DIR) / "federated").glob("*.yaml"))
+    assert set(expected) <= set(options)
+    for option in options:
+        cfg = compose_train([f"federated={option}"], config_name="federate")
+        strategy = build(cfg.federated.strategy)
+        assert type(strategy) is expected[option] and strategy.name == cfg.federated.name == option
+        assert cfg.optimizer.lr == strategy.client_lr and cfg.logger.experiment_name == "m3oe-federated"
+
+
+# ------------------------------------------------------------------------------------------ aggregation
+def test_fedavg_of_identical_clients_leaves_weights_unchanged(tmp_path):
+    setup = setup_for(tmp_path)
+    arrays = setup.simulation.state.global_arrays
+    replies = {f"c{k}": FitRes(arrays={n: t.clone() for n, t in arrays.items()}, num_examples=n)
+               for k, n in enumerate((3, 17, 1000))}
+    out = FedAvg().aggregate_train(1, replies)
+    assert out.keys() == arrays.keys()
+    assert all(torch.equal(out[n], arrays[n]) and out[n].dtype == arrays[n].dtype for n in arrays)
+
+
+def test_aggregation_weights_are_respected():
+    a = {"w": torch.zeros(3), "steps": torch.tensor(1)}
+    b = {"w": torch.ones(3), "steps": torch.tensor(9)}
+    out = FedAvg().aggregate_train(1, {"a": FitRes(a, 1), "b": FitRes(b, 3)})
+    assert torch.allclose(out["w"], torch.full((3,), 0.75))
+    assert int(out["steps"]) == 9  # a non-float entry comes from the heaviest reply
+    assert torch.allclose(weighted_average([(a, 2.0), (b, 2.0)])["w"], torch.full((3,), 0.5))
+    assert nbytes(a) == 3 * 4 + 8
+
+
+# ------------------------------------------------------------------------------------------- partitions
+def all_rows(federation) -> np.ndarray:
+    return np.sort(np.concatenate([c.rows for c in federation.clients + federation.heldout]))
+
+
+@pytest.mark.parametrize("kind", ["domain", "region", "dirichlet"])
+def test_partitions_cover_every_row_exactly_once_and_are_seeded(synthetic, kind):
+    n = len(pool_of(synthetic))
+    keys = (np.arange(n) % 7).astype(str) if kind == "region" else None
+    settings = {"partition": kind, "num_clients": 4, "alpha": 0.5, "heldout_clients": 1, "region_keys": keys}
+    first = partition(synthetic, seed=3, **settings)
+    assert np.array_equal(all_rows(first), np.arange(n))
+    assert first.pool_size == n and len(first.heldout) == 1
+    assert len(first.global_test) == sum(c.num_test for c in first.clients)
+    assert len(first.heldout_test) == first.heldout[0].num_test
+    again = partition(synthetic, seed=3, **settings)
+    assert [c.client_id for c in again.clients] == [c.client_id for c in first.clients]
+    assert all(np.array_equal(a.rows, b.rows) for a, b in zip(again.clients, first.clients))
+    for client in first.clients + first.heldout:  # local splits partition the client's rows
+        assert len(client.rows) == len(client.data.train) + len(client.data.val) + len(client.data.test)
+
+
+def test_domain_clients_hold_one_domain_and_dirichlet_keeps_users_whole(synthetic):
+    by_domain = partition(synthetic, partition="domain")
+    for client in by_domain.clients:
+        assert {client.client_id} == {synthetic.schema.domains[d] for d in client.data.train.domain.tolist()}
+    dirichlet = partition(synthetic, partition="dirichlet", num_clients=5, alpha=0.3, seed=1)
+    owners: dict[int, set[str]] = {}
+    for client in dirichlet.clients:
+        for split in (client.data.train, client.data.val, client.data.test):
+            for user in split.sparse[:, 0].tolist():
+                owners.setdefault(user, set()).add(client.client_id)
+    assert all(len(o) == 1 for u, o in owners.items() if u > 0)
+    other = partition(synthetic, partition="dirichlet", num_clients=5, alpha=0.3, seed=2)
+    assert [len(c.rows) for c in other.clients] != [len(c.rows) for c in dirichlet.clients]
+
+
+def test_synthetic_region_keys_line_up_with_the_encoded_rows(synthetic):
+    dm = MDMTDataModule(name="synthetic", split="random", split_seed=0, **SYNTH)
+    keys = region_keys(dm, dm.load())
+    assert len(keys) == len(pool_of(synthetic)) and set(keys) <= {str(k) for k in range(10)}
+    federation = partition(dm.load(), partition="region", region_keys=keys)
+    assert len(federation.clients) == 10 and federation.clients[0].client_id == "region0"
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"partition": "domain", "heldout_clients": 3}, "heldout_clients=3 but partition=domain gives 3"),
+        ({"partition": "dirichlet", "alpha": 0.0}, "federated.alpha=0.0"),
+        ({"partition": "dirichlet", "alpha": -1.0}, "federated.alpha=-1.0"),
+        ({"partition": "dirichlet", "num_clients": 200, "alpha": 0.05}, "leaves a client without rows"),
+        ({"partition": "zipcode"}, "federated.partition='zipcode'"),
+        ({"partition": "domain", "local_split": [0.5, 0.5, 0.0]}, "federated.local_split"),
+    ],
+    ids=["heldout", "alpha0", "alpha-neg", "empty-client", "kind", "split"],
+)
+def test_bad_partition_settings_fail_with_one_clear_error(synthetic, settings, message):
+    with pytest.raises(UserInputError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        partition(synthetic, **settings)
+
+
+def test_bad_strategy_settings_fail_before_training(tmp_path):
+    with pytest.raises(UserInputError, match="min_clients=3 but only 2"):
+        setup_for(tmp_path, "federated.min_clients=3", "federated.heldout_clients=1")
+    with pytest.raises(UserInputError, match="federated.rounds=0"):
+        setup_for(tmp_path, "federated.rounds=0")
+    with pytest.raises(UserInputError, match="federated.mu=-1"):
+        setup_for(tmp_path, "federated=fedprox", "federated.mu=-1")
+
+
+# ---------------------------------------------------------------------------------------------- rounds
+def test_a_failing_client_is_dropped_and_the_round_completes(tmp_path, monkeypatch):
+    setup = setup_for(tmp_path)
+    sim = setup.simulation
+    broken = sim.clients["d1"]
+    monkeypatch.setattr(broken, "fit", lambda ins: (_ for _ in ()).throw(RuntimeError("disk full")))
+    before = {n: t.clone() for n, t in sim.state.global_arrays.items()}
+    metrics = sim.run_round()
+    assert metrics["round/clients_failed"] == 1 and metrics["round/clients_ok"] == 2
+    assert metrics["round/aggregated"] == 1 and "client/d1/auc_mean" not in metrics
+    assert {"client/d0/auc_mean", "client/d2/auc_mean", "global/auc_mean"} <= set(metrics)
+    assert sim.state.failures == [{"round": 1, "client": "d1", "phase": "fit", "error": "RuntimeError: disk full"}]
+    assert any(not torch.equal(before[n], t) for n, t in sim.state.global_arrays.items())
+
+    sim.strategy.min_clients = 3  # now too few replies: the global model must stay as it was
+    kept = {n: t.clone() for n, t in sim.state.global_arrays.items()}
+    metrics = sim.run_round()
+    assert metrics["round/aggregated"] == 0 and sim.state.server_round == 2
+    assert all(torch.equal(kept[n], t) for n, t in sim.state.global_arrays.items())
+
+    sim.strategy.min_clients, sim.client_timeout = 1, 1e-9  # every reply is late: discarded, logged
+    metrics = sim.run_round()
+    assert metrics["round/clients_ok"] == 0 and metrics["round/clients_failed"] == 3
+    assert metrics["round/aggregated"] == 0 and "late reply" in sim.state.failures[-1]["error"]
+
+
+def test_fedprox_with_mu_zero_equals_fedavg_and_mu_pulls_towards_the_global_model(tmp_path):
+    results = {}
+    for name, overrides in {"fedavg": ["federated=fedavg"], "prox0": ["federated=fedprox", "federated.mu=0"],
+                            "prox": ["federated=fedprox", "federated.mu=100"]}.items():
+        setup = setup_for(tmp_path, *overrides, "federated.local_epochs=2")
+        start = {n: t.clone() for n, t in setup.simulation.state.global_arrays.items()}
+        setup.simulation.run_round()
+        results[name] = (start, setup.simulation.state.global_arrays)
+    assert FedProx(proximal_mu=0.0).fit_config(1)["proximal_mu"] == 0.0
+    avg, prox0, prox = (results[k][1] for k in ("fedavg", "prox0", "prox"))
+    assert all(torch.equal(avg[n], prox0[n]) for n in avg)
+
+    def drift(name):
+        start, end = results[name]
+        return sum(float((end[n] - start[n]).pow(2).sum()) for n in start)
+    assert drift("prox") < drift("fedavg")
+
+
+def test_local_sends_nothing_and_ditto_keeps_personal_models(tmp_path):
+    local = setup_for(tmp_path, "federated=local").simulation
+    metrics = local.run_round()
+    assert metrics["comm/bytes_sent"] == 0 and "global/auc_mean" not in metrics
+    assert {"personal/auc_mean", "personal/auc_mean_weighted"} <= set(metrics)
+    assert all(c.personal is not None for c in local.clients.values())
+
+    ditto = setup_for(tmp_path, "federated=ditto", "federated.lam=0.5").simulation
+    metrics = ditto.run_round()
+    assert metrics["comm/bytes_down"] == metrics["comm/bytes_up"] > 0
+    client = ditto.clients["d0"]
+    assert any(not torch.equal(client.personal[n], t) for n, t in ditto.state.global_arrays.items())
+    personal = {n: t.clone() for n, t in client.personal.items()}
+    ditto.run_round()  # the personal model persists and keeps training from where it was
+    assert any(not torch.equal(personal[n], t) for n, t in client.personal.items())
+
+
+def test_server_state_saves_and_loads_with_weights_only(tmp_path):
+    sim = setup_for(tmp_path, "federated=ditto").simulation
+    sim.run_round()
+    path = tmp_path / "server_state.pt"
+    sim.state.save(path, sim.clients)
+    for client in sim.clients.values():
+        client.personal = None
+    loaded = ServerState.load(path, sim.clients)
+    assert loaded.server_round == 1 and loaded.history == sim.state.history
+    assert all(torch.equal(loaded.global_arrays[n], t) for n, t in sim.state.global_arrays.items())
+    assert all(c.personal is not None for c in sim.clients.values())
+
+
+def test_client_sampling_is_seeded_by_round_and_respects_min_clients():
+    ids = [f"c{k}" for k in range(10)]
+    strategy = FedAvg(fraction_train=0.3, min_clients=2, seed=4)
+    first = strategy.sample(1, ids)
+    assert len(first) == 3 and first == FedAvg(fraction_train=0.3, min_clients=2, seed=4).sample(1, ids)
+    assert any(strategy.sample(r, ids) != first for r in range(2, 6))
+    assert len(FedAvg(fraction_train=0.05, min_clients=2).sample(1, ids)) == 2
+    assert set(strategy.configure_train(1, {}, ids)) == set(first)
