@@ -3,13 +3,23 @@
 Thin on purpose (DESIGN.md, property 4): compose the ``federate`` config → build the simulation
 (data, partition, clients, strategy; every settings check) → one MLflow run whose metrics are the
 per-round federated metrics (MLflow step = round) → run the rounds.
+
+The server state (global model, clients' persistent states, the strategy's state such as PAGE's
+agents, RNG states) is written atomically to ``<checkpoint_dir>/<run_id>/server_state.pt`` after
+every round. ``federated.resume=true`` continues the newest unfinished run of the same settings from
+its last completed round, in the same MLflow run. ``federated.kill_after_round=N`` is a test hook:
+the process SIGKILLs itself right after round N is checkpointed and logged (a ``kill -9`` at a known
+point, as ``KillAtEpoch`` for ``m3oe-train``).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -60,38 +70,86 @@ def print_partition(setup: FederatedSetup, title: str) -> None:
     Console().print(table)
 
 
+def identity_of(resolved: dict[str, Any]) -> dict[str, Any]:
+    """The settings a resumed run must share with the original (not where it logs, not the hooks)."""
+    identity = {k: v for k, v in resolved.items() if k not in ("paths", "logger")}
+    identity["federated"] = {k: v for k, v in resolved["federated"].items() if k not in ("resume", "kill_after_round")}
+    identity["client_trainer"] = {k: v for k, v in resolved.get("client_trainer", {}).items()
+                                  if k != "default_root_dir"}
+    return identity
+
+
+def find_resumable(checkpoint_root: Path, cfg_hash: str) -> str | None:
+    """The newest unfinished federated run with these settings that has a server state: its run id."""
+    candidates = []
+    for state_file in checkpoint_root.glob(f"*{tracking.STATE_SUFFIX}"):
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        saved = checkpoint_root / str(state.get("run_id")) / SERVER_STATE
+        if state.get("config_hash") == cfg_hash and state.get("status") != "FINISHED" and saved.exists():
+            candidates.append((saved.stat().st_mtime, state["run_id"]))
+    return max(candidates)[1] if candidates else None
+
+
+def log_round(client: Any, run_id: str, server_round: int, metrics: Metrics) -> None:
+    now = int(time.time() * 1000)
+    batch = [Metric(key, float(value), now, server_round) for key, value in sorted(metrics.items())]
+    for start in range(0, len(batch), 1000):
+        client.log_batch(run_id, metrics=batch[start:start + 1000])
+
+
 def federate(cfg: DictConfig) -> Metrics:
     """Build, run and log one federated run; returns the last round's metrics."""
     setup = build_federated(cfg)  # every settings error is raised here, before the run exists
     fed = cfg.federated
     resolved = OmegaConf.to_container(cfg, resolve=True)
     model_label, data_label = run_names(cfg)
+    cfg_hash = tracking.config_hash(identity_of(resolved))
     tags = {"task": "federate", "federated": str(fed.name), "partition": str(fed.partition),
             "model": model_label, "data": data_label, "seed": str(cfg.seed),
-            "config_hash": tracking.config_hash(resolved), "git_commit": tracking.git_commit(),
+            "config_hash": cfg_hash, "git_commit": tracking.git_commit(),
             **tracking.library_versions(), "command": command_line(),
             **{str(k): str(v) for k, v in (cfg.logger.tags or {}).items()}}
+    parity = bool(getattr(setup.strategy, "paper_parity", False))
+    if parity:  # page-reference.md, Decision 1: reports from such runs must say so
+        tags["page_parity"] = "true: PAGE's states and rewards come from the TEST splits (leaky, as the released code)"
+    checkpoint_root = Path(cfg.paths.checkpoint_dir)
+    resume_id = find_resumable(checkpoint_root, cfg_hash) if fed.get("resume") else None
     run = tracking.open_run(
         tracking_uri=cfg.logger.tracking_uri, experiment_name=cfg.logger.experiment_name,
         artifact_location=cfg.logger.artifact_location,
         base_name=cfg.logger.run_name or f"{fed.name}-{model_label}-{data_label}-s{cfg.seed}", tags=tags,
-        checkpoint_root=Path(cfg.paths.checkpoint_dir), cfg_hash=tags["config_hash"], resume=False,
+        checkpoint_root=checkpoint_root, cfg_hash=cfg_hash, resume=False, run_id=resume_id,
     )
     client, run_id = run.client, run.run_id
+    checkpoint = run.checkpoint_dir / SERVER_STATE
+    kill_after = fed.get("kill_after_round")
     try:
-        run.logger.log_hyperparams(tracking.flatten(resolved))
+        if resume_id is None:
+            run.logger.log_hyperparams(tracking.flatten(resolved))
+        else:
+            state = setup.simulation.restore(checkpoint)
+            logged = {m.step for m in client.get_metric_history(run_id, "round/clients_sampled")}
+            for server_round, metrics in enumerate(state.history, start=1):  # killed between save and log
+                if server_round not in logged:
+                    log_round(client, run_id, server_round, metrics)
+            print(f"resuming run {run.run_name} ({run_id}) after round {state.server_round}/{setup.rounds}")
+        if parity:
+            print("warning: federated.paper_parity=true: PAGE's states and rewards use the TEST splits "
+                  "(the released code's leaky variant); say so in any report of this run")
         print_partition(setup, f"{run.run_name}: {fed.partition} partition")
 
         def on_round_end(server_round: int, metrics: Metrics) -> None:
-            now = int(time.time() * 1000)
-            batch = [Metric(key, float(value), now, server_round) for key, value in sorted(metrics.items())]
-            for start in range(0, len(batch), 1000):
-                client.log_batch(run_id, metrics=batch[start:start + 1000])
+            log_round(client, run_id, server_round, metrics)
             print(round_line(server_round, setup.rounds, metrics), flush=True)
+            if kill_after is not None and server_round == int(kill_after):
+                os.kill(os.getpid(), signal.SIGKILL)  # test hook: kill -9 after a checkpointed round
 
-        state = setup.simulation.run(setup.rounds, on_round_end=on_round_end)
+        state = setup.simulation.run(setup.rounds, on_round_end=on_round_end, checkpoint=checkpoint)
         last = state.history[-1] if state.history else {}
-        state.save(run.checkpoint_dir / SERVER_STATE, setup.simulation.clients)
+        setup.simulation.save(checkpoint)
         client.log_dict(run_id, resolved, "config/config.yaml")
         client.log_text(run_id, partition_table(setup, last), "federated/partition.md")
         if state.failures:

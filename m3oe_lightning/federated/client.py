@@ -12,6 +12,13 @@ config key          effect
 ``ditto_lambda``    Ditto: also trains the persistent personal model ``v`` with ``λ/2·‖v − w_global‖²``
 ``personal_epochs`` Ditto: epochs of the personal fit
 ``local_only``      Local: train the persistent personal model, send nothing back
+``score_split``     PAGE: ``val`` (default of PAGE) or ``test`` (``paper_parity``): the reply's metrics
+                    also hold ``score/received_auc`` / ``score/received_logloss`` (the received
+                    model on that local split, before training: the client agent's next state) and
+                    ``score/trained_auc`` / ``score/trained_logloss`` (after training: its reward)
+``deadline_s``      set by the runner from ``client_timeout``: local training stops at the first
+                    batch boundary past it and the fit raises :class:`ClientTimeout` (the client's
+                    persistent state is left as it was)
 ==================  ============================================================================
 
 The *personalized model* (evaluated on the local test split) is the model this round's local
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 
@@ -32,7 +40,7 @@ import torch
 from torch import nn
 
 from m3oe_lightning.data.datamodule import MDMTDataModule
-from m3oe_lightning.data.schema import EncodedDataset
+from m3oe_lightning.data.schema import EncodedDataset, EncodedSplit
 from m3oe_lightning.federated.evaluation import evaluate_split
 from m3oe_lightning.federated.messages import Arrays, EvaluateIns, EvaluateRes, FitIns, FitRes, get_arrays, set_arrays
 from m3oe_lightning.models.base import MDMTModel
@@ -40,6 +48,23 @@ from m3oe_lightning.training.module import MDMTModule
 
 SystemFactory = Callable[[MDMTModel, float], MDMTModule]  # (model, lr) -> training system
 TrainerFactory = Callable[..., L.Trainer]                  # (max_epochs=...) -> a quiet Trainer
+
+
+class ClientTimeout(TimeoutError):
+    """A local fit ran past its ``deadline_s`` and was stopped (the runner drops the client)."""
+
+
+class Deadline(L.Callback):
+    """Stop a fit at the first batch boundary after ``deadline`` (``time.perf_counter()`` seconds)."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.fired = False
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if time.perf_counter() > self.deadline:
+            self.fired = True
+            trainer.should_stop = True
 
 
 class ProximalTerm:
@@ -124,54 +149,82 @@ class MDMTClient:
 
     # -------------------------------------------------------------------------------- local fit
     def train_local(self, model: MDMTModel, *, epochs: int, lr: float, server_round: int,
-                    extra_loss: Callable[[nn.Module], torch.Tensor] | None = None, stream: int = 0) -> float:
-        """``epochs`` of local training through ``MDMTModule`` and a fresh ``Trainer``; the train loss."""
+                    extra_loss: Callable[[nn.Module], torch.Tensor] | None = None, stream: int = 0,
+                    deadline: float | None = None) -> float:
+        """``epochs`` of local training through ``MDMTModule`` and a fresh ``Trainer``; the train loss.
+
+        ``deadline`` (``time.perf_counter()`` seconds): stop at the first batch past it and raise
+        :class:`ClientTimeout`.
+        """
         seed = (self.seed * 1_000_003 + server_round * 7_919 + stream) % (2**31)
         torch.manual_seed(seed)
         system = self.system_fn(model, lr)
         system.extra_loss = extra_loss
         datamodule = MDMTDataModule.from_dataset(self.data, batch_size=self.batch_size,
                                                  eval_batch_size=self.eval_batch_size, seed=seed)
+        stopper = Deadline(deadline) if deadline is not None else None
         with quiet_lightning():
-            trainer = self.trainer_fn(max_epochs=int(epochs))
+            trainer = (self.trainer_fn(max_epochs=int(epochs)) if stopper is None
+                       else self.trainer_fn(max_epochs=int(epochs), callbacks=[stopper]))
             trainer.fit(system, datamodule=datamodule)
+        if stopper is not None and stopper.fired:
+            raise ClientTimeout(f"client {self.client_id}: local training stopped at the deadline")
         loss = trainer.callback_metrics.get("train/loss")
         return float(loss) if loss is not None else float("nan")
+
+    def score_split(self, name: str) -> EncodedSplit:
+        if name not in ("val", "test"):
+            raise ValueError(f"client {self.client_id}: score_split={name!r}: use val or test")
+        return self.data.val if name == "val" else self.data.test
 
     def fit(self, ins: FitIns) -> FitRes:
         config = ins.config
         server_round = int(config.get("server_round", 0))
         epochs, lr = int(config["local_epochs"]), float(config["lr"])
+        deadline = time.perf_counter() + float(config["deadline_s"]) if "deadline_s" in config else None
         n_train = len(self.data.train)
         model = self.model
         if config.get("local_only"):
             if self.personal is not None:
                 set_arrays(model, self.personal)
-            loss = self.train_local(model, epochs=epochs, lr=lr, server_round=server_round)
+            loss = self.train_local(model, epochs=epochs, lr=lr, server_round=server_round, deadline=deadline)
             self.personal = get_arrays(model)
             return FitRes(arrays=None, num_examples=n_train, metrics={"train_loss": loss})
         if ins.arrays is None:
             raise ValueError(f"client {self.client_id}: round {server_round} sent no model to train")
         received = ins.arrays
         set_arrays(model, received)
+        metrics: dict[str, float] = {}
+        score = self.score_split(str(config["score_split"])) if "score_split" in config else None
+        if score is not None:  # PAGE: the received global model on local data is the agent's next state
+            before = evaluate_split(model, score, self.eval_batch_size)
+            metrics["score/received_auc"] = before.get("auc_mean", float("nan"))
+            metrics["score/received_logloss"] = before.get("logloss_mean", float("nan"))
         mu = float(config.get("proximal_mu", 0.0))
         extra = ProximalTerm(received, mu, model) if mu > 0 else None
-        loss = self.train_local(model, epochs=epochs, lr=lr, server_round=server_round, extra_loss=extra)
+        loss = self.train_local(model, epochs=epochs, lr=lr, server_round=server_round, extra_loss=extra,
+                                deadline=deadline)
         trained = get_arrays(model)
+        if score is not None:  # … and the trained local model on it gives the agent's reward
+            after = evaluate_split(model, score, self.eval_batch_size)
+            metrics["score/trained_auc"] = after.get("auc_mean", float("nan"))
+            metrics["score/trained_logloss"] = after.get("logloss_mean", float("nan"))
         if "ditto_lambda" in config:
             self.personal = self.fit_personal(received, lam=float(config["ditto_lambda"]), lr=lr,
                                               epochs=int(config.get("personal_epochs", epochs)),
-                                              server_round=server_round)
+                                              server_round=server_round, deadline=deadline)
         else:
             self.personal = trained
-        return FitRes(arrays=trained, num_examples=n_train, metrics={"train_loss": loss})
+        return FitRes(arrays=trained, num_examples=n_train, metrics={"train_loss": loss, **metrics})
 
-    def fit_personal(self, received: Arrays, *, lam: float, lr: float, epochs: int, server_round: int) -> Arrays:
+    def fit_personal(self, received: Arrays, *, lam: float, lr: float, epochs: int, server_round: int,
+                     deadline: float | None = None) -> Arrays:
         """Ditto's personal step: ``v`` (from the first global model it saw) pulled towards ``received``."""
         model = self.model
         set_arrays(model, self.personal if self.personal is not None else received)
         extra = ProximalTerm(received, lam, model) if lam > 0 else None
-        self.train_local(model, epochs=epochs, lr=lr, server_round=server_round, extra_loss=extra, stream=1)
+        self.train_local(model, epochs=epochs, lr=lr, server_round=server_round, extra_loss=extra, stream=1,
+                         deadline=deadline)
         return get_arrays(model)
 
     # --------------------------------------------------------------------------------- evaluate

@@ -11,6 +11,7 @@ import functools
 from dataclasses import dataclass
 
 import hydra
+import torch
 from omegaconf import DictConfig
 
 from m3oe_lightning.cli import build
@@ -22,6 +23,7 @@ from m3oe_lightning.federated.messages import Arrays, Metrics, get_arrays, set_a
 from m3oe_lightning.federated.partition import Federation, check_settings, partition, region_keys
 from m3oe_lightning.federated.simulation import Simulation
 from m3oe_lightning.federated.strategies.base import Strategy
+from m3oe_lightning.federated.strategies.page import PAGE
 from m3oe_lightning.models.base import MDMTModel
 from m3oe_lightning.training.module import MDMTModule
 
@@ -47,6 +49,31 @@ class ServerEvaluator:
         return out
 
 
+class SplitEvaluator:
+    """One split's evaluator with its own model copy: ``arrays -> metrics`` (PAGE's server validation set)."""
+
+    def __init__(self, model: MDMTModel, split: EncodedSplit, batch_size: int = 65536) -> None:
+        self.model, self.split, self.batch_size = model, split, batch_size
+
+    def __call__(self, arrays: Arrays) -> Metrics:
+        set_arrays(self.model, arrays)
+        return evaluate_split(self.model, self.split, self.batch_size)
+
+
+def concat_splits(splits: list[EncodedSplit]) -> EncodedSplit:
+    """The rows of ``splits`` as one split (in order)."""
+    return EncodedSplit(**{key: torch.cat([getattr(s, key) for s in splits]) for key in
+                           ("sparse", "dense", "domain", "labels")})
+
+
+def server_validation_set(federation: Federation, paper_parity: bool) -> EncodedSplit:
+    """PAGE's server set: the union of the training clients' local validation splits (Decision 1),
+    or, under ``paper_parity``, the pooled global test set (the released code's leaky variant)."""
+    if paper_parity:
+        return federation.global_test
+    return concat_splits([c.data.val for c in federation.clients])
+
+
 @dataclass
 class FederatedSetup:
     simulation: Simulation
@@ -61,6 +88,10 @@ def check_federated(fed: DictConfig) -> None:
     rounds = fed.rounds
     if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
         raise UserInputError(f"federated.rounds={rounds!r}: use a positive integer")
+    for key in ("kill_after_round",):
+        value = fed.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise UserInputError(f"federated.{key}={value!r}: use a positive integer or null")
     timeout = fed.get("client_timeout")
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
         raise UserInputError(f"federated.client_timeout={timeout!r}: use a positive number of seconds or null")
@@ -91,6 +122,11 @@ def build_federated(cfg: DictConfig) -> FederatedSetup:
                            heldout_clients=fed.heldout_clients, local_split=list(fed.local_split),
                            seed=fed.partition_seed, region_keys=keys)
     strategy.check(len(federation.clients))
+    if isinstance(strategy, PAGE):
+        if not strategy.paper_parity and any(len(c.data.val) == 0 for c in federation.clients):
+            raise UserInputError(f"federated=page scores on each client's validation split, but "
+                                 f"federated.local_split={list(fed.local_split)} leaves a client without "
+                                 f"validation rows; give val a larger share (or paper_parity=true)")
 
     trainer_fn = hydra.utils.instantiate(cfg.client_trainer, _partial_=True)
     system_fn = make_system_fn(cfg)
@@ -102,6 +138,10 @@ def build_federated(cfg: DictConfig) -> FederatedSetup:
         for k, c in enumerate(federation.clients)
     }
     evaluator = ServerEvaluator(model, federation.global_test, federation.heldout_test, datamodule.eval_batch_size)
+    if isinstance(strategy, PAGE):
+        strategy.bind_server_evaluator(SplitEvaluator(copy.deepcopy(template),
+                                                      server_validation_set(federation, strategy.paper_parity),
+                                                      datamodule.eval_batch_size))
     simulation = Simulation(strategy, clients, initial_arrays=get_arrays(template), evaluate_fn=evaluator,
                             client_timeout=fed.get("client_timeout"))
     return FederatedSetup(simulation=simulation, federation=federation, strategy=strategy, model=model,

@@ -1,22 +1,28 @@
 """The in-process simulation runner: drives a Strategy and its Clients round by round.
 
 Everything the server knows lives in one :class:`ServerState` (round, global arrays, metric history,
-failures), which saves and loads with ``torch.save`` / ``torch.load(weights_only=True)``. Clients run
-one after another in this process. A client that raises is dropped from that round (logged, counted
-in ``round/clients_failed``); a reply that took longer than ``client_timeout`` seconds is discarded
-as late (a soft timeout: the in-process fit is not interrupted). With fewer than the strategy's
+failures, the strategy's own state such as PAGE's agents, RNG states), which saves and loads with
+``torch.save`` / ``torch.load(weights_only=True)``. :meth:`Simulation.run` can write it atomically after
+every round (``checkpoint``) and :meth:`Simulation.restore` continues from it. Clients run one after
+another in this process. A client that raises is dropped from that round (logged, counted in
+``round/clients_failed``). ``client_timeout`` is cooperative: the runner sends it as ``deadline_s``,
+the client's local training stops at the first batch boundary past it (it cannot preempt a batch, an
+evaluation or a hung call: in-process there is no safe way to kill a running fit), and a stopped
+fit, or any reply that took longer, is discarded as late. With fewer than the strategy's
 ``min_clients`` replies the round keeps the previous global model.
 
 Per-round metrics (MLflow step = round): ``personal/auc_mean``, ``personal/auc_mean_weighted``,
 ``personal/logloss_mean``, ``client/{id}/auc_mean``, ``global/auc_mean`` (+ ``global/logloss_mean``
 and ``global/auc/{domain}/{task}``), ``heldout/auc_mean`` (+ logloss), ``train/loss``,
 ``comm/bytes_down``, ``comm/bytes_up``, ``comm/bytes_sent``, ``round/clients_*`` and
-``time/{round,fit,evaluate,other}_s``.
+``time/{round,fit,evaluate,other}_s``, plus the strategy's own ``round_metrics`` (PAGE: ``page/*``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from m3oe_lightning.federated.client import ClientTimeout
 from m3oe_lightning.federated.evaluation import finite
 from m3oe_lightning.federated.messages import (
     Arrays,
@@ -55,17 +62,19 @@ class Client(Protocol):
 
 @dataclass
 class ServerState:
-    """The server's whole state: enough to continue a run (resume itself comes in increment 2)."""
+    """The server's whole state: enough to continue a run (``federated.resume``)."""
 
     server_round: int = 0
     global_arrays: Arrays | None = None
     history: list[Metrics] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
     strategy_state: dict[str, Any] = field(default_factory=dict)
+    rng_state: dict[str, Any] = field(default_factory=dict)
 
     def state_dict(self) -> dict[str, Any]:
         return {"server_round": self.server_round, "global_arrays": self.global_arrays,
-                "history": self.history, "failures": self.failures, "strategy_state": self.strategy_state}
+                "history": self.history, "failures": self.failures, "strategy_state": self.strategy_state,
+                "rng_state": self.rng_state}
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any]) -> ServerState:
@@ -76,8 +85,11 @@ class ServerState:
         payload = {"server": self.state_dict(),
                    "clients": {cid: c.state_dict() for cid, c in (clients or {}).items()}}
         tmp = Path(path).with_suffix(".tmp")
-        torch.save(payload, tmp)
-        tmp.replace(path)
+        with open(tmp, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(path)  # atomic: a kill leaves either the previous state or this one
 
     @classmethod
     def load(cls, path: Path, clients: Mapping[str, Client] | None = None) -> ServerState:
@@ -86,6 +98,25 @@ class ServerState:
             if clients is not None and cid in clients:
                 clients[cid].load_state_dict(state)
         return cls.from_state_dict(payload["server"])
+
+
+def rng_states() -> dict[str, Any]:
+    """Python, NumPy and torch global RNG states, as tensors and scalars (``weights_only``-loadable)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    return {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "numpy_pos": int(pos), "numpy_gauss": (int(has_gauss), float(cached)),
+            "python": (int(version), torch.tensor(internal, dtype=torch.int64), gauss)}
+
+
+def set_rng_states(state: Mapping[str, Any]) -> None:
+    if not state:
+        return
+    torch.set_rng_state(state["torch"])
+    has_gauss, cached = state["numpy_gauss"]
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(int(x) for x in internal.tolist()), gauss))
 
 
 def _mean_weighted(values: list[tuple[float, int]]) -> float | None:
@@ -121,6 +152,11 @@ class Simulation:
         start = time.perf_counter()
         try:
             reply = fn()
+        except ClientTimeout:
+            seconds = time.perf_counter() - start
+            self._fail(server_round, phase, cid, f"late reply (stopped at the deadline after {seconds:.1f} s; "
+                                                 f"client_timeout {self.client_timeout} s)")
+            return None, seconds
         except Exception as error:  # noqa: BLE001 - any client failure drops the client, not the round
             seconds = time.perf_counter() - start
             self._fail(server_round, phase, cid, f"{type(error).__name__}: {error}")
@@ -149,6 +185,8 @@ class Simulation:
         fit_seconds, bytes_down, bytes_up = 0.0, 0, 0
         for cid, ins in instructions.items():
             bytes_down += nbytes(ins.arrays)
+            if self.client_timeout is not None:
+                ins.config["deadline_s"] = float(self.client_timeout)
             reply, seconds = self._call(server_round, "fit", cid, lambda c=cid, i=ins: self.clients[c].fit(i))
             fit_seconds += seconds
             if reply is not None:
@@ -177,6 +215,7 @@ class Simulation:
             metrics.update(self.evaluate_fn(server_round, state.global_arrays))
         eval_seconds = time.perf_counter() - eval_start
 
+        metrics.update(strategy.round_metrics(server_round))
         train_loss = _mean_weighted([(r.metrics.get("train_loss", float("nan")), r.num_examples)
                                      for r in replies.values()])
         if train_loss is not None:
@@ -195,10 +234,29 @@ class Simulation:
         state.history.append(metrics)
         return metrics
 
-    def run(self, num_rounds: int, on_round_end: RoundCallback | None = None) -> ServerState:
-        """Run rounds until ``num_rounds`` have been done (counting rounds already in the state)."""
+    def save(self, path: Path) -> None:
+        """Checkpoint the whole server (with the strategy's state and the RNG states) and the clients."""
+        self.state.strategy_state = self.strategy.state_dict()
+        self.state.rng_state = rng_states()
+        self.state.save(path, self.clients)
+
+    def restore(self, path: Path) -> ServerState:
+        """Continue from a checkpoint written by :meth:`save` (the clients' states are loaded too)."""
+        self.state = ServerState.load(path, self.clients)
+        self.strategy.load_state_dict(self.state.strategy_state)
+        set_rng_states(self.state.rng_state)
+        return self.state
+
+    def run(self, num_rounds: int, on_round_end: RoundCallback | None = None,
+            checkpoint: Path | None = None) -> ServerState:
+        """Run rounds until ``num_rounds`` have been done (counting rounds already in the state).
+
+        ``checkpoint``: written (atomically) after each round, before ``on_round_end`` is called.
+        """
         while self.state.server_round < num_rounds:
             metrics = self.run_round()
+            if checkpoint is not None:
+                self.save(checkpoint)
             if on_round_end is not None:
                 on_round_end(self.state.server_round, metrics)
         return self.state

@@ -16,7 +16,7 @@ from m3oe_lightning.federated.factory import build_federated
 from m3oe_lightning.federated.messages import FitRes, nbytes, weighted_average
 from m3oe_lightning.federated.partition import partition, pool_of, region_keys
 from m3oe_lightning.federated.simulation import ServerState
-from m3oe_lightning.federated.strategies import Ditto, FedAvg, FedProx, Local
+from m3oe_lightning.federated.strategies import PAGE, Ditto, FedAvg, FedProx, Local
 from m3oe_lightning.train import CONF_DIR
 from tests.helpers import compose_train, isolated
 
@@ -39,7 +39,7 @@ def setup_for(tmp_path, *overrides: str):
 
 # ----------------------------------------------------------------------------------------------- configs
 def test_every_federated_option_composes_and_builds_its_strategy():
-    expected = {"fedavg": FedAvg, "fedprox": FedProx, "ditto": Ditto, "local": Local}
+    expected = {"fedavg": FedAvg, "fedprox": FedProx, "ditto": Ditto, "local": Local, "page": PAGE}
     options = sorted(p.stem for p in (Path(CONF_DIR) / "federated").glob("*.yaml"))
     assert set(expected) <= set(options)
     for option in options:

@@ -5,5 +5,6 @@ from m3oe_lightning.federated.strategies.ditto import Ditto
 from m3oe_lightning.federated.strategies.fedavg import FedAvg
 from m3oe_lightning.federated.strategies.fedprox import FedProx
 from m3oe_lightning.federated.strategies.local import Local
+from m3oe_lightning.federated.strategies.page import PAGE
 
-__all__ = ["Ditto", "FedAvg", "FedProx", "Local", "Strategy"]
+__all__ = ["PAGE", "Ditto", "FedAvg", "FedProx", "Local", "Strategy"]

@@ -15,6 +15,8 @@ never import MLflow: the runner hands the metrics to whoever logs them.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -102,6 +104,18 @@ class Strategy:
         if losses:
             out["personal/logloss_mean"] = float(np.mean(losses))
         return out
+
+    # ----------------------------------------------------------------------- round metrics, state
+    def round_metrics(self, server_round: int) -> Metrics:
+        """The strategy's own per-round metrics (merged into the round's; PAGE: its chosen actions)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the strategy must keep across rounds (saved with the server state; tensors and scalars)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output (resume)."""
 
     def summary(self) -> dict[str, float | int | str]:
         return {"name": self.name, "local_epochs": self.local_epochs, "client_lr": self.client_lr,

@@ -1,0 +1,262 @@
+"""PAGE (Chen et al., WWW 2024) as the released code implements it (docs page-reference.md §1).
+
+One DDPG agent per client chooses that client's learning rate and local epochs; one server agent
+chooses the aggregation weights. Both learn online, interleaved with FL (the whole run is one
+episode). All agents live on the server (page-reference.md §6, option b: as the released code), so
+the lr and epochs travel in each client's round config. Our decisions (page-reference.md, Decisions):
+
+* **Client agent** — state (1-d): the AUC of the global model the client received, on its local
+  **validation** split (measured by the client before training: the released code's one-round lag,
+  §1.6 item 1, is kept). Action (2-d, raw tanh space): ``[lr, epochs]``. Reward:
+  ``c_reward_weight / (logloss(local model after training, local val) + loss_eps)``.
+* **Server agent** — state (N-d, one entry per training client, in client order): the AUC of each
+  client's fresh local model on the **server validation set** (a client that did not reply this
+  round keeps its previous entry; the first state is the initial global model's AUC, repeated).
+  Action (N-d): the aggregation weights. Reward:
+  ``s_reward_weight / (logloss(aggregated model, server val) + loss_eps)``.
+* The server validation set is built by the factory: the union of the training clients' local
+  validation splits (disjoint from every test split used for reporting). ``paper_parity: true``
+  switches both sides to the released code's leaky variant (local **test** splits and the pooled
+  global **test** set); reports from such runs must say so (the run gets the tag ``page_parity``).
+* Metrics are AUC / logloss (mean over (domain, task) groups), replacing accuracy / cross-entropy; a
+  missing AUC (one label class) counts as 0.5 in a state.
+* Warm-up (``round ≤ warmup``): uniform random raw actions in [-1, 1]; no agent updates. After it:
+  client actions ``clip(actor(s) + ε·OU, −1, 1)`` with ε decaying; server actions ``actor(S)`` without
+  noise (released code, §1.6 item 3; ``server_noise: true`` adds it); one DDPG update per agent per round.
+* Decision 2: the replay buffers store the raw actions. They are mapped only when applied:
+  ``u = (a + 1)/2``; ``lr = lr_min + u·(lr_max − lr_min)`` (``lr_scale: log``: geometric);
+  ``epochs = 1 + round(u·(epochs_max − 1))``; weights ``u_i + 1e-6`` normalised over the clients that
+  replied (a dropped client gets no weight). The released code instead clips ``(a + 1)/2`` into
+  ``[lr_min, lr_max]`` (most of the actor's range collapses onto ``lr_max``) and scales epochs by
+  ``int(epoch_max / lr_max)``; we map the whole range affinely.
+* Ablations: ``learn_lr`` / ``learn_epochs`` / ``learn_weights`` off → ``lr_max`` / ``epochs_max`` /
+  uniform weights (the released ``--is_lr`` / ``--is_epoch`` / ``--is_p``). The agents still act and learn.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from m3oe_lightning.errors import UserInputError
+from m3oe_lightning.federated.evaluation import finite
+from m3oe_lightning.federated.messages import Arrays, FitIns, FitRes, Metrics, weighted_average
+from m3oe_lightning.federated.page_agents import DDPGAgent
+from m3oe_lightning.federated.strategies.fedavg import FedAvg
+
+ServerEvaluate = Callable[[Arrays], Metrics]  # arrays -> {"auc_mean", "logloss_mean", ...} on the server val set
+
+
+def _auc_or_half(value: float | None) -> float:
+    return float(value) if finite(value) else 0.5
+
+
+class PAGE(FedAvg):
+    """PAGE's server: client agents (lr, epochs) and a server agent (aggregation weights).
+
+    Args:
+        warmup: rounds of random actions (no agent updates) at the start.
+        lr_min / lr_max: range of the clients' learning rate; ``lr_scale``: ``linear`` or ``log``.
+        epochs_max: local epochs range from 1 to this.
+        learn_lr / learn_epochs / learn_weights: ablation switches (off: lr_max / epochs_max / uniform).
+        c_reward_weight / s_reward_weight: reward scales (the "biased variants").
+        loss_eps: added to the logloss before taking its inverse.
+        paper_parity: states and rewards from the test splits (the released code's leaky variant).
+        server_noise: exploration noise on the server agent's actions after warm-up (released: off).
+        agent: DDPG settings shared by all agents (see :class:`~m3oe_lightning.federated.page_agents.DDPGAgent`).
+        Others: :class:`~m3oe_lightning.federated.strategies.base.Strategy` (``local_epochs`` and
+        ``client_lr`` are unused: the agents choose them).
+    """
+
+    name = "page"
+
+    def __init__(self, *, warmup: int = 3, lr_min: float = 1e-3, lr_max: float = 2e-2, lr_scale: str = "linear",
+                 epochs_max: int = 3, learn_lr: bool = True, learn_epochs: bool = True, learn_weights: bool = True,
+                 c_reward_weight: float = 1.0, s_reward_weight: float = 1.0, loss_eps: float = 1e-5,
+                 paper_parity: bool = False, server_noise: bool = False, agent: Mapping[str, Any] | None = None,
+                 **kwargs: Any) -> None:
+        if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
+            raise UserInputError(f"federated.warmup={warmup!r}: use an integer ≥ 0")
+        if not (isinstance(lr_min, (int, float)) and isinstance(lr_max, (int, float)) and 0 < lr_min <= lr_max):
+            raise UserInputError(f"federated.lr_min={lr_min!r}, lr_max={lr_max!r}: use 0 < lr_min ≤ lr_max")
+        if lr_scale not in ("linear", "log"):
+            raise UserInputError(f"federated.lr_scale={lr_scale!r}: use linear or log")
+        if not isinstance(epochs_max, int) or isinstance(epochs_max, bool) or epochs_max < 1:
+            raise UserInputError(f"federated.epochs_max={epochs_max!r}: use a positive integer")
+        super().__init__(**kwargs)  # after our checks: local_epochs / client_lr interpolate ours in page.yaml
+        self.warmup, self.lr_min, self.lr_max, self.lr_scale = warmup, float(lr_min), float(lr_max), lr_scale
+        self.epochs_max = epochs_max
+        self.learn_lr, self.learn_epochs, self.learn_weights = bool(learn_lr), bool(learn_epochs), bool(learn_weights)
+        self.c_reward_weight, self.s_reward_weight = float(c_reward_weight), float(s_reward_weight)
+        self.loss_eps = float(loss_eps)
+        self.paper_parity, self.server_noise = bool(paper_parity), bool(server_noise)
+        self.agent_settings = dict(agent or {})
+        DDPGAgent(1, 2, **self.agent_settings)  # fail on a bad agent setting now, not in round 1
+        self.server_evaluate: ServerEvaluate | None = None
+        self.client_ids: list[str] = []
+        self.client_agents: dict[str, DDPGAgent] = {}
+        self.server_agent: DDPGAgent | None = None
+        self.client_states: dict[str, torch.Tensor] = {}   # last observed state per client (1-d)
+        self.server_state: torch.Tensor | None = None        # last observed server state (N-d)
+        self._pending: dict[str, tuple[torch.Tensor | None, torch.Tensor]] = {}
+        self._server_action: torch.Tensor | None = None
+        self._metrics: Metrics = {}
+
+    @property
+    def score_split(self) -> str:
+        """The local split clients score on (``val``; ``test`` under ``paper_parity``)."""
+        return "test" if self.paper_parity else "val"
+
+    def bind_server_evaluator(self, evaluate: ServerEvaluate) -> None:
+        """The server validation set's evaluator (the factory binds it; Flower: the ServerApp's data)."""
+        self.server_evaluate = evaluate
+
+    # --------------------------------------------------------------------------------------- agents
+    def _agent_seed(self, index: int) -> int:
+        return (self.seed * 1_000_003 + 7_919 * (index + 1)) % (2**31)
+
+    def _ensure_agents(self, client_ids: list[str]) -> None:
+        if self.server_agent is not None:
+            if list(client_ids) != self.client_ids:
+                raise ValueError(f"PAGE: the training clients changed from {self.client_ids} to {client_ids}")
+            return
+        self.client_ids = list(client_ids)
+        self.client_agents = {cid: DDPGAgent(1, 2, **{**self.agent_settings, "seed": self._agent_seed(k)})
+                              for k, cid in enumerate(self.client_ids)}
+        n = len(self.client_ids)
+        self.server_agent = DDPGAgent(n, n, **{**self.agent_settings, "seed": self._agent_seed(-1)})
+
+    def _server_score(self, arrays: Arrays) -> Metrics:
+        if self.server_evaluate is None:
+            raise RuntimeError("PAGE needs a server validation set: call bind_server_evaluator first")
+        return self.server_evaluate(arrays)
+
+    # ------------------------------------------------------------------------------------- mapping
+    def map_client_action(self, raw: torch.Tensor) -> tuple[float, int]:
+        """Raw ``[a_lr, a_epochs]`` in [-1, 1] → (lr in [lr_min, lr_max], epochs in [1, epochs_max])."""
+        u = ((raw.clamp(-1.0, 1.0) + 1.0) / 2.0).tolist()
+        if not self.learn_lr:
+            lr = self.lr_max
+        elif self.lr_scale == "log":
+            lr = math.exp(math.log(self.lr_min) + u[0] * (math.log(self.lr_max) - math.log(self.lr_min)))
+        else:
+            lr = self.lr_min + u[0] * (self.lr_max - self.lr_min)
+        lr = min(max(lr, self.lr_min), self.lr_max)
+        epochs = 1 + int(round(u[1] * (self.epochs_max - 1))) if self.learn_epochs else self.epochs_max
+        return lr, epochs
+
+    def map_server_action(self, raw: torch.Tensor, replied: list[str]) -> dict[str, float]:
+        """Raw N-d action → weights over ``replied`` (a distribution; the others get none)."""
+        if not replied:
+            return {}
+        if not self.learn_weights:
+            return {cid: 1.0 / len(replied) for cid in replied}
+        u = (raw.clamp(-1.0, 1.0) + 1.0) / 2.0 + 1e-6
+        raw_w = {cid: float(u[self.client_ids.index(cid)]) for cid in replied}
+        total = sum(raw_w.values())
+        return {cid: w / total for cid, w in raw_w.items()}
+
+    # --------------------------------------------------------------------------------------- train
+    def configure_train(self, server_round: int, arrays: Arrays | None, client_ids: list[str]) -> dict[str, FitIns]:
+        self._ensure_agents(client_ids)
+        if self.server_state is None:  # reset: the initial global model's score, once per client
+            auc = _auc_or_half(self._server_score(arrays).get("auc_mean")) if arrays is not None else 0.5
+            self.server_state = torch.full((len(self.client_ids),), auc)
+        warm = server_round <= self.warmup
+        self._pending, self._metrics = {}, {}
+        out: dict[str, FitIns] = {}
+        for cid in self.sample(server_round, client_ids):
+            agent, state = self.client_agents[cid], self.client_states.get(cid)
+            raw = agent.random_action() if warm or state is None else agent.select_action(state)
+            lr, epochs = self.map_client_action(raw)
+            self._pending[cid] = (state, raw)
+            self._metrics[f"page/client/{cid}/lr"] = lr
+            self._metrics[f"page/client/{cid}/epochs"] = float(epochs)
+            out[cid] = FitIns(arrays=arrays, config={"server_round": server_round, "local_epochs": epochs, "lr": lr,
+                                                     "score_split": self.score_split})
+        assert self.server_agent is not None
+        self._server_action = (self.server_agent.random_action() if warm else
+                               self.server_agent.select_action(self.server_state, explore=self.server_noise))
+        self._metrics["page/warmup"] = float(warm)
+        return out
+
+    def aggregation_weights(self, server_round: int, replies: dict[str, FitRes]) -> dict[str, float]:
+        """The server agent's weights over the clients that replied (a distribution)."""
+        if self._server_action is None:
+            raise RuntimeError("PAGE.aggregation_weights before configure_train")
+        return self.map_server_action(self._server_action, sorted(replies))
+
+    def aggregate_train(self, server_round: int, replies: dict[str, FitRes]) -> Arrays | None:
+        replies = {cid: r for cid, r in replies.items() if r.arrays is not None}
+        assert self.server_agent is not None and self.server_state is not None
+        # client transitions (s, a_raw, r, s'): only clients that replied with a score
+        for cid, (state, raw) in self._pending.items():
+            reply = replies.get(cid)
+            if reply is None or not finite(reply.metrics.get("score/trained_logloss")):
+                continue
+            next_state = torch.tensor([_auc_or_half(reply.metrics.get("score/received_auc"))])
+            reward = self.c_reward_weight / (reply.metrics["score/trained_logloss"] + self.loss_eps)
+            self.client_agents[cid].observe(state if state is not None else next_state, raw, reward, next_state)
+            self.client_states[cid] = next_state
+            self._metrics[f"page/client/{cid}/reward"] = reward
+        # the server's next state: each fresh local model on the server validation set
+        next_server = self.server_state.clone()
+        for cid in sorted(replies):
+            score = self._server_score(replies[cid].arrays)
+            next_server[self.client_ids.index(cid)] = _auc_or_half(score.get("auc_mean"))
+        new = None
+        if len(replies) >= self.min_clients:
+            weights = self.aggregation_weights(server_round, replies)
+            new = weighted_average((replies[cid].arrays, weights[cid]) for cid in sorted(replies))
+            for cid, w in weights.items():
+                self._metrics[f"page/weight/{cid}"] = w
+            score = self._server_score(new)
+            if finite(score.get("logloss_mean")):
+                reward = self.s_reward_weight / (score["logloss_mean"] + self.loss_eps)
+                self.server_agent.observe(self.server_state, self._server_action, reward, next_server)
+                self._metrics["page/server/reward"] = reward
+                self._metrics["page/server/val_auc"] = _auc_or_half(score.get("auc_mean"))
+        self.server_state = next_server
+        if server_round > self.warmup:  # one DDPG step per agent per round after warm-up
+            losses = [agent.update()[0] for agent in self.client_agents.values() if len(agent.buffer)]
+            if losses:
+                self._metrics["page/client/critic_loss_mean"] = float(sum(losses) / len(losses))
+            if len(self.server_agent.buffer):
+                self._metrics["page/server/critic_loss"] = self.server_agent.update()[0]
+        self._metrics["page/client/epsilon_mean"] = float(
+            sum(a.epsilon for a in self.client_agents.values()) / max(1, len(self.client_agents)))
+        return new
+
+    # ------------------------------------------------------------------------------- metrics, state
+    def round_metrics(self, server_round: int) -> Metrics:
+        return {k: float(v) for k, v in self._metrics.items() if finite(v)}
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.server_agent is None:
+            return {}
+        return {"client_ids": list(self.client_ids),
+                "client_agents": {cid: a.state_dict() for cid, a in self.client_agents.items()},
+                "server_agent": self.server_agent.state_dict(),
+                "client_states": {cid: s.clone() for cid, s in self.client_states.items()},
+                "server_state": None if self.server_state is None else self.server_state.clone()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if not state:
+            return
+        self.server_agent = None
+        self._ensure_agents(list(state["client_ids"]))
+        for cid, agent_state in state["client_agents"].items():
+            self.client_agents[cid].load_state_dict(agent_state)
+        assert self.server_agent is not None
+        self.server_agent.load_state_dict(state["server_agent"])
+        self.client_states = {cid: s.clone() for cid, s in state["client_states"].items()}
+        self.server_state = None if state["server_state"] is None else state["server_state"].clone()
+
+    def summary(self) -> dict[str, float | int | str]:
+        return {"name": self.name, "warmup": self.warmup, "lr_min": self.lr_min, "lr_max": self.lr_max,
+                "epochs_max": self.epochs_max, "learn_lr": int(self.learn_lr), "learn_epochs": int(self.learn_epochs),
+                "learn_weights": int(self.learn_weights), "paper_parity": int(self.paper_parity),
+                "fraction_train": self.fraction_train, "min_clients": self.min_clients}
