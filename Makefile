@@ -11,7 +11,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test bench ui movielens movielens-report clean clean-logs
+.PHONY: help install train test bench bench-scaling ui movielens movielens-report clean clean-logs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ movielens-report: $(STAMP) ## experiments/movielens/README.md (+ PNG) from the M
 
 bench: $(STAMP) ## one-epoch throughput/RSS benchmark on MovieLens-1M → experiments/bench/README.md
 	$(BIN)/python -m m3oe_lightning.bench $(ARGS)
+
+bench-scaling: $(STAMP) ## memmap data path at 1M/10M/50M synthetic rows → experiments/bench/scaling.{md,json,png}
+	$(BIN)/python -m m3oe_lightning.bench_scaling $(ARGS)
 
 ui: $(STAMP) ## MLflow UI for logs/mlflow.db on http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///logs/mlflow.db --default-artifact-root logs/mlflow/artifacts --host 127.0.0.1 --port 5000

@@ -5,6 +5,11 @@ There is no per-row ``Dataset.__getitem__`` and no collate: a batch is one ``ind
 checkpoint sees exactly the batches an uninterrupted run would. Under DDP each rank takes every
 ``world_size``-th row of the permutation (training: truncated to equal length so ranks step in lock
 step; evaluation: no padding or duplication, so gathered metrics are exact).
+
+With ``storage: memmap`` the splits are :class:`~m3oe_lightning.data.memmap.MemmapSplit` objects (tables
+larger than RAM): the same loader reads them block by block in a block-shuffled order
+(:class:`~m3oe_lightning.data.memmap.BlockPlan`), since a global permutation of every row would cost 8
+bytes a row and random I/O. The in-memory path is unchanged, batch for batch.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from m3oe_lightning.data.registry import load_dataset
+from m3oe_lightning.data.memmap import DEFAULT_BLOCK_ROWS, BlockPlan, MemmapSplit, iter_batches
+from m3oe_lightning.data.registry import STORAGES, load_dataset
 from m3oe_lightning.data.schema import Batch, EncodedDataset, EncodedSplit, FeatureSchema
 from m3oe_lightning.errors import UserInputError
 
@@ -33,9 +39,10 @@ class TensorBatchLoader:
     """An iterable of :data:`Batch` over one split; Lightning accepts it as a dataloader.
 
     ``epoch_fn`` is read at the start of each pass (the trainer's current epoch) to derive the order.
+    ``split`` is in memory (a permutation of all rows, sliced) or memory-mapped (a :class:`BlockPlan`).
     """
 
-    split: EncodedSplit
+    split: EncodedSplit | MemmapSplit
     batch_size: int
     shuffle: bool
     seed: int = 0
@@ -56,7 +63,15 @@ class TensorBatchLoader:
             index = index[self.rank :: self.world_size]
         return index
 
+    def _plan(self) -> BlockPlan:
+        assert isinstance(self.split, MemmapSplit)
+        return BlockPlan(n_rows=len(self.split), block_rows=self.split.block_rows, seed=self.seed,
+                         epoch=self.epoch_fn(), shuffle=self.shuffle, rank=self.rank, world_size=self.world_size,
+                         drop_uneven=self.drop_uneven)
+
     def _num_rows(self) -> int:
+        if isinstance(self.split, MemmapSplit):
+            return self._plan().num_rows()
         n = len(self.split)
         if self.world_size == 1:
             return n
@@ -68,6 +83,9 @@ class TensorBatchLoader:
         return -(-self._num_rows() // self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
+        if isinstance(self.split, MemmapSplit):
+            yield from iter_batches(self.split, self._plan(), self.batch_size)
+            return
         index = self._indices()
         total = self._num_rows()
         for start in range(0, total, self.batch_size):
@@ -87,6 +105,11 @@ class MDMTDataModule(L.LightningDataModule):
         batch_size / eval_batch_size: rows per training / evaluation batch.
         cache_dir: where encoded tables are cached (``null`` disables the cache).
         seed: run seed; with the epoch it sets the training order.
+        storage: ``memory`` (whole tensors, the default) or ``memmap`` (memory-mapped files written chunk
+            by chunk under ``memmap_dir``, for tables larger than RAM; ``data=synthetic`` only).
+        chunk_rows: rows generated and encoded at a time when writing a memmap table.
+        block_rows: rows per shuffle block of a memmap table.
+        memmap_dir: where memmap tables live (default: ``cache_dir``).
         options: dataset-specific settings (e.g. the synthetic generator's).
     """
 
@@ -101,6 +124,10 @@ class MDMTDataModule(L.LightningDataModule):
         eval_batch_size: int = 65536,
         cache_dir: str | None = None,
         seed: int = 0,
+        storage: str = "memory",
+        chunk_rows: int = 262_144,
+        block_rows: int = DEFAULT_BLOCK_ROWS,
+        memmap_dir: str | None = None,
         **options: Any,
     ) -> None:
         super().__init__()
@@ -115,7 +142,15 @@ class MDMTDataModule(L.LightningDataModule):
         self.eval_batch_size = int(eval_batch_size)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.seed = int(seed)
-        self.options = dict(options)
+        if storage not in STORAGES:
+            raise UserInputError(f"data.storage={storage!r}: use one of {', '.join(STORAGES)}")
+        if int(chunk_rows) < 1 or int(block_rows) < 1:
+            raise UserInputError(f"data.chunk_rows={chunk_rows}, data.block_rows={block_rows}: must be ≥ 1")
+        self.storage = storage
+        self.chunk_rows = int(chunk_rows)
+        self.block_rows = int(block_rows)
+        self.memmap_dir = Path(memmap_dir) if memmap_dir else self.cache_dir
+        self.options = dict(options)  # the generator's/reader's own settings only (storage keys kept apart)
         self.dataset: EncodedDataset | None = None
 
     @classmethod
@@ -131,9 +166,16 @@ class MDMTDataModule(L.LightningDataModule):
         if self.dataset is None:
             self.dataset = load_dataset(
                 self.name, root=self.root, split=self.split, split_seed=self.split_seed,
-                download=self.download, cache_dir=self.cache_dir, **self.options,
+                download=self.download, cache_dir=self.cache_dir, **self._storage_options(), **self.options,
             )
         return self.dataset
+
+    def _storage_options(self) -> dict[str, Any]:
+        """Storage settings for :func:`load_dataset`; empty for ``memory`` so that path is untouched."""
+        if self.storage == "memory":
+            return {}
+        return {"storage": self.storage, "chunk_rows": self.chunk_rows, "block_rows": self.block_rows,
+                "memmap_dir": self.memmap_dir}
 
     @property
     def schema(self) -> FeatureSchema:
@@ -173,4 +215,6 @@ class MDMTDataModule(L.LightningDataModule):
         rank, world = self._rank()
         generator = torch.Generator().manual_seed(self.seed * 7_919 + epoch * 104_729 + offset * 31 + rank)
         size = min(self.batch_size, len(split))
+        if isinstance(split, MemmapSplit):  # no O(rows) permutation: draws with replacement (rows ≫ size)
+            return split.rows(torch.randint(len(split), (size,), generator=generator))
         return split.rows(torch.randperm(len(split), generator=generator)[:size])

@@ -100,6 +100,9 @@ FILE_DATASETS: dict[str, FileDataset] = {
     ),
 }
 GENERATED_DATASETS: dict[str, Callable[..., EncodedDataset]] = {"synthetic": synthetic.make_synthetic}
+# data.storage=memmap: builders that write the table chunk by chunk into memory-mapped files
+MEMMAP_DATASETS: dict[str, Callable[..., EncodedDataset]] = {"synthetic": synthetic.make_synthetic_memmap}
+STORAGES: tuple[str, ...] = ("memory", "memmap")
 
 
 def dataset_names() -> list[str]:
@@ -116,8 +119,24 @@ def plain(value: Any) -> Any:
 
 
 def load_dataset(name: str, *, root: str | Path | None, split: str, split_seed: int, download: bool,
-                 cache_dir: Path | None, **options: Any) -> EncodedDataset:
-    """Build (or load from the cache) dataset ``name``; bad names and paths fail with one line."""
+                 cache_dir: Path | None, storage: str = "memory", chunk_rows: int = 262_144,
+                 block_rows: int = 1 << 16, memmap_dir: str | Path | None = None, **options: Any) -> EncodedDataset:
+    """Build (or load from the cache) dataset ``name``; bad names and paths fail with one line.
+
+    ``storage="memmap"`` writes (once) and opens a memory-mapped table under ``memmap_dir`` (default
+    ``cache_dir``) instead of holding tensors; only :data:`MEMMAP_DATASETS` support it.
+    """
+    if storage != "memory":
+        if storage not in STORAGES:
+            raise UserInputError(f"data.storage={storage!r}: use one of {', '.join(STORAGES)}")
+        if name not in MEMMAP_DATASETS:
+            raise UserInputError(f"data.storage=memmap is available for {sorted(MEMMAP_DATASETS)} only, "
+                                 f"not data={name}")
+        folder = memmap_dir if memmap_dir not in (None, "") else cache_dir
+        if folder is None:
+            raise UserInputError("data.storage=memmap needs a folder: set data.memmap_dir (or data.cache_dir)")
+        return MEMMAP_DATASETS[name](folder=Path(folder), split=split, split_seed=split_seed,
+                                     chunk_rows=chunk_rows, block_rows=block_rows, **plain(options))
     if name in GENERATED_DATASETS:
         return GENERATED_DATASETS[name](split=split, split_seed=split_seed, **options)
     if name not in FILE_DATASETS:

@@ -111,7 +111,12 @@ class EncodedSplit:
 
 @dataclass
 class EncodedDataset:
-    """What every reader produces: the schema and the train/val/test splits as tensors."""
+    """What every reader produces: the schema and the train/val/test splits as tensors.
+
+    With ``data.storage=memmap`` the splits are :class:`~m3oe_lightning.data.memmap.MemmapSplit` objects
+    instead: the same ``len(split)`` / ``split.rows(index)`` interface over memory-mapped files (no whole
+    tensors; code that needs ``split.sparse`` & co. must use ``split.rows`` or ``MemmapSplit.column``).
+    """
 
     schema: FeatureSchema
     train: EncodedSplit

@@ -99,6 +99,8 @@ def check_settings(*, partition: str, num_clients: int, alpha: float, heldout_cl
 def pool_of(dataset: EncodedDataset) -> EncodedSplit:
     """The dataset's train, val and test rows as one split (the rows every partition assigns)."""
     parts = (dataset.train, dataset.val, dataset.test)
+    if not all(isinstance(p, EncodedSplit) for p in parts):  # e.g. memory-mapped tables
+        raise UserInputError("federated runs partition an in-memory table: use data.storage=memory")
     return EncodedSplit(**{key: torch.cat([getattr(p, key) for p in parts]) for key in
                            ("sparse", "dense", "domain", "labels")})
 
