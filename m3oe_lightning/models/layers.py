@@ -87,13 +87,15 @@ class GroupedLayerNorm(nn.Module):
 class GroupedMLP(nn.Module):
     """G independent MLPs ``[Linear (+LayerNorm) + ReLU] * len(dims)-1`` (+ an optional final Linear).
 
-    ``final_dim`` adds a plain ``Linear`` at the end (a tower's logit layer).
+    ``final_dim`` adds a plain ``Linear`` at the end (a tower's logit layer);
+    ``norm_after_activation`` puts each LayerNorm after the ReLU instead of before it.
     """
 
     def __init__(self, groups: int, dims: Sequence[int], layernorm: bool = True,
-                 final_dim: int | None = None) -> None:
+                 final_dim: int | None = None, norm_after_activation: bool = False) -> None:
         super().__init__()
         self.groups = groups
+        self.norm_after_activation = norm_after_activation  # Linear + ReLU + LayerNorm (the paper's MLP)
         self.linears = nn.ModuleList(GroupedLinear(groups, a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.norms = nn.ModuleList(GroupedLayerNorm(groups, b) for b in dims[1:]) if layernorm else None
         self.final = GroupedLinear(groups, dims[-1], final_dim) if final_dim is not None else None
@@ -105,9 +107,11 @@ class GroupedMLP(nn.Module):
             x = x.unsqueeze(0).expand(len(range(self.groups)[groups]), *x.shape)
         for i, linear in enumerate(self.linears):
             x = linear(x, groups)
-            if self.norms is not None:
+            if self.norms is not None and not self.norm_after_activation:
                 x = self.norms[i](x, groups)
             x = F.relu(x)
+            if self.norms is not None and self.norm_after_activation:
+                x = self.norms[i](x, groups)
         if self.final is not None:
             x = self.final(x, groups)
         return x
@@ -124,3 +128,32 @@ def sort_by_domain(domain: torch.Tensor, num_domains: int) -> tuple[torch.Tensor
     inverse[order] = torch.arange(order.numel(), device=order.device)
     counts = torch.bincount(domain, minlength=num_domains).tolist()
     return order, inverse, counts
+
+
+def domain_slices(counts: Sequence[int]) -> list[tuple[int, slice]]:
+    """``(domain, rows)`` for every domain with rows, in a batch sorted by :func:`sort_by_domain`."""
+    out, start = [], 0
+    for d, n in enumerate(counts):
+        if n:
+            out.append((d, slice(start, start + n)))
+        start += n
+    return out
+
+
+class DomainTaskTowers(nn.Module):
+    """D×T towers ``[Linear (+LayerNorm) + ReLU]* + Linear → 1``, stored as one :class:`GroupedMLP`.
+
+    Tower ``(d, t)`` is group ``d·T + t``; :meth:`forward` runs only domain ``d``'s T towers, on domain
+    ``d``'s rows, so a model never computes the towers of the other domains.
+    """
+
+    def __init__(self, num_domains: int, num_tasks: int, in_dim: int, hidden_dims: Sequence[int],
+                 layernorm: bool = True) -> None:
+        super().__init__()
+        self.num_tasks = num_tasks
+        self.mlp = GroupedMLP(num_domains * num_tasks, [in_dim, *hidden_dims], layernorm=layernorm, final_dim=1)
+
+    def forward(self, x: torch.Tensor, domain: int) -> torch.Tensor:
+        """``x``: ``[n, k]`` (one input for every task) or ``[T, n, k]`` (one per task) → logits ``[n, T]``."""
+        T = self.num_tasks
+        return self.mlp(x, slice(domain * T, (domain + 1) * T)).squeeze(-1).transpose(0, 1)

@@ -16,6 +16,12 @@ Differences of the released code (Applied-Machine-Learning-Lab/M3oE @1b30217) ar
 ``bottom_layernorm`` (code: LayerNorm+ReLU after ``W_c``), and the ``joint`` AutoML mode (training
 system). Rows are routed to their own domain's STAR weights and towers instead of computing every
 domain on every row: the same maths, a fraction of the work.
+
+Table 3 ablations are switches: ``use_domain_experts`` / ``use_task_experts`` ("w/o domain / task
+module"), ``fusion=concat`` ("concat modules": the tower input is ``[S; D; T]``, no α weights) and
+``fusion=gated`` ("fully gated modules": each (d, t) gate is a softmax over the N shared experts, the
+level-1 domain vector and the level-1 task vector, replacing α; the authors' compiled
+``Ablation_full_gate``); "w/o AutoML" is the training system's ``automl.mode=off``.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from m3oe_lightning.models.base import MDMTModel
 from m3oe_lightning.models.layers import FeatureEmbedding, GroupedLinear, GroupedMLP, mlp_blocks, sort_by_domain
 
 Granularity = Literal["scalar", "per_domain", "per_task"]
+Fusion = Literal["add", "concat", "gated"]
 FUSION_WEIGHTS = ("alpha_d", "alpha_t", "beta_d", "beta_t")
 
 
@@ -65,6 +72,8 @@ class M3oE(MDMTModel):
             domain / per task of the (domain, task) objective.
         fusion_init: initial raw logit of every fusion weight (code: 1.0 → sigmoid 0.731).
         use_domain_experts / use_task_experts: keep the domain / task module (ablations).
+        fusion: level-2 fusion: ``add`` (Eq. 7, ``S + α_d·D + α_t·T``), ``concat`` (towers read
+            ``[S; D; T]``, no α) or ``gated`` (a softmax gate over ``[S_1..S_N, D, T]`` per (d, t), no α).
         embedding_init_std: std of the normal initialisation of the embeddings (code: 1e-4).
         num_domains / num_tasks: optional; when set they must match the data.
     """
@@ -85,6 +94,7 @@ class M3oE(MDMTModel):
         fusion_init: float = 1.0,
         use_domain_experts: bool = True,
         use_task_experts: bool = True,
+        fusion: Fusion = "add",
         embedding_init_std: float = 1e-4,
         num_domains: int | None = None,
         num_tasks: int | None = None,
@@ -96,6 +106,8 @@ class M3oE(MDMTModel):
         if fusion_granularity not in ("scalar", "per_domain", "per_task"):
             raise UserInputError(
                 f"model.fusion_granularity={fusion_granularity!r}: use scalar, per_domain or per_task")
+        if fusion not in ("add", "concat", "gated"):
+            raise UserInputError(f"model.fusion={fusion!r}: use add, concat or gated")
         D, T, N = self.num_domains, self.num_tasks, num_shared_experts
         in_dim = schema.input_dim
         self.num_shared = N
@@ -103,6 +115,7 @@ class M3oE(MDMTModel):
         self.use_task = use_task_experts
         self.gate_detach = gate_detach
         self.granularity = fusion_granularity
+        self.fusion = fusion
 
         self.embedding = FeatureEmbedding(schema, init_std=embedding_init_std)
         # Eq. 1: per-domain and shared STAR weights (Xavier-uniform, zero biases, as the code)
@@ -118,14 +131,19 @@ class M3oE(MDMTModel):
         self.num_experts = N + (D if use_domain_experts else 0) + (T if use_task_experts else 0)
         self.experts = GroupedMLP(self.num_experts, [bottom_dim, *expert_dims], layernorm=True)
         expert_out = self.experts.output_dim
-        # one gate per (d, t), stored per domain as Linear(bottom → T·N); with N = 1 the softmax is
+        modules = int(use_domain_experts) + int(use_task_experts)
+        # one gate per (d, t), stored per domain as Linear(bottom → T·G) over G candidates: the N shared
+        # experts (+ the level-1 domain and task vectors when gated); with G = 1 the softmax is
         # constantly 1, so no gate parameters exist.
-        self.gates = GroupedLinear(D, bottom_dim, T * N) if N > 1 else None
-        self.towers = GroupedMLP(D * T, [expert_out, *tower_dims], layernorm=tower_layernorm, final_dim=1)
+        self.gate_size = N + (modules if fusion == "gated" else 0)
+        self.gates = GroupedLinear(D, bottom_dim, T * self.gate_size) if self.gate_size > 1 else None
+        tower_in = expert_out * (1 + modules) if fusion == "concat" else expert_out
+        self.towers = GroupedMLP(D * T, [tower_in, *tower_dims], layernorm=tower_layernorm, final_dim=1)
 
         groups = {"scalar": 1, "per_domain": D, "per_task": T}[fusion_granularity]
         used = [name for name in FUSION_WEIGHTS
-                if (name.endswith("_d") and use_domain_experts) or (name.endswith("_t") and use_task_experts)]
+                if ((name.endswith("_d") and use_domain_experts) or (name.endswith("_t") and use_task_experts))
+                and (fusion == "add" or name.startswith("beta"))]
         self.fusion_logits = nn.ParameterDict(
             {name: nn.Parameter(torch.full((groups,), float(fusion_init))) for name in used})
 
@@ -161,6 +179,21 @@ class M3oE(MDMTModel):
             return beta * own
         return beta * own + (1.0 - beta) / (k - 1) * (total - own)
 
+    def _level2(self, parts: list[torch.Tensor], gates: torch.Tensor | None, domain: int) -> torch.Tensor:
+        """Fuse ``[S, D-level1?, T-level1?]`` (each ``[T, B_d, k]``) into the towers' input."""
+        if self.fusion == "concat":
+            return torch.cat(parts, dim=-1)
+        fused = parts[0]
+        if self.fusion == "gated":  # the gate's last columns weigh the domain and task vectors
+            for i, part in enumerate(parts[1:]):  # (parts[1:] is empty when there is no gate)
+                weight = gates[..., self.num_shared + i]  # type: ignore[index]
+                fused = fused + weight.transpose(0, 1).unsqueeze(-1) * part
+            return fused
+        names = [name for name, used in (("alpha_d", self.use_domain), ("alpha_t", self.use_task)) if used]
+        for name, part in zip(names, parts[1:]):  # Eq. 7
+            fused = fused + self._fusion(name, domain) * part
+        return fused
+
     def forward(self, batch: Batch) -> torch.Tensor:
         D, T, N = self.num_domains, self.num_tasks, self.num_shared
         order, inverse, counts = sort_by_domain(batch["domain"], D)
@@ -189,19 +222,20 @@ class M3oE(MDMTModel):
                 continue
             rows = slice(start, start + n_d)
             start += n_d
-            if self.gates is not None:  # Eq. 4: per-(d, t) softmax over the N shared experts
-                g = self.gates(gate_in[rows], slice(d, d + 1))[0].view(n_d, T, N).softmax(dim=-1)
-                fused = torch.einsum("btn,nbk->tbk", g, shared[:, rows])  # [T, B_d, k]
+            g = None
+            if self.gates is not None:  # Eq. 4: per-(d, t) softmax over the N shared experts (+ D, T if gated)
+                g = self.gates(gate_in[rows], slice(d, d + 1))[0].view(n_d, T, self.gate_size).softmax(dim=-1)
+                fused = torch.einsum("btn,nbk->tbk", g[..., :N], shared[:, rows])  # [T, B_d, k]
             else:
                 fused = shared[:, rows].expand(T, -1, -1)
-            if domain_out is not None:  # Eq. 5 for domain d, then α_d (Eq. 7)
+            parts = [fused]  # level-2 inputs: S, then the level-1 domain and task vectors
+            if domain_out is not None:  # Eq. 5 for domain d
                 dom = domain_out[:, rows]
-                level1 = self._level1(dom[d], dom.sum(0), self._fusion("beta_d", d), D)
-                fused = fused + self._fusion("alpha_d", d) * level1
-            if task_out is not None:  # Eq. 6 for every task t, then α_t (Eq. 7)
+                parts.append(self._level1(dom[d], dom.sum(0), self._fusion("beta_d", d), D).expand(T, -1, -1))
+            if task_out is not None:  # Eq. 6 for every task t
                 tsk = task_out[:, rows]
-                level1 = self._level1(tsk, tsk.sum(0, keepdim=True), self._fusion("beta_t", d), T)
-                fused = fused + self._fusion("alpha_t", d) * level1
+                parts.append(self._level1(tsk, tsk.sum(0, keepdim=True), self._fusion("beta_t", d), T))
+            fused = self._level2(parts, g, d)
             tower = self.towers(fused, slice(d * T, (d + 1) * T))  # Eq. 8, [T, B_d, 1]
             logits.append(tower.squeeze(-1).transpose(0, 1))  # [B_d, T]
         return torch.cat(logits).index_select(0, inverse)

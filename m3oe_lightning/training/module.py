@@ -57,6 +57,8 @@ class MDMTModule(L.LightningModule):
         automl_weight_decay: float = 1e-5,
     ) -> None:
         super().__init__()
+        if automl_mode is False:  # YAML 1.1 reads a bare `mode: off` as false
+            automl_mode = "off"
         if automl_mode not in ("alternate", "joint", "off"):
             raise UserInputError(f"automl.mode={automl_mode!r}: use alternate, joint or off")
         if automl_source not in ("train", "val"):
