@@ -36,6 +36,9 @@ MOVIELENS_NOTES = (
     "`m3oe_paper` (N=1, paper equations, alternating AutoML step once per epoch, batch 4,096) and "
     "`m3oe_released` (the released code's choices: N=4, LayerNorm towers, detached gates, joint fusion "
     "updates, batch 40,960). At most 10 epochs, early stopping (patience 3) on the mean validation AUC.\n\n"
+    "`train s` is each run's wall time (training, validation and test) on the machine as it was at the "
+    "time — runs that shared the 2 cores with other jobs were several times slower; clean throughput is in "
+    "`experiments/bench/`.\n\n"
     "For reference, the released M3oE code on this same reconstructed data reaches test AUC 0.811 (mean of "
     "the six groups) on the random split after 10 epochs, and about 0.72 validation AUC on the ordered split."
 )
