@@ -140,9 +140,9 @@ def comparison_plot(summaries: Sequence[dict[str, Any]], domains: Sequence[str],
     ax.set_ylim(min(finite, default=0.5) - 0.03, max(finite, default=1.0) + 0.02)
     ax.set_xticks(range(len(groups)), [f"{d}\n{t}" for d, t in groups], fontsize=8)
     ax.set_ylabel("test AUC")
-    ax.legend(fontsize=7, ncols=2)
+    ax.legend(fontsize=7, ncols=4, loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
