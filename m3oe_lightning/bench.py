@@ -51,7 +51,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
 from omegaconf import DictConfig
 
-from m3oe_lightning import tracking
+from m3oe_lightning import flops, tracking
 from m3oe_lightning.cli import build, report_user_errors
 from m3oe_lightning.errors import UserInputError
 from m3oe_lightning.train import CONF_DIR, build_system
@@ -267,6 +267,8 @@ def run_preset(preset: str, *, data: str | None = None, overrides: Sequence[str]
         evaluator.validate(system, datamodule=datamodule, verbose=False)
         eval_seconds = time.perf_counter() - start
 
+        utilisation = model_flop_utilisation(system, datamodule, int(cfg.data.batch_size))
+
     threads = torch.get_num_threads()
     epoch_seconds = sum(timer.epoch_seconds)
     wait, step = sum(timer.waits), sum(timer.steps)
@@ -315,6 +317,9 @@ def run_preset(preset: str, *, data: str | None = None, overrides: Sequence[str]
         "load_before": list(load_before),
         "load_after": list(os.getloadavg()),
         "parameters": count_parameters(model),
+        **utilisation,
+        "mfu": utilisation["flops_per_sample"] * timer.rows / epoch_seconds / utilisation["matmul_flops_per_s"]
+        if epoch_seconds > 0 else float("nan"),
         "threads": threads,
         "interop_threads": torch.get_num_interop_threads(),
         "accelerator": type(trainer.accelerator).__name__,
@@ -322,6 +327,23 @@ def run_preset(preset: str, *, data: str | None = None, overrides: Sequence[str]
         "torch": torch.__version__,
         "lightning": L.__version__,
     }
+
+
+def model_flop_utilisation(system: Any, datamodule: Any, batch_size: int) -> dict[str, float]:
+    """The model's matmul FLOPs per training sample (forward + backward, one full batch) and the
+    throughput of plain matmuls of the same shapes, timed now, in this process."""
+    split = datamodule.load().train
+    batch = split.rows(torch.arange(min(batch_size, len(split))))
+    rows = int(batch["domain"].shape[0])
+
+    def loss_forward_backward() -> None:
+        loss, _ = system._loss(batch)
+        loss.backward()
+
+    matmuls = flops.record_matmuls(loss_forward_backward)
+    system.zero_grad(set_to_none=True)
+    return {"flops_per_sample": flops.flops_per_sample(matmuls, rows),
+            "matmul_flops_per_s": flops.matmul_throughput(matmuls)}
 
 
 def _run_isolated(preset: str, *, data: str | None, overrides: Sequence[str], epochs: int,
@@ -387,12 +409,14 @@ def _fmt(value: float, digits: int = 0) -> str:
 
 def results_table(results: Sequence[dict[str, Any]]) -> str:
     rows = ["| preset | batch | parameters | train samples/s | eval samples/s | batch share "
-            "| peak RSS (MB) |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
+            "| peak RSS (MB) | MFLOP/sample (fwd+bwd) | matmul GFLOP/s (same shapes) | MFU |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         rows.append(f"| {r['preset']} | {r['batch_size']:,} | {r['parameters']:,} "
                     f"| {_fmt(r['train_samples_per_s'])} | {_fmt(r['eval_samples_per_s'])} "
-                    f"| {100 * r['batch_share']:.1f} % | {_fmt(r['peak_rss_mb'])} |")
+                    f"| {100 * r['batch_share']:.1f} % | {_fmt(r['peak_rss_mb'])} "
+                    f"| {r['flops_per_sample'] / 1e6:.3f} | {r['matmul_flops_per_s'] / 1e9:.1f} "
+                    f"| {100 * r['mfu']:.0f} % |")
     return "\n".join(rows)
 
 
@@ -483,6 +507,10 @@ Targets (reported, not enforced):
 - **train samples/s**: rows trained / wall time from `on_train_epoch_start` to `on_train_epoch_end`,
   summed over the epochs (includes the first batches' warm-up and, in the paper preset, the
   once-per-epoch AutoML architecture step).
+- **MFU** (model FLOP utilisation): the matmul FLOPs of one full training batch's loss forward +
+  backward (every `mm`/`addmm`/`bmm`/`baddbmm`, recorded with its shapes by `m3oe_lightning/flops.py`)
+  per sample × train samples/s, divided by the FLOP/s of plain `torch.mm`/`torch.bmm` on exactly that mix
+  of shapes, timed in the same process right after training.
 - **batch share**: Σ batch wait / (Σ batch wait + Σ step). *Batch wait* = end of one training step
   (`on_train_batch_end`) to the start of the next (`on_train_batch_start`), the first one measured from
   `on_train_epoch_start`: the loader's `next()` (Lightning prefetches one batch ahead) plus Lightning's
