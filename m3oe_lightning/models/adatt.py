@@ -34,6 +34,7 @@ from m3oe_lightning.models.layers import (
     FeatureEmbedding,
     GroupedLinear,
     GroupedMLP,
+    check_level_dims,
     domain_slices,
     sort_by_domain,
 )
@@ -111,8 +112,7 @@ class AdaTT(MDMTModel):
     ) -> None:
         super().__init__(schema)
         check_domains_tasks(schema, num_domains, num_tasks, "AdaTT")
-        if not expert_dims or any(len(dims) == 0 for dims in expert_dims):
-            raise UserInputError(f"model.expert_dims={list(expert_dims)}: give one non-empty list of widths per level")
+        check_level_dims(expert_dims)
         if num_task_experts < 1 or num_shared_experts < 0:
             raise UserInputError(f"model.num_task_experts={num_task_experts} (≥ 1), model.num_shared_experts="
                                  f"{num_shared_experts} (≥ 0; 0 = AdaTT-sp)")

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from m3oe_lightning.data.schema import Batch, FeatureSchema
+from m3oe_lightning.errors import UserInputError
 
 
 class FeatureEmbedding(nn.Module):
@@ -157,3 +158,9 @@ class DomainTaskTowers(nn.Module):
         """``x``: ``[n, k]`` (one input for every task) or ``[T, n, k]`` (one per task) → logits ``[n, T]``."""
         T = self.num_tasks
         return self.mlp(x, slice(domain * T, (domain + 1) * T)).squeeze(-1).transpose(0, 1)
+
+
+def check_level_dims(expert_dims: Sequence[Sequence[int]]) -> None:
+    """Multi-level models (PLE, AdaTT) take one non-empty list of expert widths per level."""
+    if not expert_dims or any(len(dims) == 0 for dims in expert_dims):
+        raise UserInputError(f"model.expert_dims={list(expert_dims)}: give one non-empty list of widths per level")

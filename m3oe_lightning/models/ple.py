@@ -28,6 +28,7 @@ from m3oe_lightning.models.layers import (
     FeatureEmbedding,
     GroupedLinear,
     GroupedMLP,
+    check_level_dims,
     domain_slices,
     sort_by_domain,
 )
@@ -80,8 +81,7 @@ class PLE(MDMTModel):
     ) -> None:
         super().__init__(schema)
         check_domains_tasks(schema, num_domains, num_tasks, "PLE")
-        if not expert_dims or any(len(dims) == 0 for dims in expert_dims):
-            raise UserInputError(f"model.expert_dims={list(expert_dims)}: give one non-empty list of widths per level")
+        check_level_dims(expert_dims)
         if num_specific_experts < 1 or num_shared_experts < 1:
             raise UserInputError(f"model.num_specific_experts={num_specific_experts}, model.num_shared_experts="
                                  f"{num_shared_experts}: PLE needs at least one of each")
