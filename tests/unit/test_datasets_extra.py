@@ -31,8 +31,8 @@ OBD = SHARED / "open-bandit-dataset-sample"
 
 
 def need(path: Path) -> None:
-    if not path.exists():
-        pytest.skip(f"shared data {path} is not here")
+    """The shared data is part of every checkout's surroundings (CI included): missing data is a failure."""
+    assert path.exists(), f"shared data {path} is not here (expected ../shared/data beside the checkout)"
 
 
 def sizes(ds) -> list[int]:
