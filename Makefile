@@ -11,7 +11,20 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test bench bench-scaling ui movielens movielens-report clean clean-logs
+.PHONY: help install train test bench bench-scaling ui movielens movielens-report reproduce reproduce-quick report \
+	clean clean-logs
+
+# Table 2/3 of the M3oE paper: every row of conf/experiment/paper/ (Hydra's glob() does not expand the
+# options of a subfolder, so the list is built here) × SEEDS, as one Hydra multirun.
+PAPER_ROWS := $(shell ls conf/experiment/paper | sed -n 's|^\(.*\)\.yaml$$|paper/\1|p' | paste -sd, -)
+SEEDS ?= 2022,2023,2024,2025,2026
+JOBS ?= 1
+QUICK_EPOCHS ?= 1
+QUICK_OUT ?= logs/reproduce-quick
+# JOBS > 1: the joblib launcher (joblib caps each worker's threads at cores / JOBS)
+LAUNCHER = $(if $(filter-out 1,$(JOBS)),hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS))
+PAPER_SWEEP = $(BIN)/python -m m3oe_lightning.train -m experiment=$(PAPER_ROWS) $(LAUNCHER) \
+	trainer.enable_progress_bar=false trainer.enable_model_summary=false
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -38,6 +51,22 @@ movielens: $(STAMP) ## M3oE paper + released presets × random + ordered splits 
 
 movielens-report: $(STAMP) ## experiments/movielens/README.md (+ PNG) from the MLflow store
 	$(BIN)/python -m m3oe_lightning.report --study movielens --out experiments/movielens --readme README.md
+
+reproduce: $(STAMP) ## Table 2 + 3 (MovieLens-1M): every paper row × SEEDS, resumable (finished runs are skipped), then the report
+	$(PAPER_SWEEP) seed=$(SEEDS) skip_finished=true +logger.tags.study=paper \
+		hydra.callbacks.mlflow_sweep.name=reproduce $(ARGS); status=$$?; \
+	$(MAKE) report && exit $$status
+
+reproduce-quick: $(STAMP) ## smoke: every paper row once (seed 2022, QUICK_EPOCHS epochs), report → QUICK_OUT
+	$(PAPER_SWEEP) seed=2022 trainer.max_epochs=$(QUICK_EPOCHS) +logger.tags.study=paper-quick \
+		hydra.callbacks.mlflow_sweep.name=reproduce-quick $(ARGS); status=$$?; \
+	$(MAKE) report REPORT_STUDY=paper-quick REPORT_OUT=$(QUICK_OUT) REPORT_COMMAND="make reproduce-quick" && exit $$status
+
+REPORT_STUDY ?= paper
+REPORT_OUT ?= experiments/movielens
+REPORT_COMMAND ?= make reproduce
+report: $(STAMP) ## paper.md + results.csv + PNGs (Table 2/3 against the paper) in REPORT_OUT from the MLflow store
+	$(BIN)/python -m m3oe_lightning.report_paper --study $(REPORT_STUDY) --out $(REPORT_OUT) --command "$(REPORT_COMMAND)"
 
 bench: $(STAMP) ## one-epoch throughput/RSS benchmark on MovieLens-1M → experiments/bench/README.md
 	$(BIN)/python -m m3oe_lightning.bench $(ARGS)

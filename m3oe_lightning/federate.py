@@ -111,7 +111,7 @@ def federate(cfg: DictConfig) -> Metrics:
             "model": model_label, "data": data_label, "seed": str(cfg.seed),
             "config_hash": cfg_hash, "git_commit": tracking.git_commit(),
             **tracking.library_versions(), "command": command_line(),
-            **{str(k): str(v) for k, v in (cfg.logger.tags or {}).items()}}
+            **{str(k): str(v) for k, v in (cfg.logger.tags or {}).items()}, **tracking.sweep_tags()}
     parity = bool(getattr(setup.strategy, "paper_parity", False))
     if parity:  # page-reference.md, Decision 1: reports from such runs must say so
         tags["page_parity"] = "true: PAGE's states and rewards come from the TEST splits (leaky, as the released code)"

@@ -6,18 +6,26 @@ the logger here and logs what the run produced.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import json
+import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
 from lightning.pytorch.loggers import MLFlowLogger
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
+
+try:
+    import fcntl
+except ImportError:  # Windows: run names may then collide under parallel sweeps (unique ids still)
+    fcntl = None  # type: ignore[assignment]
 
 LIBRARIES = ("torch", "lightning", "torchmetrics", "hydra-core", "mlflow", "numpy", "pandas")
 STATE_SUFFIX = ".run.json"  # beside the run's checkpoint folder: <checkpoint_dir>/<run_id>.run.json
@@ -153,8 +161,9 @@ def open_run(*, tracking_uri: str, experiment_name: str, artifact_location: str 
         if found is not None:
             run_id, resumed_from = found
     if run_id is None:
-        run_name = unique_run_name(client, experiment_id, base_name)
-        run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+        with store_lock(tracking_uri):
+            run_name = unique_run_name(client, experiment_id, base_name)
+            run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
         run_id = run.info.run_id
     else:
         run_name = client.get_run(run_id).info.run_name
@@ -175,3 +184,59 @@ def search_finished_runs(tracking_uri: str, experiment_name: str) -> Any:
     """All finished runs of an experiment as a DataFrame (metric names back-quoted in filters)."""
     mlflow.set_tracking_uri(tracking_uri)
     return mlflow.search_runs(experiment_names=[experiment_name], filter_string="attributes.status = 'FINISHED'")
+
+
+# ------------------------------------------------------------------------------ sweeps (Table 2/3)
+PARENT_RUN_ENV = "M3OE_MLFLOW_PARENT_RUN_ID"  # set by hydra_callbacks.MLflowSweepRun for every job
+SWEEP_NAME_ENV = "M3OE_MLFLOW_SWEEP"
+
+
+def sweep_tags() -> dict[str, str]:
+    """Tags that nest a job's run under its sweep's parent run (empty outside a sweep)."""
+    parent = os.environ.get(PARENT_RUN_ENV)
+    if not parent:
+        return {}
+    return {"mlflow.parentRunId": parent, "sweep": os.environ.get(SWEEP_NAME_ENV, "")}
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    return Path(tracking_uri.removeprefix("sqlite:///")) if tracking_uri.startswith("sqlite:///") else None
+
+
+def find_finished(tracking_uri: str, experiment_name: str, cfg_hash: str, seed: int | str) -> Run | None:
+    """The newest FINISHED run with this config hash and seed, or None (what ``skip_finished`` skips on).
+
+    Never creates a store or an experiment: a missing sqlite file or experiment means nothing finished.
+    """
+    db = sqlite_path(tracking_uri)
+    if db is not None and not db.exists():
+        return None
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+        filter_string=f"tags.config_hash = '{cfg_hash}' and tags.seed = '{seed}' and attributes.status = 'FINISHED'",
+    )
+    return runs[0] if runs else None
+
+
+@contextlib.contextmanager
+def store_lock(tracking_uri: str) -> Iterator[None]:
+    """Serialise "pick a free run name, create the run" between processes sharing one sqlite store.
+
+    Parallel sweep jobs with the same base name would otherwise both see the name free. A no-op for
+    non-sqlite stores and where ``fcntl`` is missing (Windows).
+    """
+    db = sqlite_path(tracking_uri)
+    if db is None or fcntl is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -29,6 +29,8 @@ from m3oe_lightning.training.module import MDMTModule, count_parameters
 
 RUN_ID_ENV = "M3OE_MLFLOW_RUN_ID"  # hands rank 0's run to DDP worker processes
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# settings that do not change what a run computes: left out of its config hash (resume, skip_finished)
+NOT_IDENTITY = ("resume", "paths", "logger", "trainer", "callbacks", "skip_finished", "optimized_metric")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -96,20 +98,26 @@ def build_system(cfg: DictConfig) -> tuple[MDMTDataModule, MDMTModel, MDMTModule
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Train, test and log one run; returns the test metrics."""
-    datamodule, model, system = build_system(cfg)
-    schema = datamodule.schema
-
+    """Train, test and log one run; returns the test metrics (and ``val/auc_mean_best``)."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     # what a resumed run must share with the original (callbacks' state travels in the checkpoint)
-    identity = {k: v for k, v in resolved.items() if k not in ("resume", "paths", "logger", "trainer", "callbacks")}
+    identity = {k: v for k, v in resolved.items() if k not in NOT_IDENTITY}
     identity["max_epochs"] = resolved["trainer"].get("max_epochs")
     cfg_hash = tracking.config_hash(identity)
     model_label, data_label = run_names(cfg)
+    if cfg.get("skip_finished"):
+        finished = tracking.find_finished(cfg.logger.tracking_uri, cfg.logger.experiment_name, cfg_hash, cfg.seed)
+        if finished is not None:
+            row = (cfg.logger.tags or {}).get("row") or model_label
+            print(f"skip {row} seed {cfg.seed}: finished run {finished.info.run_id}")
+            return dict(finished.data.metrics)
+
+    datamodule, model, system = build_system(cfg)
+    schema = datamodule.schema
     tags = {"model": model_label, "data": data_label, "seed": str(cfg.seed), "split": str(cfg.data.get("split")),
             "config_hash": cfg_hash, "git_commit": tracking.git_commit(), **tracking.library_versions(),
             "command": tracking.command_line(HydraConfig.get() if HydraConfig.initialized() else None),
-            **{str(k): str(v) for k, v in (cfg.logger.tags or {}).items()}}
+            **{str(k): str(v) for k, v in (cfg.logger.tags or {}).items()}, **tracking.sweep_tags()}
     is_worker = rank_zero_only.rank > 0 and RUN_ID_ENV in os.environ
     run = tracking.open_run(
         tracking_uri=cfg.logger.tracking_uri, experiment_name=cfg.logger.experiment_name,
@@ -130,18 +138,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
                                    logger=run.logger)
         trainer.fit(system, datamodule=datamodule, ckpt_path=run.resumed_from, weights_only=True)
         metrics: dict[str, float] = {}
+        checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
         if cfg.test:
-            checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
             best = "best" if checkpoint is not None and checkpoint.best_model_path else None
             trainer.test(system, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
             metrics = dict(system.test_results)
+        # the selection value (val/auc_mean_best) an hparams search optimises (optimized_metric)
+        best_val = {f"{checkpoint.monitor}_best": float(checkpoint.best_model_score)} if (
+            checkpoint is not None and checkpoint.monitor and checkpoint.best_model_score is not None) else {}
         if is_rank_zero:
             log_run_outputs(run, cfg, metrics, schema, count_parameters(model))
+            for name, value in best_val.items():
+                run.client.log_metric(run.run_id, name, value)
             run.client.set_terminated(run.run_id, "FINISHED")
             run.mark("FINISHED")
             if metrics:
                 print_results(metrics, schema, f"{run.run_name}: test metrics (best checkpoint)")
-        return metrics
+        return {**metrics, **best_val}
     except BaseException:
         if is_rank_zero:
             run.client.set_terminated(run.run_id, "FAILED")
@@ -149,11 +162,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise
 
 
+def objective(cfg: DictConfig) -> float | None:
+    """``train(cfg)[optimized_metric]`` (default ``test/auc_mean``); an hparams search selects on validation."""
+    metrics = train(cfg)
+    name = cfg.get("optimized_metric") or "test/auc_mean"
+    if metrics and name not in metrics:
+        raise UserInputError(f"optimized_metric={name!r} is not among the run's metrics: {', '.join(sorted(metrics))}")
+    return metrics.get(name) if metrics else None
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry; returns the mean test AUC (what an Optuna sweep would optimise)."""
-    metrics = report_user_errors(train, cfg)
-    return metrics.get("test/auc_mean") if metrics else None
+    """Hydra entry; returns the value an Optuna sweep optimises (``optimized_metric``, default mean test AUC)."""
+    return report_user_errors(objective, cfg)
 
 
 if __name__ == "__main__":

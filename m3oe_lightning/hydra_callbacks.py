@@ -1,0 +1,67 @@
+"""Hydra callbacks (registered in ``conf/hydra/default.yaml``; they act in multirun mode only).
+
+:class:`MLflowSweepRun` gives every sweep one parent MLflow run. Before any job starts it initialises the
+sqlite store and creates the experiment, once, in the launching process (two parallel jobs opening a fresh
+sqlite store race on its schema migrations and can leave it unusable), then creates the parent run and
+exports its id in ``M3OE_MLFLOW_PARENT_RUN_ID``. Each job's run then carries the tags ``mlflow.parentRunId``
+and ``sweep`` (``tracking.sweep_tags``), so the MLflow UI shows the sweep collapsed under its parent. Jobs
+inherit the variable: in-process with the basic launcher, through the environment of the worker processes
+with the joblib launcher (they start after this hook).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig
+
+from m3oe_lightning import tracking
+
+log = logging.getLogger(__name__)
+
+
+class MLflowSweepRun(Callback):
+    """One parent MLflow run per Hydra multirun, named ``name`` (default ``sweep-<sweep dir name>``)."""
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name
+        self._parent: tuple[str, str] | None = None  # (tracking uri, parent run id) while the sweep runs
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        uri, experiment = str(config.logger.tracking_uri), str(config.logger.experiment_name)
+        experiment_id = tracking.ensure_experiment(uri, experiment, config.logger.get("artifact_location"))
+        sweep_dir = str(config.hydra.sweep.dir)
+        client = MlflowClient(uri)
+        with tracking.store_lock(uri):
+            name = tracking.unique_run_name(client, experiment_id, self.name or f"sweep-{Path(sweep_dir).name}")
+            tags = {"sweep": name, "sweep_dir": sweep_dir, "git_commit": tracking.git_commit(),
+                    "command": " ".join(["python -m m3oe_lightning.train -m", *config.hydra.overrides.task])}
+            parent = client.create_run(experiment_id, run_name=name, tags=tags)
+        self._parent = (uri, parent.info.run_id)
+        os.environ[tracking.PARENT_RUN_ENV] = parent.info.run_id
+        os.environ[tracking.SWEEP_NAME_ENV] = name
+        atexit.register(self._end, "FAILED")  # a job raised: Hydra re-raises and skips on_multirun_end
+        log.info("MLflow parent run %s (%s) in %s", name, parent.info.run_id, uri)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._end("FINISHED")
+
+    def _end(self, status: str) -> None:
+        if self._parent is None:
+            return
+        uri, run_id = self._parent
+        self._parent = None
+        os.environ.pop(tracking.PARENT_RUN_ENV, None)
+        os.environ.pop(tracking.SWEEP_NAME_ENV, None)
+        client = MlflowClient(uri)
+        children = client.search_runs([client.get_run(run_id).info.experiment_id], max_results=50_000,
+                                      filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")
+        states = [c.info.status for c in children]
+        client.set_tag(run_id, "runs", f"{states.count('FINISHED')} finished / {len(states)}")  # skipped: none
+        client.set_terminated(run_id, status)
