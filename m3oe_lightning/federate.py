@@ -79,20 +79,6 @@ def identity_of(resolved: dict[str, Any]) -> dict[str, Any]:
     return identity
 
 
-def find_resumable(checkpoint_root: Path, cfg_hash: str) -> str | None:
-    """The newest unfinished federated run with these settings that has a server state: its run id."""
-    candidates = []
-    for state_file in checkpoint_root.glob(f"*{tracking.STATE_SUFFIX}"):
-        try:
-            state = json.loads(state_file.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        saved = checkpoint_root / str(state.get("run_id")) / SERVER_STATE
-        if state.get("config_hash") == cfg_hash and state.get("status") != "FINISHED" and saved.exists():
-            candidates.append((saved.stat().st_mtime, state["run_id"]))
-    return max(candidates)[1] if candidates else None
-
-
 def log_round(client: Any, run_id: str, server_round: int, metrics: Metrics) -> None:
     now = int(time.time() * 1000)
     batch = [Metric(key, float(value), now, server_round) for key, value in sorted(metrics.items())]
@@ -116,7 +102,8 @@ def federate(cfg: DictConfig) -> Metrics:
     if parity:  # page-reference.md, Decision 1: reports from such runs must say so
         tags["page_parity"] = "true: PAGE's states and rewards come from the TEST splits (leaky, as the released code)"
     checkpoint_root = Path(cfg.paths.checkpoint_dir)
-    resume_id = find_resumable(checkpoint_root, cfg_hash) if fed.get("resume") else None
+    found = tracking.find_resumable(checkpoint_root, cfg_hash, SERVER_STATE) if fed.get("resume") else None
+    resume_id = found[0] if found else None
     run = tracking.open_run(
         tracking_uri=cfg.logger.tracking_uri, experiment_name=cfg.logger.experiment_name,
         artifact_location=cfg.logger.artifact_location,

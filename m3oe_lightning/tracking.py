@@ -129,15 +129,16 @@ def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
     tmp.replace(path)
 
 
-def find_resumable(checkpoint_root: Path, cfg_hash: str) -> tuple[str, Path] | None:
-    """The newest unfinished run with this config hash that has a ``last.ckpt``: (run id, ckpt path)."""
+def find_resumable(checkpoint_root: Path, cfg_hash: str, artifact: str = "last.ckpt") -> tuple[str, Path] | None:
+    """The newest unfinished run with this config hash that has ``artifact`` in its checkpoint folder
+    (``last.ckpt`` for training, the server state for federated runs): (run id, artifact path)."""
     candidates = []
     for state_file in checkpoint_root.glob(f"*{STATE_SUFFIX}"):
         try:
             state = json.loads(state_file.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        last = checkpoint_root / str(state.get("run_id")) / "last.ckpt"
+        last = checkpoint_root / str(state.get("run_id")) / artifact
         if state.get("config_hash") == cfg_hash and state.get("status") != "FINISHED" and last.exists():
             candidates.append((last.stat().st_mtime, state["run_id"], last))
     if not candidates:
