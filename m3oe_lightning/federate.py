@@ -92,9 +92,12 @@ def federate(cfg: DictConfig) -> Metrics:
     fed = cfg.federated
     resolved = OmegaConf.to_container(cfg, resolve=True)
     model_label, data_label = run_names(cfg)
+    personal = str(fed.get("personal", "none"))
+    if personal != "none":  # federated M3oE: the personal parts are part of what the run is
+        model_label = f"{model_label}+{personal}"
     cfg_hash = tracking.config_hash(identity_of(resolved))
     tags = {"task": "federate", "federated": str(fed.name), "partition": str(fed.partition),
-            "model": model_label, "data": data_label, "seed": str(cfg.seed),
+            "personal": personal, "model": model_label, "data": data_label, "seed": str(cfg.seed),
             "config_hash": cfg_hash, "git_commit": tracking.git_commit(),
             **tracking.library_versions(), "command": command_line(),
             **{str(k): str(v) for k, v in (cfg.logger.tags or {}).items()}, **tracking.sweep_tags()}

@@ -23,6 +23,12 @@ config key          effect
 
 The *personalized model* (evaluated on the local test split) is the model this round's local
 training produced (FedAvg/FedProx, as PAGE's code), Ditto's persistent ``v``, or Local's own model.
+
+``personal_slices`` (``federated.personal``, e.g. federated M3oE's ``domain_experts``): those parts
+of the state dict never come from the server after the client's first round: the client starts each
+local fit from the received global model overlaid with its own personalized model's values there.
+It still sends its whole model, so the server's global model (for the pooled global and held-out
+test sets, i.e. new sites) has averaged domain parts too.
 Everything that persists across rounds is in :meth:`state_dict` (a Flower ClientApp keeps it in
 ``context.state``).
 """
@@ -42,8 +48,17 @@ from torch import nn
 from m3oe_lightning.data.datamodule import MDMTDataModule
 from m3oe_lightning.data.schema import EncodedDataset, EncodedSplit
 from m3oe_lightning.federated.evaluation import evaluate_split
-from m3oe_lightning.federated.messages import Arrays, EvaluateIns, EvaluateRes, FitIns, FitRes, get_arrays, set_arrays
-from m3oe_lightning.models.base import MDMTModel
+from m3oe_lightning.federated.messages import (
+    Arrays,
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    get_arrays,
+    overlay,
+    set_arrays,
+)
+from m3oe_lightning.models.base import MDMTModel, PersonalSlices
 from m3oe_lightning.training.module import MDMTModule
 
 SystemFactory = Callable[[MDMTModel, float], MDMTModule]  # (model, lr) -> training system
@@ -117,11 +132,13 @@ class MDMTClient:
         trainer_fn: ``(max_epochs=...) -> Trainer`` (logger, checkpointing, progress bar and summary off).
         batch_size / eval_batch_size: local training / evaluation batch sizes.
         seed: base seed; a fit's batch order is derived from (seed, round, fit).
+        personal_slices: parts of the state dict kept local (see the module doc); ``None``: none.
     """
 
     def __init__(self, client_id: str, data: EncodedDataset, *, model_fn: Callable[[], MDMTModel],
                  system_fn: SystemFactory, trainer_fn: TrainerFactory, batch_size: int = 4096,
-                 eval_batch_size: int = 65536, seed: int = 0) -> None:
+                 eval_batch_size: int = 65536, seed: int = 0,
+                 personal_slices: PersonalSlices | None = None) -> None:
         self.client_id = client_id
         self.data = data
         self.model_fn = model_fn
@@ -130,6 +147,7 @@ class MDMTClient:
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size)
         self.seed = int(seed)
+        self.personal_slices = dict(personal_slices or {})
         self.personal: Arrays | None = None  # the personalized model (see module doc)
         self._model: MDMTModel | None = None
 
@@ -193,6 +211,8 @@ class MDMTClient:
         if ins.arrays is None:
             raise ValueError(f"client {self.client_id}: round {server_round} sent no model to train")
         received = ins.arrays
+        if self.personal_slices and self.personal is not None:
+            received = overlay(received, self.personal, self.personal_slices)
         set_arrays(model, received)
         metrics: dict[str, float] = {}
         score = self.score_split(str(config["score_split"])) if "score_split" in config else None

@@ -24,7 +24,7 @@ from m3oe_lightning.federated.partition import Federation, check_settings, parti
 from m3oe_lightning.federated.simulation import Simulation
 from m3oe_lightning.federated.strategies.base import Strategy
 from m3oe_lightning.federated.strategies.page import PAGE
-from m3oe_lightning.models.base import MDMTModel
+from m3oe_lightning.models.base import MDMTModel, PersonalSlices
 from m3oe_lightning.training.module import MDMTModule
 
 
@@ -99,6 +99,17 @@ def check_federated(fed: DictConfig) -> None:
                    heldout_clients=fed.heldout_clients, local_split=list(fed.local_split))
 
 
+def personal_slices(model: MDMTModel, personal: str | None, model_name: str) -> PersonalSlices | None:
+    """The state-dict parts clients keep local under ``federated.personal`` (``none``: nothing)."""
+    if personal in (None, "none"):
+        return None
+    slices = model.personal_slices(str(personal))
+    if not slices:
+        raise UserInputError(f"federated.personal={personal!r}: model {model_name} has no such part (domain_experts "
+                             f"needs model=m3oe with use_domain_experts=true); use federated.personal=none")
+    return slices
+
+
 def make_system_fn(cfg: DictConfig):
     """``(model, lr) -> MDMTModule`` with the run's optimiser and AutoML settings."""
     def system_fn(model: MDMTModel, lr: float) -> MDMTModule:
@@ -131,10 +142,12 @@ def build_federated(cfg: DictConfig) -> FederatedSetup:
     trainer_fn = hydra.utils.instantiate(cfg.client_trainer, _partial_=True)
     system_fn = make_system_fn(cfg)
     template = copy.deepcopy(model)  # the common initial weights of every client and the server
+    personal = personal_slices(model, fed.get("personal", "none"), type(model).__name__)
     clients = {
         c.client_id: MDMTClient(c.client_id, c.data, model_fn=functools.partial(copy.deepcopy, template),
                                 system_fn=system_fn, trainer_fn=trainer_fn, batch_size=datamodule.batch_size,
-                                eval_batch_size=datamodule.eval_batch_size, seed=cfg.seed * 1_009 + k)
+                                eval_batch_size=datamodule.eval_batch_size, seed=cfg.seed * 1_009 + k,
+                                personal_slices=personal)
         for k, c in enumerate(federation.clients)
     }
     evaluator = ServerEvaluator(model, federation.global_test, federation.heldout_test, datamodule.eval_batch_size)

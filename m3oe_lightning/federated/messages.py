@@ -71,6 +71,21 @@ def set_arrays(model: nn.Module, arrays: Mapping[str, torch.Tensor]) -> None:
     model.load_state_dict(dict(arrays), strict=True)
 
 
+def overlay(received: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor],
+            slices: Mapping[str, slice | None]) -> Arrays:
+    """``received`` with the client's own values in the parts ``slices`` names (federated
+    personalisation: ``None`` = the whole tensor, a slice = those rows of dim 0); the rest as received."""
+    out = dict(received)
+    for name, rows in slices.items():
+        if rows is None:
+            out[name] = own[name].clone()
+        else:
+            merged = received[name].clone()
+            merged[rows] = own[name][rows]
+            out[name] = merged
+    return out
+
+
 def nbytes(arrays: Mapping[str, torch.Tensor] | None) -> int:
     """Payload size of ``arrays`` in bytes (0 for ``None``)."""
     if arrays is None:

@@ -3,7 +3,8 @@
 A model is built from a :class:`FeatureSchema`; ``forward(batch)`` returns logits of shape ``[B, T]``:
 one logit per task for the row's own domain. Nothing outside a model branches on its type: the
 training system only asks for :meth:`architecture_parameters` (possibly empty), which the AutoML
-step optimises separately, and :meth:`architecture_weights` for logging.
+step optimises separately, and :meth:`architecture_weights` for logging. Federated personalisation
+asks :meth:`personal_slices` which entries of the state dict a client keeps to itself.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import torch
 from torch import nn
 
 from m3oe_lightning.data.schema import Batch, FeatureSchema
+
+# state-dict key -> the part a client keeps local: ``None`` = the whole tensor, a slice = those rows of dim 0
+PersonalSlices = dict[str, slice | None]
 
 
 class MDMTModel(nn.Module):
@@ -41,3 +45,10 @@ class MDMTModel(nn.Module):
     def architecture_weights(self) -> dict[str, float]:
         """Current fusion weights (after the sigmoid) by name, for logging."""
         return {}
+
+    def personal_slices(self, kind: str) -> PersonalSlices | None:
+        """The state-dict entries a federated client keeps local under ``federated.personal=kind``.
+
+        ``None``: this model has no such part (the federated factory then refuses the setting).
+        """
+        return None

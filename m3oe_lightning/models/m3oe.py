@@ -34,7 +34,7 @@ from torch import nn
 
 from m3oe_lightning.data.schema import Batch, FeatureSchema
 from m3oe_lightning.errors import UserInputError
-from m3oe_lightning.models.base import MDMTModel
+from m3oe_lightning.models.base import MDMTModel, PersonalSlices
 from m3oe_lightning.models.layers import FeatureEmbedding, GroupedLinear, GroupedMLP, mlp_blocks, sort_by_domain
 
 Granularity = Literal["scalar", "per_domain", "per_task"]
@@ -160,6 +160,21 @@ class M3oE(MDMTModel):
             else:
                 labels = self.schema.domains if self.granularity == "per_domain" else self.schema.tasks
                 out.update({f"{name}/{label}": v for label, v in zip(labels, values)})
+        return out
+
+    def personal_slices(self, kind: str) -> PersonalSlices | None:
+        """Federated M3oE (``federated.personal=domain_experts``): the D domain experts (rows N..N+D of
+        the stacked experts), the per-domain gates and the D×T towers stay on the client; the
+        embeddings, STAR layer, shared and task experts and fusion weights are aggregated."""
+        if kind != "domain_experts" or not self.use_domain:
+            return None
+        domain_rows = slice(self.num_shared, self.num_shared + self.num_domains)
+        out: PersonalSlices = {}
+        for key in self.state_dict():
+            if key.startswith("experts."):
+                out[key] = domain_rows
+            elif key.startswith(("gates.", "towers.")):
+                out[key] = None
         return out
 
     # ------------------------------------------------------------------------------------ forward

@@ -13,7 +13,7 @@ from m3oe_lightning.data.datamodule import MDMTDataModule
 from m3oe_lightning.data.synthetic import make_synthetic
 from m3oe_lightning.errors import UserInputError
 from m3oe_lightning.federated.factory import build_federated
-from m3oe_lightning.federated.messages import FitRes, nbytes, weighted_average
+from m3oe_lightning.federated.messages import FitRes, nbytes, overlay, weighted_average
 from m3oe_lightning.federated.partition import partition, pool_of, region_keys
 from m3oe_lightning.federated.simulation import ServerState
 from m3oe_lightning.federated.strategies import PAGE, Ditto, FedAvg, FedProx, Local
@@ -223,3 +223,61 @@ def test_client_sampling_is_seeded_by_round_and_respects_min_clients():
     assert any(strategy.sample(r, ids) != first for r in range(2, 6))
     assert len(FedAvg(fraction_train=0.05, min_clients=2).sample(1, ids)) == 2
     assert set(strategy.configure_train(1, {}, ids)) == set(first)
+
+
+# --------------------------------------------------------------------------------------- federated M3oE
+def test_m3oe_personal_slices_name_domain_experts_gates_and_towers(tmp_path):
+    model = setup_for(tmp_path, "model.num_shared_experts=2").model  # N = 1 has no gate parameters
+    slices = model.personal_slices("domain_experts")
+    n, d = model.num_shared, model.num_domains
+    assert slices["experts.linears.0.weight"] == slice(n, n + d)
+    assert all(slices[k] is None for k in slices if k.startswith(("gates.", "towers.")))
+    assert {k.split(".")[0] for k in slices} == {"experts", "gates", "towers"}
+    assert not any(k.startswith(("embedding.", "star_", "fusion_logits.")) for k in slices)
+    assert model.personal_slices("something_else") is None
+
+
+def test_overlay_takes_own_values_only_in_the_personal_parts():
+    received = {"a": torch.zeros(4, 2), "b": torch.zeros(3), "c": torch.zeros(2)}
+    own = {"a": torch.ones(4, 2), "b": torch.ones(3), "c": torch.ones(2)}
+    out = overlay(received, own, {"a": slice(1, 3), "b": None})
+    assert out["a"].tolist() == [[0, 0], [1, 1], [1, 1], [0, 0]]
+    assert torch.equal(out["b"], own["b"]) and torch.equal(out["c"], received["c"])
+    assert received["a"].sum() == 0  # the received arrays are not modified
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "page"])
+def test_federated_m3oe_clients_keep_their_domain_experts_and_share_the_rest(tmp_path, strategy):
+    setup = setup_for(tmp_path, f"federated={strategy}", "federated.personal=domain_experts",
+                      *(["federated.warmup=1", "federated.epochs_max=1"] if strategy == "page" else []))
+    sim, slices = setup.simulation, setup.model.personal_slices("domain_experts")
+    sim.run_round()
+    starts: dict[str, dict[str, torch.Tensor]] = {}
+    for cid, client in sim.clients.items():  # record the weights each client starts round 2 from
+        original = client.train_local
+
+        def record(model, *args, _cid=cid, _original=original, **kwargs):
+            starts[_cid] = {k: t.detach().clone() for k, t in model.state_dict().items()}
+            return _original(model, *args, **kwargs)
+        client.train_local = record
+    own = {cid: {k: t.clone() for k, t in c.personal.items()} for cid, c in sim.clients.items()}
+    global_before = {k: t.clone() for k, t in sim.state.global_arrays.items()}
+    sim.run_round()
+    rows = slices["experts.linears.0.weight"]
+    for cid, start in starts.items():
+        assert torch.equal(start["towers.final.weight"], own[cid]["towers.final.weight"])
+        assert torch.equal(start["experts.linears.0.weight"][rows], own[cid]["experts.linears.0.weight"][rows])
+        shared = slice(0, rows.start)
+        assert torch.equal(start["experts.linears.0.weight"][shared], global_before["experts.linears.0.weight"][shared])
+        assert torch.equal(start["star_shared_weight"], global_before["star_shared_weight"])
+    towers = [s["towers.final.weight"] for s in starts.values()]
+    assert not torch.equal(towers[0], towers[1])  # personal: the clients' towers differ
+
+
+def test_personal_domain_experts_needs_a_model_that_has_them(tmp_path):
+    cfg = compose_train(["data=synthetic", "data.rows=1500", "model=mmoe", "federated.personal=domain_experts",
+                         *isolated(tmp_path)[:4]], config_name="federate")
+    with pytest.raises(UserInputError, match="federated.personal='domain_experts': model MMoE has no such part"):
+        build_federated(cfg)
+    with pytest.raises(UserInputError, match="model M3oE has no such part"):
+        setup_for(tmp_path, "model.use_domain_experts=false", "federated.personal=domain_experts")
