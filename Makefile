@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install train test bench bench-scaling ui movielens movielens-report reproduce reproduce-quick report \
-	clean clean-logs
+	federated federated-report clean clean-logs
 
 # Table 2/3 of the M3oE paper: every row of conf/experiment/paper/ (Hydra's glob() does not expand the
 # options of a subfolder, so the list is built here) × SEEDS, as one Hydra multirun.
@@ -67,6 +67,20 @@ REPORT_OUT ?= experiments/movielens
 REPORT_COMMAND ?= make reproduce
 report: $(STAMP) ## paper.md + results.csv + PNGs (Table 2/3 against the paper) in REPORT_OUT from the MLflow store
 	$(BIN)/python -m m3oe_lightning.report_paper --study $(REPORT_STUDY) --out $(REPORT_OUT) --command "$(REPORT_COMMAND)"
+
+# The federated comparison on MovieLens-1M (region partition: a client per zip-code region, one held out):
+# every algorithm of FED_ALGORITHMS × FED_SEEDS as one Hydra multirun, resumable (finished runs are skipped).
+FED_ALGORITHMS ?= local,fedavg,fedprox,ditto,page,fedavg_m3oe,page_m3oe,centralized
+FED_SEEDS ?= 2022,2023,2024
+FED_ROUNDS ?= 8
+federated: $(STAMP) ## federated comparison (local/fedavg/fedprox/ditto/page/federated M3oE/centralized × FED_SEEDS), then its report
+	$(BIN)/python -m m3oe_lightning.federate -m data=movielens1m model=m3oe federated=$(FED_ALGORITHMS) \
+		seed=$(FED_SEEDS) federated.partition=region federated.heldout_clients=1 federated.rounds=$(FED_ROUNDS) \
+		skip_finished=true +logger.tags.study=federated hydra.callbacks.mlflow_sweep.name=federated $(ARGS); \
+		status=$$?; $(MAKE) federated-report && exit $$status
+
+federated-report: $(STAMP) ## experiments/federated/{README.md,results.csv,*.png} from the MLflow store
+	$(BIN)/python -m m3oe_lightning.report_federated --study federated --out experiments/federated --command "make federated"
 
 bench: $(STAMP) ## one-epoch throughput/RSS benchmark on MovieLens-1M → experiments/bench/README.md
 	$(BIN)/python -m m3oe_lightning.bench $(ARGS)

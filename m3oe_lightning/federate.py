@@ -70,9 +70,17 @@ def print_partition(setup: FederatedSetup, title: str) -> None:
     Console().print(table)
 
 
+def algorithm_label(fed: DictConfig) -> str:
+    """What a report calls the run: ``centralized``, the strategy, or ``{strategy}+{personal}``."""
+    if fed.get("centralized"):
+        return "centralized"
+    personal = str(fed.get("personal", "none"))
+    return str(fed.name) if personal == "none" else f"{fed.name}+{personal}"
+
+
 def identity_of(resolved: dict[str, Any]) -> dict[str, Any]:
     """The settings a resumed run must share with the original (not where it logs, not the hooks)."""
-    identity = {k: v for k, v in resolved.items() if k not in ("paths", "logger")}
+    identity = {k: v for k, v in resolved.items() if k not in ("paths", "logger", "skip_finished")}
     identity["federated"] = {k: v for k, v in resolved["federated"].items() if k not in ("resume", "kill_after_round")}
     identity["client_trainer"] = {k: v for k, v in resolved.get("client_trainer", {}).items()
                                   if k != "default_root_dir"}
@@ -88,16 +96,22 @@ def log_round(client: Any, run_id: str, server_round: int, metrics: Metrics) -> 
 
 def federate(cfg: DictConfig) -> Metrics:
     """Build, run and log one federated run; returns the last round's metrics."""
-    setup = build_federated(cfg)  # every settings error is raised here, before the run exists
     fed = cfg.federated
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    cfg_hash = tracking.config_hash(identity_of(resolved))
+    if cfg.get("skip_finished"):
+        finished = tracking.find_finished(cfg.logger.tracking_uri, cfg.logger.experiment_name, cfg_hash, cfg.seed)
+        if finished is not None:
+            print(f"skip {algorithm_label(fed)} seed {cfg.seed}: finished run {finished.info.run_id}")
+            return dict(finished.data.metrics)
+    setup = build_federated(cfg)  # every settings error is raised here, before the run exists
     model_label, data_label = run_names(cfg)
     personal = str(fed.get("personal", "none"))
     if personal != "none":  # federated M3oE: the personal parts are part of what the run is
         model_label = f"{model_label}+{personal}"
-    cfg_hash = tracking.config_hash(identity_of(resolved))
-    tags = {"task": "federate", "federated": str(fed.name), "partition": str(fed.partition),
-            "personal": personal, "model": model_label, "data": data_label, "seed": str(cfg.seed),
+    tags = {"task": "federate", "federated": str(fed.name), "algorithm": algorithm_label(fed),
+            "partition": str(fed.partition), "personal": personal, "model": model_label, "data": data_label,
+            "seed": str(cfg.seed),
             "config_hash": cfg_hash, "git_commit": tracking.git_commit(),
             **tracking.library_versions(), "command": command_line(),
             **{str(k): str(v) for k, v in (cfg.logger.tags or {}).items()}, **tracking.sweep_tags()}
@@ -110,7 +124,7 @@ def federate(cfg: DictConfig) -> Metrics:
     run = tracking.open_run(
         tracking_uri=cfg.logger.tracking_uri, experiment_name=cfg.logger.experiment_name,
         artifact_location=cfg.logger.artifact_location,
-        base_name=cfg.logger.run_name or f"{fed.name}-{model_label}-{data_label}-s{cfg.seed}", tags=tags,
+        base_name=cfg.logger.run_name or f"{algorithm_label(fed)}-{model_label}-{data_label}-s{cfg.seed}", tags=tags,
         checkpoint_root=checkpoint_root, cfg_hash=cfg_hash, resume=False, run_id=resume_id,
     )
     client, run_id = run.client, run.run_id

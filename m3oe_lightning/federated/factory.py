@@ -11,7 +11,6 @@ import functools
 from dataclasses import dataclass
 
 import hydra
-import torch
 from omegaconf import DictConfig
 
 from m3oe_lightning.cli import build
@@ -20,7 +19,14 @@ from m3oe_lightning.errors import UserInputError
 from m3oe_lightning.federated.client import MDMTClient
 from m3oe_lightning.federated.evaluation import evaluate_split
 from m3oe_lightning.federated.messages import Arrays, Metrics, get_arrays, set_arrays
-from m3oe_lightning.federated.partition import Federation, check_settings, partition, region_keys
+from m3oe_lightning.federated.partition import (
+    Federation,
+    check_settings,
+    concat_splits,
+    partition,
+    pooled,
+    region_keys,
+)
 from m3oe_lightning.federated.simulation import Simulation
 from m3oe_lightning.federated.strategies.base import Strategy
 from m3oe_lightning.federated.strategies.page import PAGE
@@ -58,12 +64,6 @@ class SplitEvaluator:
     def __call__(self, arrays: Arrays) -> Metrics:
         set_arrays(self.model, arrays)
         return evaluate_split(self.model, self.split, self.batch_size)
-
-
-def concat_splits(splits: list[EncodedSplit]) -> EncodedSplit:
-    """The rows of ``splits`` as one split (in order)."""
-    return EncodedSplit(**{key: torch.cat([getattr(s, key) for s in splits]) for key in
-                           ("sparse", "dense", "domain", "labels")})
 
 
 def server_validation_set(federation: Federation, paper_parity: bool) -> EncodedSplit:
@@ -132,6 +132,8 @@ def build_federated(cfg: DictConfig) -> FederatedSetup:
     federation = partition(dataset, partition=fed.partition, num_clients=fed.num_clients, alpha=fed.alpha,
                            heldout_clients=fed.heldout_clients, local_split=list(fed.local_split),
                            seed=fed.partition_seed, region_keys=keys)
+    if fed.get("centralized"):  # the reference: one client holding every training client's rows
+        federation = pooled(federation)
     strategy.check(len(federation.clients))
     if isinstance(strategy, PAGE):
         if not strategy.paper_parity and any(len(c.data.val) == 0 for c in federation.clients):

@@ -222,6 +222,20 @@ def partition(dataset: EncodedDataset, *, partition: str, num_clients: int = 10,
     )
 
 
+def pooled(federation: Federation) -> Federation:
+    """The centralized reference: the training clients' local splits pooled into one client ``pooled``.
+
+    Its train/val/test are the unions of theirs, so the global test set is the same rows and the
+    held-out clients stay held out: the same data as the federated runs, minus the federation.
+    """
+    clients = federation.clients
+    data = EncodedDataset(federation.schema, *(concat_splits([getattr(c.data, part) for c in clients])
+                                               for part in ("train", "val", "test")))
+    one = ClientData("pooled", data, np.concatenate([c.rows for c in clients]))
+    return Federation(schema=federation.schema, clients=[one], heldout=federation.heldout,
+                      global_test=data.test, heldout_test=federation.heldout_test, pool_size=federation.pool_size)
+
+
 # ------------------------------------------------------------------------------------ region keys
 def _movielens_regions(datamodule: Any) -> tuple[np.ndarray, np.ndarray]:
     """Re-read the raw MovieLens frame (the encoded table keeps no zip strings) in pool order.

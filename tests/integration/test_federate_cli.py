@@ -6,10 +6,12 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from m3oe_lightning.cli import report_user_errors
 from m3oe_lightning.federate import SERVER_STATE, federate
+from m3oe_lightning.federated.factory import build_federated
 from tests.helpers import REPO_ROOT, compose_train, isolated, run_module
 
 EXPERIMENT = "m3oe-federated"
@@ -102,3 +104,24 @@ def test_cli_federates_movielens100k_by_region(tmp_path):
     assert {"global/auc/age_25/click", "global/auc/age_35plus/like"} <= set(metrics)
     client = MlflowClient(f"sqlite:///{tmp_path / 'x.db'}")
     assert [m.step for m in client.get_metric_history(run.info.run_id, "personal/auc_mean")] == [1, 2]
+
+
+def test_centralized_reference_pools_the_training_clients_and_skip_finished_skips_it(tmp_path, capsys):
+    overrides = [*SYNTHETIC, "federated=centralized", "federated.heldout_clients=1", "federated.rounds=1",
+                 *store(tmp_path)]
+    cfg = compose_train(overrides, config_name="federate")
+    federated = build_federated(cfg).federation
+    separate = build_federated(compose_train([*overrides, "federated=fedavg"], config_name="federate")).federation
+    (pooled,) = federated.clients
+    assert pooled.client_id == "pooled" and len(separate.clients) == 2
+    assert len(pooled.data.train) == sum(len(c.data.train) for c in separate.clients)
+    assert torch.equal(federated.global_test.labels, separate.global_test.labels)  # the same test rows
+    assert torch.equal(federated.heldout_test.labels, separate.heldout_test.labels)
+
+    last = federate(cfg)
+    assert last["personal/auc_mean"] == pytest.approx(last["global/auc_mean"])  # one client: its test = global
+    (run,) = runs(tmp_path)
+    assert run.info.run_name == "centralized-m3oe-synthetic-s7" and run.data.tags["algorithm"] == "centralized"
+    again = federate(compose_train([*overrides, "skip_finished=true"], config_name="federate"))
+    assert "skip centralized seed 7: finished run" in capsys.readouterr().out
+    assert len(runs(tmp_path)) == 1 and again["global/auc_mean"] == pytest.approx(last["global/auc_mean"])

@@ -40,12 +40,16 @@ def setup_for(tmp_path, *overrides: str):
 # ----------------------------------------------------------------------------------------------- configs
 def test_every_federated_option_composes_and_builds_its_strategy():
     expected = {"fedavg": FedAvg, "fedprox": FedProx, "ditto": Ditto, "local": Local, "page": PAGE}
+    variants = {"fedavg_m3oe": "fedavg", "page_m3oe": "page", "centralized": "fedavg"}  # option -> strategy
     options = sorted(p.stem for p in (Path(CONF_DIR) / "federated").glob("*.yaml"))
-    assert set(expected) <= set(options)
+    assert set(expected) | set(variants) == set(options)
     for option in options:
         cfg = compose_train([f"federated={option}"], config_name="federate")
         strategy = build(cfg.federated.strategy)
-        assert type(strategy) is expected[option] and strategy.name == cfg.federated.name == option
+        name = variants.get(option, option)
+        assert type(strategy) is expected[name] and strategy.name == cfg.federated.name == name
+        assert (cfg.federated.personal == "domain_experts") == option.endswith("_m3oe")
+        assert cfg.federated.centralized == (option == "centralized")
         assert cfg.optimizer.lr == strategy.client_lr and cfg.logger.experiment_name == "m3oe-federated"
 
 
