@@ -1,0 +1,250 @@
+"""MLflow → the federated comparison report (``make federated-report``).
+
+Reads finished ``m3oe-federate`` runs (never log files) tagged with the sweep's ``study`` and writes into
+``--out``:
+
+- ``README.md``: per algorithm, the last round's personalization (``personal/auc_mean`` and its
+  test-row-weighted form), generalization (``global/auc_mean``) and held-out (``heldout/auc_mean``) AUC as
+  mean ± std over seeds; rounds to reach 99% of the final global AUC; wall time per run and the share of a
+  round spent in local training; two-sided Welch t-tests of PAGE (and federated M3oE) against FedAvg;
+- ``results.csv``: one line per run used (the newest finished run of each (algorithm, seed));
+- ``federated_curves.png``: global and personal AUC per round, mean over seeds, one line per algorithm.
+
+``python -m m3oe_lightning.report_federated --study federated --out experiments/federated``
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from m3oe_lightning.report_paper import describe, fmt, fmt_p, mean_std, welch_p, write_atomic  # noqa: E402
+from m3oe_lightning.tracking import git_commit  # noqa: E402
+
+# the report's row order; algorithms not listed follow in name order
+ORDER = ("centralized", "local", "fedavg", "fedprox", "ditto", "page", "fedavg+domain_experts",
+         "page+domain_experts")
+FINAL = ("personal/auc_mean", "personal/auc_mean_weighted", "global/auc_mean", "heldout/auc_mean")
+CURVES = ("global/auc_mean", "personal/auc_mean")
+TIMES = ("time/round_s", "time/fit_s")
+CSV_COLUMNS = ("algorithm", "model", "partition", "seed", "rounds", *FINAL, "seconds", "run_id")
+
+
+@dataclass
+class FederatedRun:
+    """One finished federated run as the report uses it."""
+
+    algorithm: str
+    seed: str
+    run_id: str
+    metrics: dict[str, float]
+    model: str = "?"
+    partition: str = "?"
+    data: str = "?"
+    commit: str = ""
+    seconds: float = math.nan
+    history: dict[str, list[float]] = field(default_factory=dict)  # metric → value per round (step order)
+
+    @property
+    def rounds(self) -> int:
+        return max((len(v) for v in self.history.values()), default=0)
+
+    def rounds_to(self, metric: str, share: float = 0.99) -> float:
+        """First round whose ``metric`` reaches ``share`` × its last value (NaN without a history)."""
+        curve = self.history.get(metric, [])
+        if not curve:
+            return math.nan
+        target = share * curve[-1]
+        return float(next(k for k, v in enumerate(curve, start=1) if v >= target))
+
+
+def load_runs(tracking_uri: str, experiment: str, study: str | None) -> list[FederatedRun]:
+    """The newest finished run of each (algorithm, seed) among runs tagged ``study`` (any, when None)."""
+    mlflow.set_tracking_uri(tracking_uri)
+    where = ["attributes.status = 'FINISHED'"] + ([f"tags.study = '{study}'"] if study else [])
+    try:
+        found = mlflow.search_runs(experiment_names=[experiment], output_format="list",
+                                   filter_string=" and ".join(where), order_by=["attributes.start_time ASC"])
+    except mlflow.exceptions.MlflowException:
+        return []
+    latest = {}
+    for run in found:
+        tags = run.data.tags
+        if tags.get("task") == "federate" and tags.get("algorithm"):
+            latest[(tags["algorithm"], tags.get("seed", "?"))] = run
+    client = MlflowClient(tracking_uri)
+    runs = []
+    for (algorithm, seed), run in latest.items():
+        info, tags = run.info, run.data.tags
+        history = {key: [m.value for m in sorted(client.get_metric_history(info.run_id, key), key=lambda m: m.step)]
+                   for key in (*CURVES, *TIMES, "comm/bytes_sent") if key in run.data.metrics}
+        runs.append(FederatedRun(
+            algorithm=algorithm, seed=seed, run_id=info.run_id, metrics=dict(run.data.metrics),
+            model=tags.get("model", "?"), partition=tags.get("partition", "?"), data=tags.get("data", "?"),
+            commit=tags.get("git_commit", "")[:10],
+            seconds=(info.end_time - info.start_time) / 1000 if info.end_time else math.nan, history=history))
+    return sorted(runs, key=lambda r: (algorithm_order(r.algorithm), r.seed))
+
+
+def algorithm_order(name: str) -> tuple[int, str]:
+    return (ORDER.index(name), "") if name in ORDER else (len(ORDER), name)
+
+
+def algorithms(runs: Sequence[FederatedRun]) -> list[str]:
+    return sorted({r.algorithm for r in runs}, key=algorithm_order)
+
+
+def final_values(runs: Sequence[FederatedRun], algorithm: str, metric: str) -> list[float]:
+    return [r.metrics[metric] for r in runs
+            if r.algorithm == algorithm and math.isfinite(r.metrics.get(metric, math.nan))]
+
+
+def fit_share(run: FederatedRun) -> float:
+    """Share of the run's round time spent in the clients' local fits."""
+    total = sum(run.history.get("time/round_s", []))
+    return sum(run.history.get("time/fit_s", [])) / total if total > 0 else math.nan
+
+
+def cell(xs: Sequence[float]) -> str:
+    return fmt(*mean_std(xs)) if xs else "–"
+
+
+def average(xs: Sequence[float], pattern: str) -> str:
+    return pattern.format(statistics.fmean(xs)) if xs else "–"
+
+
+def results_table(runs: Sequence[FederatedRun]) -> list[str]:
+    lines = ["| algorithm | seeds | personal AUC | personal AUC (weighted) | global AUC | held-out AUC | "
+             "rounds to 99% of final global AUC | seconds per run | local fits share of a round |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name in algorithms(runs):
+        mine = [r for r in runs if r.algorithm == name]
+        to99 = [r.rounds_to("global/auc_mean") for r in mine if "global/auc_mean" in r.history]
+        seconds = [r.seconds for r in mine if math.isfinite(r.seconds)]
+        shares = [s for s in (fit_share(r) for r in mine) if math.isfinite(s)]
+        cells = [cell(final_values(runs, name, m)) for m in FINAL]
+        cells += [average(to99, "{:.1f}"), average(seconds, "{:.0f}"), average([100 * s for s in shares], "{:.0f}%")]
+        lines.append(f"| {name} | {len(mine)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def comparison_table(runs: Sequence[FederatedRun], reference: str = "fedavg") -> list[str]:
+    """Each other algorithm minus ``reference`` (Δ ×10⁻² of the mean) with Welch's two-sided p."""
+    names = [n for n in algorithms(runs) if n not in (reference, "centralized")]
+    if reference not in algorithms(runs) or not names:
+        return [f"(Needs {reference} runs and at least one other algorithm.)"]
+    lines = [f"| vs {reference} | " + " | ".join(f"Δ {m} (p)" for m in FINAL) + " | Δ seconds per run |",
+             "|---|" + "---|" * (len(FINAL) + 1)]
+    for name in names:
+        row = []
+        for metric in FINAL:
+            ours, base = final_values(runs, name, metric), final_values(runs, reference, metric)
+            if not ours or not base:
+                row.append("–")
+                continue
+            delta = statistics.fmean(ours) - statistics.fmean(base)
+            row.append(f"{100 * delta:+.2f} ({fmt_p(welch_p(ours, base))})")
+        secs = [[r.seconds for r in runs if r.algorithm == n and math.isfinite(r.seconds)] for n in (name, reference)]
+        time_cell = (f"{statistics.fmean(secs[0]) - statistics.fmean(secs[1]):+.0f} s "
+                     f"(×{statistics.fmean(secs[0]) / statistics.fmean(secs[1]):.2f})" if all(secs) else "–")
+        lines.append(f"| {name} | " + " | ".join(row) + f" | {time_cell} |")
+    return lines
+
+
+def curves_plot(runs: Sequence[FederatedRun], path: Path) -> None:
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(6 * len(CURVES), 4.2), squeeze=False)
+    for ax, metric in zip(axes[0], CURVES):
+        for name in algorithms(runs):
+            curves = [r.history[metric] for r in runs if r.algorithm == name and r.history.get(metric)]
+            if not curves:
+                continue
+            length = min(len(c) for c in curves)
+            mean = [statistics.fmean(c[k] for c in curves) for k in range(length)]
+            ax.plot(range(1, length + 1), mean, marker="o", markersize=3, label=f"{name} (n={len(curves)})")
+        ax.set_title(f"{metric} per round (mean over seeds)")
+        ax.set_xlabel("round")
+        ax.set_ylabel("AUC")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_csv(runs: Sequence[FederatedRun], path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(CSV_COLUMNS)
+        for r in runs:
+            writer.writerow([r.algorithm, r.model, r.partition, r.seed, r.rounds,
+                             *(f"{r.metrics[m]:.6f}" if m in r.metrics else "" for m in FINAL),
+                             f"{r.seconds:.1f}", r.run_id])
+    tmp.replace(path)
+
+
+def markdown(runs: Sequence[FederatedRun], *, command: str, source: str) -> str:
+    return "\n".join([
+        "# Federated comparison on MovieLens-1M", "",
+        f"Generated by `{command}` on {dt.date.today().isoformat()} (report code at commit {git_commit()[:10]}) "
+        f"from {source}: {len(runs)} finished runs, the newest of each (algorithm, seed). Per-run numbers are in "
+        "[results.csv](results.csv); each run's exact command is its MLflow `command` tag.", "",
+        f"- **Data:** {describe([r.data for r in runs])}; **partition:** {describe([r.partition for r in runs])} "
+        "(one client per first digit of the user's zip code; one region held out, never trains); each client's "
+        "rows split 0.7/0.1/0.2 into local train/val/test",
+        f"- **Model:** {describe([r.model for r in runs])}; **seeds:** {describe([r.seed for r in runs])}; "
+        f"**rounds:** {describe([str(r.rounds) for r in runs])}",
+        f"- **Runs trained at commit(s):** {describe([r.commit or 'unknown' for r in runs])}", "",
+        "Metrics are those of the last round, AUC ×10⁻² (mean of the per-(domain, task) AUCs), mean ± sample "
+        "std over seeds. **personal**: each client's personalized model on its own local test split, plain mean "
+        "over clients (weighted: by test rows); **global**: the global model on the union of the training "
+        "clients' test splits; **held-out**: the global model on the held-out region's test split. `local` has "
+        "no global model. `centralized` is the reference: M3oE trained on the pooled rows of the training "
+        "clients (one client, one epoch per round), scored on the same test rows; its personal AUC is its "
+        "global AUC. `+domain_experts` is federated M3oE (each client keeps its domain experts, gates and "
+        "towers). Seconds per run are wall time on the machine that ran the sweep (shared with other jobs; "
+        "compare ratios, not absolutes).", "",
+        "## Results", "", *results_table(runs), "",
+        "## Against FedAvg", "",
+        "Difference of the means (×10⁻²) and a two-sided Welch t-test over seeds (`–`: fewer than two seeds "
+        "on a side; `\\*`: p < 0.05).", "", *comparison_table(runs), "",
+        "## Curves", "", "![global and personal AUC per round](federated_curves.png)", "",
+    ])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tracking-uri", default="sqlite:///logs/mlflow.db")
+    parser.add_argument("--experiment", default="m3oe-federated")
+    parser.add_argument("--study", default="federated", help="value of the runs' `study` tag ('' = any federated run)")
+    parser.add_argument("--out", type=Path, default=Path("experiments/federated"))
+    parser.add_argument("--command", default="make federated", help="the command to print as the generator")
+    args = parser.parse_args(argv)
+
+    runs = load_runs(args.tracking_uri, args.experiment, args.study or None)
+    if not runs:
+        raise SystemExit(f"error: no finished federated runs (study={args.study!r}) in {args.tracking_uri}; "
+                         "run `make federated` first")
+    args.out.mkdir(parents=True, exist_ok=True)
+    curves_plot(runs, args.out / "federated_curves.png")
+    write_csv(runs, args.out / "results.csv")
+    source = f"the MLflow store `{args.tracking_uri}` (experiment `{args.experiment}`, study `{args.study or 'any'}`)"
+    write_atomic(args.out / "README.md", markdown(runs, command=args.command, source=source))
+    print(f"wrote {args.out / 'README.md'} and results.csv ({len(runs)} runs, {len(algorithms(runs))} algorithms)")
+
+
+if __name__ == "__main__":
+    main()
