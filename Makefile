@@ -82,8 +82,10 @@ federated: $(STAMP) ## federated comparison (local/fedavg/fedprox/ditto/page/fed
 federated-report: $(STAMP) ## experiments/federated/{README.md,results.csv,*.png} from the MLflow store
 	$(BIN)/python -m m3oe_lightning.report_federated --study federated --out experiments/federated --command "make federated"
 
-bench: $(STAMP) ## one-epoch throughput/RSS benchmark on MovieLens-1M → experiments/bench/README.md
-	$(BIN)/python -m m3oe_lightning.bench $(ARGS)
+# every preset of m3oe_lightning/bench.py (M3oE paper/released, MMoE, STAR, bf16 autocast) at both batch sizes
+BENCH_ARGS ?= --batch-sizes 4096 40960
+bench: $(STAMP) ## one-epoch throughput/MFU/RSS benchmark on MovieLens-1M → experiments/bench/{README.md,results.json}
+	$(BIN)/python -m m3oe_lightning.bench $(BENCH_ARGS) $(ARGS)
 
 bench-scaling: $(STAMP) ## memmap data path at 1M/10M/50M synthetic rows → experiments/bench/scaling.{md,json,png}
 	$(BIN)/python -m m3oe_lightning.bench_scaling $(ARGS)

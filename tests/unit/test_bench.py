@@ -41,11 +41,13 @@ def test_bench_writes_readme_and_json_for_both_presets(tmp_path: Path):
 
     records = json.loads((tmp_path / "results.json").read_text())
     assert records == json.loads(json.dumps(returned))
-    assert [r["preset"] for r in records] == ["paper", "released"]
+    assert [r["preset"] for r in records] == list(bench.PRESETS)
     for record in records:
         check_record(record, record["preset"])
         assert "--limit-batches 3" in record["command"] and "m3oe_lightning.bench" in record["command"]
     assert records[1]["parameters"] > records[0]["parameters"]  # released: 4 shared experts, LayerNorms
+    assert [r["model"] for r in records] == ["M3oE", "M3oE", "MMoE", "STAR", "M3oE", "M3oE"]
+    assert [r["precision"] for r in records][-2:] == ["bf16-mixed"] * 2 and records[0]["precision"] == "32-true"
 
     readme = (tmp_path / "README.md").read_text()
     assert "python -m m3oe_lightning.bench --in-process --data synthetic --limit-batches 3" in readme
@@ -67,3 +69,30 @@ def test_bad_override_is_one_line_and_exit_code_2(tmp_path: Path, capsys):
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith("error: ")
     assert not (tmp_path / "results.json").exists()
+
+
+def test_batch_sizes_run_each_preset_at_each_size_with_the_time_split(tmp_path: Path):
+    records = bench.main(["--in-process", "--presets", "paper", "--batch-sizes", "64", "128", *QUICK[:4],
+                          "--out", str(tmp_path), "threads=1", "data.rows=2000"])
+    assert [(r["preset"], r["batch_size"], r["train_rows"]) for r in records] == [("paper", 64, 192),
+                                                                                  ("paper", 128, 384)]
+    for r in records:
+        shares = [r[k] for k in ("batch_share", "forward_share", "backward_share", "optimizer_share", "log_share")]
+        assert all(0.0 <= x <= 1.0 for x in shares) and sum(shares) <= 1.0 + 1e-9
+        assert r["median_optimizer_ms"] > 0 and r["optimizer_share"] > 0
+    assert "| paper | 64 |" in (tmp_path / "README.md").read_text()
+
+
+def test_targets_judge_each_figure_against_issue_5():
+    def record(preset: str, batch: int, train: float, **extra) -> dict:
+        return {"preset": preset, "batch_size": batch, "train_samples_per_s": train, "eval_samples_per_s": 3.5 * train,
+                "mfu": 0.55, "batch_share": 0.01, "log_share": 0.08, "peak_rss_mb": 1500.0, **extra}
+    rows = bench.target_rows([record("released", 40960, 26_000), record("released-bf16", 40960, 39_000),
+                              record("paper", 4096, 39_000)])
+    text = "\n".join(rows)
+    assert "| released @ 40,960 | train ≥ 25,000 samples/s | 26,000 | met |" in text
+    assert "| released @ 40,960 | MFU ≥ 50 % | 55 % | met |" in text
+    assert "| released-bf16 @ 40,960 | bf16 ≥ 2× fp32 (released) | 1.50× | **missed** |" in text
+    assert "| paper @ 4,096 | train ≥ 40,000 samples/s | 39,000 | **missed** |" in text
+    assert "metric updates + logging ≤ 5 % | 8.0 % | **missed** |" in text
+    assert "eval ≥ 3× train samples/s | 3.50× | met |" in text
