@@ -14,7 +14,7 @@ import torch
 
 from m3oe_lightning.data.datamodule import TensorBatchLoader
 from m3oe_lightning.data.schema import EncodedSplit
-from m3oe_lightning.models.base import MDMTModel
+from m3oe_lightning.models.base import MDMTModel, forward_in_chunks
 from m3oe_lightning.training.metrics import DomainTaskMetrics, grouped_bce_loss
 
 
@@ -31,7 +31,7 @@ def evaluate_split(model: MDMTModel, split: EncodedSplit, batch_size: int = 6553
     metrics = DomainTaskMetrics(model.schema.domains, model.schema.tasks)
     loss_sum, rows = 0.0, 0
     for batch in TensorBatchLoader(split=split, batch_size=batch_size, shuffle=False):
-        logits = model(batch)
+        logits = forward_in_chunks(model, batch)
         metrics.update(logits, batch["labels"], batch["domain"])
         n = int(batch["domain"].shape[0])
         loss_sum += float(grouped_bce_loss(logits, batch["labels"], batch["domain"], model.num_domains)) * n

@@ -26,7 +26,7 @@ from torch import nn
 
 from m3oe_lightning.data.schema import Batch
 from m3oe_lightning.errors import UserInputError
-from m3oe_lightning.models.base import MDMTModel
+from m3oe_lightning.models.base import MDMTModel, forward_in_chunks
 from m3oe_lightning.training.metrics import DomainTaskMetrics, grouped_bce_loss
 
 AutoMLMode = Literal["alternate", "joint", "off"]
@@ -147,7 +147,8 @@ class MDMTModule(L.LightningModule):
 
     # --------------------------------------------------------------------------------- evaluation
     def _eval_step(self, batch: Batch, stage: str, metrics: DomainTaskMetrics) -> None:
-        loss, logits = self._loss(batch)
+        logits = forward_in_chunks(self.model, batch)
+        loss = grouped_bce_loss(logits, batch["labels"], batch["domain"], self.model.num_domains)
         metrics.update(logits, batch["labels"], batch["domain"])
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=batch["domain"].shape[0],
                  sync_dist=self.trainer.world_size > 1)

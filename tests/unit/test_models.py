@@ -20,7 +20,7 @@ from m3oe_lightning.data.datamodule import MDMTDataModule
 from m3oe_lightning.data.synthetic import make_synthetic
 from m3oe_lightning.errors import UserInputError
 from m3oe_lightning.models.adatt import AdaTT
-from m3oe_lightning.models.base import MDMTModel
+from m3oe_lightning.models.base import MDMTModel, forward_in_chunks
 from m3oe_lightning.models.layers import DomainTaskTowers
 from m3oe_lightning.models.m2m import M2M
 from m3oe_lightning.models.m3oe import M3oE
@@ -81,6 +81,15 @@ def test_rows_only_depend_on_themselves_in_eval(case, tiny_schema, batch_factory
         full = model(batch)
         alone = torch.cat([model({k: v[i:i + 1] for k, v in batch.items()}) for i in range(12)])
     torch.testing.assert_close(full, alone, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_chunked_evaluation_forward_gives_the_full_batch_logits(case, tiny_schema, batch_factory):
+    torch.manual_seed(0)
+    model = build_case(case, tiny_schema).eval()
+    batch = batch_factory(tiny_schema, 40, seed=4)
+    with torch.no_grad():
+        torch.testing.assert_close(forward_in_chunks(model, batch, rows=7), model(batch), rtol=1e-4, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------ learning on synthetic data
