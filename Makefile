@@ -84,8 +84,9 @@ federated-report: $(STAMP) ## experiments/federated/{README.md,results.csv,*.png
 
 # every preset of m3oe_lightning/bench.py (M3oE paper/released, MMoE, STAR, bf16 autocast) at both batch sizes
 BENCH_ARGS ?= --batch-sizes 4096 40960
-bench: $(STAMP) ## one-epoch throughput/MFU/RSS benchmark on MovieLens-1M → experiments/bench/{README.md,results.json}
+bench: $(STAMP) ## throughput/MFU/RSS per model and batch size, and a federated round's time split → experiments/bench/
 	$(BIN)/python -m m3oe_lightning.bench $(BENCH_ARGS) $(ARGS)
+	$(BIN)/python -m m3oe_lightning.bench_federated
 
 bench-scaling: $(STAMP) ## memmap data path at 1M/10M/50M synthetic rows → experiments/bench/scaling.{md,json,png}
 	$(BIN)/python -m m3oe_lightning.bench_scaling $(ARGS)

@@ -96,3 +96,17 @@ def test_targets_judge_each_figure_against_issue_5():
     assert "| paper @ 4,096 | train ≥ 40,000 samples/s | 39,000 | **missed** |" in text
     assert "metric updates + logging ≤ 5 % | 8.0 % | **missed** |" in text
     assert "eval ≥ 3× train samples/s | 3.50× | met |" in text
+
+
+def test_federated_round_bench_splits_the_round_and_writes_its_files(tmp_path: Path):
+    from m3oe_lightning import bench_federated
+
+    result = bench_federated.main(["--rounds", "2", "--out", str(tmp_path), "data=synthetic", "data.rows=2000",
+                                   "data.batch_size=128", "threads=1", "federated=fedavg"])
+    assert result["clients"] == 3 and len(result["per_round"]) == 2  # synthetic: domain partition, 3 domains
+    for r in result["per_round"]:
+        parts = r["local_training_s"] + r["trainer_overhead_s"] + r["evaluation_s"] + r["server_s"]
+        assert r["local_training_s"] > 0 and r["trainer_overhead_s"] > 0 and parts == pytest.approx(r["round_s"])
+    assert 0 < result["other_share"] < 1
+    assert json.loads((tmp_path / "federated.json").read_text())["clients"] == 3
+    assert "Everything but local training" in (tmp_path / "federated.md").read_text()

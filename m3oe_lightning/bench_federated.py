@@ -1,0 +1,179 @@
+"""Per-round cost of a federated round: ``python -m m3oe_lightning.bench_federated`` (part of ``make bench``).
+
+Builds the in-process simulation exactly as ``python -m m3oe_lightning.federate`` does (default: FedAvg,
+M3oE, MovieLens-1M, ``region`` partition = 10 clients, none held out) and runs a few rounds, timing each
+round's parts:
+
+* **local training**: the time inside the clients' Lightning training epochs (``on_train_epoch_start``
+  → ``on_train_epoch_end`` of every local fit);
+* **trainer overhead**: the rest of each client's ``fit`` call: building a fresh ``Trainer`` and
+  datamodule, Lightning's fit setup and teardown, loading the received weights and copying the trained
+  ones (what Lightning Fabric could save: it would replace only the Trainer part);
+* **evaluation**: each client's personalized model on its local test split and the global model on
+  the pooled global test set (server side);
+* **server**: aggregation and everything else the runner does (the round time minus the above).
+
+The share of the round that is *not* local training is the figure issue #4 targets (≤ 15 % with 10
+clients). Results: ``<out>/federated.json`` and ``<out>/federated.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from m3oe_lightning.bench import git_state, machine_info
+from m3oe_lightning.federated.client import quiet_lightning
+from m3oe_lightning.federated.factory import build_federated
+from m3oe_lightning.train import CONF_DIR
+
+DEFAULT_OUT = "experiments/bench"
+TARGET_OTHER_SHARE = 0.15
+
+
+class EpochClock(L.Callback):
+    """Adds up the time inside training epochs over every local fit it is attached to."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.seconds += time.perf_counter() - self._start
+
+
+def compose_federate(overrides: Sequence[str], root: str) -> Any:
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return compose(config_name="federate", overrides=[
+                *overrides, f"client_trainer.default_root_dir={root}", f"paths.log_dir={root}"])
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def measure(overrides: Sequence[str], rounds: int) -> dict[str, Any]:
+    """Build the federated setup and time ``rounds`` rounds; one dict of figures."""
+    with tempfile.TemporaryDirectory(prefix="m3oe-bench-fed-") as root:
+        cfg = compose_federate(overrides, root)
+        start = time.perf_counter()
+        setup = build_federated(cfg)
+        build_seconds = time.perf_counter() - start
+        clock = EpochClock()
+        for client in setup.simulation.clients.values():
+            make_trainer = client.trainer_fn
+
+            def with_clock(*args: Any, _make=make_trainer, **kwargs: Any) -> L.Trainer:
+                return _make(*args, **{**kwargs, "callbacks": [*kwargs.get("callbacks", []), clock]})
+            client.trainer_fn = with_clock
+        per_round = []
+        with quiet_lightning():
+            for _ in range(rounds):
+                clock.seconds = 0.0
+                metrics = setup.simulation.run_round()
+                total, fit, evaluate = metrics["time/round_s"], metrics["time/fit_s"], metrics["time/evaluate_s"]
+                per_round.append({"round_s": total, "local_training_s": clock.seconds,
+                                  "trainer_overhead_s": fit - clock.seconds, "evaluation_s": evaluate,
+                                  "server_s": max(0.0, total - fit - evaluate),
+                                  "clients": int(metrics["round/clients_ok"]),
+                                  "global_auc": metrics.get("global/auc_mean", float("nan"))})
+    median = {key: statistics.median(r[key] for r in per_round)
+              for key in ("round_s", "local_training_s", "trainer_overhead_s", "evaluation_s", "server_s")}
+    clients = per_round[-1]["clients"]
+    return {
+        "overrides": list(overrides), "rounds": rounds, "clients": clients,
+        "train_rows": sum(len(c.data.train) for c in setup.federation.clients),
+        "build_seconds": build_seconds, "per_round": per_round, "median": median,
+        "other_share": 1.0 - median["local_training_s"] / median["round_s"],
+        "trainer_overhead_per_fit_ms": 1000 * median["trainer_overhead_s"] / max(1, clients),
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "lightning": L.__version__,
+    }
+
+
+def render(result: dict[str, Any], meta: dict[str, Any]) -> str:
+    m = result["median"]
+    share = lambda key: f"{100 * m[key] / m['round_s']:.1f} %"  # noqa: E731
+    ok = "met" if result["other_share"] <= TARGET_OTHER_SHARE else "**missed**"
+    rows = "\n".join(
+        f"| {k} | {r['round_s']:.2f} | {r['local_training_s']:.2f} | {r['trainer_overhead_s']:.2f} "
+        f"| {r['evaluation_s']:.2f} | {r['server_s']:.2f} | {r['global_auc']:.4f} |"
+        for k, r in enumerate(result["per_round"], start=1))
+    machine = meta["machine"]
+    return f"""# Benchmark: one federated round
+
+Generated by `m3oe_lightning/bench_federated.py`; rerun `make bench`. Figures of one run on one machine.
+
+- command: `{meta['command']}`
+- date: {meta['date']}; git commit: {meta['git_commit']}
+- machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gb']} GB RAM; torch {result['torch']},
+  Lightning {result['lightning']}, {result['threads']} torch thread(s); load average before: {meta['load_before']}
+- setup: `python -m m3oe_lightning.federate {' '.join(result['overrides'])}`: {result['clients']} clients,
+  {result['train_rows']:,} local training rows per round in all (one local epoch each)
+
+## Median round ({result['rounds']} rounds)
+
+| part | seconds | share of the round |
+|---|---:|---:|
+| local training (inside the clients' training epochs) | {m['local_training_s']:.2f} | {share('local_training_s')} |
+| trainer overhead (fresh Trainer per fit, weights) | {m['trainer_overhead_s']:.2f} | {share('trainer_overhead_s')} |
+| evaluation (personal and global models) | {m['evaluation_s']:.2f} | {share('evaluation_s')} |
+| server (aggregation, bookkeeping) | {m['server_s']:.2f} | {share('server_s')} |
+| **round** | {m['round_s']:.2f} | 100 % |
+
+Everything but local training: **{100 * result['other_share']:.1f} %** of a round (target ≤
+{100 * TARGET_OTHER_SHARE:.0f} % with 10 clients: {ok}). The Lightning Trainer costs
+{result['trainer_overhead_per_fit_ms']:.0f} ms per local fit beyond its training epochs; that, not
+the training loop, is all Lightning Fabric could save.
+
+## Every round
+
+| round | round (s) | local training (s) | trainer overhead (s) | evaluation (s) | server (s) | global AUC |
+|---:|---:|---:|---:|---:|---:|---:|
+{rows}
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", default=DEFAULT_OUT)
+    parser.add_argument("overrides", nargs="*", default=None,
+                        help="federate overrides (default: data=movielens1m federated=fedavg "
+                             "federated.partition=region)")
+    args = parser.parse_args(argv)
+    overrides = args.overrides or ["data=movielens1m", "federated=fedavg", "federated.partition=region"]
+    command = shlex.join(sys.orig_argv) if argv is None else shlex.join(
+        ["python", "-m", "m3oe_lightning.bench_federated", *argv])
+    meta = {"command": command, "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "git_commit": git_state(), "machine": machine_info(),
+            "load_before": ", ".join(f"{x:.2f}" for x in os.getloadavg())}
+    result = measure(overrides, args.rounds)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "federated.json").write_text(json.dumps({**result, **meta}, indent=2) + "\n")
+    (out / "federated.md").write_text(render(result, meta))
+    print(f"bench: federated round {result['median']['round_s']:.2f} s, {100 * result['other_share']:.1f} % "
+          f"not local training; wrote {out / 'federated.md'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
