@@ -20,3 +20,21 @@ class KillAtEpoch(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch == self.epoch:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class CompileModel(L.Callback):
+    """``torch.compile`` the model's forward in place at setup (``callbacks=compile``).
+
+    In place (``nn.Module.compile``), so state-dict keys, checkpoints and federated weights are unchanged.
+    Off by default: on the 2-core CPU machine ``make bench``'s ``paper-compile`` preset measured the compile
+    time and the (absent) gain; see experiments/bench/compile/README.md.
+    """
+
+    def __init__(self, dynamic: bool | None = True, mode: str | None = None, backend: str = "inductor") -> None:
+        self.options = {"dynamic": dynamic, "mode": mode, "backend": backend}
+        self.compiled = False
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not self.compiled:
+            pl_module.model.compile(**self.options)
+            self.compiled = True

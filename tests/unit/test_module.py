@@ -112,3 +112,17 @@ def test_off_mode_fixes_every_weight_at_one_half(setup):
 def test_bad_automl_settings(tiny_schema, kwargs):
     with pytest.raises(UserInputError, match="automl"):
         MDMTModule(M3oE(tiny_schema), **kwargs)
+
+
+def test_compile_callback_compiles_the_model_in_place_and_training_runs(tiny_schema, batch_factory):
+    from m3oe_lightning.training.callbacks import CompileModel
+
+    torch.manual_seed(0)
+    module = MDMTModule(M3oE(tiny_schema, star_dim=8, bottom_dim=8, expert_dims=[4], tower_dims=[4]), lr=1e-2)
+    keys = set(module.model.state_dict())
+    datamodule = MDMTDataModule.from_dataset(tiny_dataset(tiny_schema, batch_factory), batch_size=64)
+    before = snapshot(module)
+    fit(module, datamodule, max_epochs=1, limit_val_batches=0, callbacks=[CompileModel(backend="eager")])
+    assert module.model._compiled_call_impl is not None  # nn.Module.compile: forward goes through dynamo
+    assert set(module.model.state_dict()) == keys  # in place: no _orig_mod. prefix in checkpoints
+    assert changed(before, module)
