@@ -31,6 +31,9 @@ RUN_ID_ENV = "M3OE_MLFLOW_RUN_ID"  # hands rank 0's run to DDP worker processes
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 # settings that do not change what a run computes: left out of its config hash (resume, skip_finished)
 NOT_IDENTITY = ("resume", "paths", "logger", "trainer", "callbacks", "skip_finished", "optimized_metric")
+# trainer settings that do change it, with their defaults: one enters the hash only when set otherwise (so
+# the hashes of runs from before the setting existed stay valid)
+TRAINER_IDENTITY = {"precision": "32-true"}
 
 
 def validate(cfg: DictConfig) -> None:
@@ -103,6 +106,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # what a resumed run must share with the original (callbacks' state travels in the checkpoint)
     identity = {k: v for k, v in resolved.items() if k not in NOT_IDENTITY}
     identity["max_epochs"] = resolved["trainer"].get("max_epochs")
+    for key, default in TRAINER_IDENTITY.items():
+        if str(resolved["trainer"].get(key, default)) != default:
+            identity[f"trainer.{key}"] = resolved["trainer"][key]
     cfg_hash = tracking.config_hash(identity)
     model_label, data_label = run_names(cfg)
     if cfg.get("skip_finished"):

@@ -34,6 +34,11 @@ def test_skip_finished_skips_a_finished_config_and_seed(tmp_path, capsys):
 
     train(compose_train([*base, "skip_finished=true", "trainer.max_epochs=2"]))  # another config: trains
     assert len(runs(f"sqlite:///{tmp_path / 'mlflow.db'}")) == 2
+    train(compose_train([*base, "skip_finished=true", "trainer.precision=bf16-mixed"]))  # bf16 computes otherwise
+    assert len(runs(f"sqlite:///{tmp_path / 'mlflow.db'}")) == 3
+    capsys.readouterr()
+    train(compose_train([*base, "skip_finished=true", "trainer.precision=32-true"]))  # the default: as the first
+    assert f"skip tiny seed 5: finished run {run.info.run_id}\n" in capsys.readouterr().out
 
 
 @pytest.mark.slow
