@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +95,14 @@ def log_round(client: Any, run_id: str, server_round: int, metrics: Metrics) -> 
         client.log_batch(run_id, metrics=batch[start:start + 1000])
 
 
-def federate(cfg: DictConfig) -> Metrics:
-    """Build, run and log one federated run; returns the last round's metrics."""
+def federate(cfg: DictConfig, setup: FederatedSetup | None = None,
+             extra_tags: Mapping[str, str] | None = None) -> Metrics:
+    """Build, run and log one federated run; returns the last round's metrics.
+
+    ``setup``: a run already built whose runner delivers the instructions elsewhere: the Flower ServerApp
+    passes one whose clients are Flower nodes, so a Flower run is logged by this same code.
+    ``extra_tags``: merged over the run's tags (a Flower run's ``runtime`` and ``command``).
+    """
     fed = cfg.federated
     resolved = OmegaConf.to_container(cfg, resolve=True)
     cfg_hash = tracking.config_hash(identity_of(resolved))
@@ -104,7 +111,8 @@ def federate(cfg: DictConfig) -> Metrics:
         if finished is not None:
             print(f"skip {algorithm_label(fed)} seed {cfg.seed}: finished run {finished.info.run_id}")
             return dict(finished.data.metrics)
-    setup = build_federated(cfg)  # every settings error is raised here, before the run exists
+    if setup is None:
+        setup = build_federated(cfg)  # every settings error is raised here, before the run exists
     model_label, data_label = run_names(cfg)
     personal = str(fed.get("personal", "none"))
     if personal != "none":  # federated M3oE: the personal parts are part of what the run is
@@ -114,7 +122,8 @@ def federate(cfg: DictConfig) -> Metrics:
             "seed": str(cfg.seed),
             "config_hash": cfg_hash, "git_commit": tracking.git_commit(),
             **tracking.library_versions(), "command": command_line(),
-            **{str(k): str(v) for k, v in (cfg.logger.tags or {}).items()}, **tracking.sweep_tags()}
+            **{str(k): str(v) for k, v in (cfg.logger.tags or {}).items()}, **tracking.sweep_tags(),
+            **(extra_tags or {})}
     parity = bool(getattr(setup.strategy, "paper_parity", False))
     if parity:  # page-reference.md, Decision 1: reports from such runs must say so
         tags["page_parity"] = "true: PAGE's states and rewards come from the TEST splits (leaky, as the released code)"

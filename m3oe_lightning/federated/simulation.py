@@ -11,6 +11,11 @@ evaluation or a hung call: in-process there is no safe way to kill a running fit
 fit, or any reply that took longer, is discarded as late. With fewer than the strategy's
 ``min_clients`` replies the round keeps the previous global model.
 
+Delivering instructions to clients is the one step a transport replaces: :meth:`Simulation.fit_clients`
+and :meth:`Simulation.evaluate_clients` call the clients here, one after another; the Flower ServerApp
+(:mod:`.flower_app`) overrides just these two to send Messages through a Flower ``Grid``, so sampling,
+aggregation, evaluation, failure accounting, checkpointing and every metric below stay the same code.
+
 Per-round metrics (MLflow step = round): ``personal/auc_mean``, ``personal/auc_mean_weighted``,
 ``personal/logloss_mean``, ``client/{id}/auc_mean``, ``global/auc_mean`` (+ ``global/logloss_mean``
 and ``global/auc/{domain}/{task}``), ``heldout/auc_mean`` (+ logloss), ``train/loss``,
@@ -143,6 +148,7 @@ class Simulation:
                  evaluate_fn: EvaluateFn | None = None, client_timeout: float | None = None) -> None:
         self.strategy = strategy
         self.clients = dict(clients)
+        self.client_ids: list[str] = list(self.clients)  # the training clients, in partition order
         self.evaluate_fn = evaluate_fn
         self.client_timeout = client_timeout
         self.state = ServerState(global_arrays=initial_arrays if strategy.has_global_model else None)
@@ -173,6 +179,29 @@ class Simulation:
                     reason)
         self.state.failures.append({"round": server_round, "client": cid, "phase": phase, "error": reason})
 
+    # ------------------------------------------------------------------------------- transport
+    def fit_clients(self, server_round: int, instructions: dict[str, FitIns]) -> dict[str, FitRes]:
+        """Deliver each client its :class:`FitIns` and collect the replies (in ``instructions`` order).
+
+        A client that fails or replies late is recorded (:meth:`_fail`) and left out. Here: the clients
+        in this process, one after another; a Flower ServerApp overrides this with one ``Grid`` round trip.
+        """
+        replies: dict[str, FitRes] = {}
+        for cid, ins in instructions.items():
+            reply, _ = self._call(server_round, "fit", cid, lambda c=cid, i=ins: self.clients[c].fit(i))
+            if reply is not None:
+                replies[cid] = reply
+        return replies
+
+    def evaluate_clients(self, server_round: int, instructions: dict[str, EvaluateIns]) -> dict[str, EvaluateRes]:
+        """As :meth:`fit_clients`, for the evaluation instructions."""
+        replies: dict[str, EvaluateRes] = {}
+        for cid, ins in instructions.items():
+            reply, _ = self._call(server_round, "evaluate", cid, lambda c=cid, i=ins: self.clients[c].evaluate(i))
+            if reply is not None:
+                replies[cid] = reply
+        return replies
+
     def run_round(self) -> Metrics:
         """One round: configure → fit → aggregate → evaluate; returns (and records) its metrics."""
         strategy, state = self.strategy, self.state
@@ -180,18 +209,15 @@ class Simulation:
         round_start = time.perf_counter()
         failures_before = len(state.failures)
 
-        instructions = strategy.configure_train(server_round, state.global_arrays, list(self.clients))
-        replies: dict[str, FitRes] = {}
-        fit_seconds, bytes_down, bytes_up = 0.0, 0, 0
-        for cid, ins in instructions.items():
-            bytes_down += nbytes(ins.arrays)
-            if self.client_timeout is not None:
+        instructions = strategy.configure_train(server_round, state.global_arrays, list(self.client_ids))
+        bytes_down = sum(nbytes(ins.arrays) for ins in instructions.values())
+        if self.client_timeout is not None:
+            for ins in instructions.values():
                 ins.config["deadline_s"] = float(self.client_timeout)
-            reply, seconds = self._call(server_round, "fit", cid, lambda c=cid, i=ins: self.clients[c].fit(i))
-            fit_seconds += seconds
-            if reply is not None:
-                replies[cid] = reply
-                bytes_up += nbytes(reply.arrays)
+        fit_start = time.perf_counter()
+        replies = self.fit_clients(server_round, instructions)
+        fit_seconds = time.perf_counter() - fit_start
+        bytes_up = sum(nbytes(reply.arrays) for reply in replies.values())
 
         aggregated = 0
         if strategy.has_global_model:
@@ -203,13 +229,9 @@ class Simulation:
                 state.global_arrays, aggregated = new_arrays, 1
 
         eval_start = time.perf_counter()
-        evaluations: dict[str, EvaluateRes] = {}
         eval_ins = strategy.configure_evaluate(server_round, state.global_arrays, list(replies))
-        for cid, ins in eval_ins.items():
-            bytes_down += nbytes(ins.arrays)
-            reply, _ = self._call(server_round, "evaluate", cid, lambda c=cid, i=ins: self.clients[c].evaluate(i))
-            if reply is not None:
-                evaluations[cid] = reply
+        bytes_down += sum(nbytes(ins.arrays) for ins in eval_ins.values())
+        evaluations = self.evaluate_clients(server_round, eval_ins)
         metrics: Metrics = dict(strategy.aggregate_evaluate(server_round, evaluations))
         if strategy.has_global_model and self.evaluate_fn is not None and state.global_arrays is not None:
             metrics.update(self.evaluate_fn(server_round, state.global_arrays))
