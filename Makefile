@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install train test bench bench-scaling ui movielens movielens-report reproduce reproduce-quick report \
-	federated federated-report clean clean-logs
+	federated federated-report bench-reproduce clean clean-logs
 
 # Table 2/3 of the M3oE paper: every row of conf/experiment/paper/ (Hydra's glob() does not expand the
 # options of a subfolder, so the list is built here) × SEEDS, as one Hydra multirun.
@@ -87,6 +87,9 @@ BENCH_ARGS ?= --batch-sizes 4096 40960
 bench: $(STAMP) ## throughput/MFU/RSS per model and batch size, and a federated round's time split → experiments/bench/
 	$(BIN)/python -m m3oe_lightning.bench $(BENCH_ARGS) $(ARGS)
 	$(BIN)/python -m m3oe_lightning.bench_federated
+
+bench-reproduce: $(STAMP) ## wall time of make reproduce-quick and the projected full make reproduce → experiments/bench/reproduce.md
+	$(BIN)/python -m m3oe_lightning.bench_reproduce $(ARGS)
 
 bench-scaling: $(STAMP) ## memmap data path at 1M/10M/50M synthetic rows → experiments/bench/scaling.{md,json,png}
 	$(BIN)/python -m m3oe_lightning.bench_scaling $(ARGS)

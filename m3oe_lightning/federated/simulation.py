@@ -180,27 +180,27 @@ class Simulation:
         self.state.failures.append({"round": server_round, "client": cid, "phase": phase, "error": reason})
 
     # ------------------------------------------------------------------------------- transport
+    def _deliver(self, server_round: int, phase: str, instructions: Mapping[str, Any],
+                 call: Callable[[Client, Any], Any]) -> dict[str, Any]:
+        """``call(client, ins)`` for each instruction, in order; failed or late clients are recorded and left out."""
+        replies: dict[str, Any] = {}
+        for cid, ins in instructions.items():
+            reply, _ = self._call(server_round, phase, cid, lambda c=cid, i=ins: call(self.clients[c], i))
+            if reply is not None:
+                replies[cid] = reply
+        return replies
+
     def fit_clients(self, server_round: int, instructions: dict[str, FitIns]) -> dict[str, FitRes]:
         """Deliver each client its :class:`FitIns` and collect the replies (in ``instructions`` order).
 
         A client that fails or replies late is recorded (:meth:`_fail`) and left out. Here: the clients
         in this process, one after another; a Flower ServerApp overrides this with one ``Grid`` round trip.
         """
-        replies: dict[str, FitRes] = {}
-        for cid, ins in instructions.items():
-            reply, _ = self._call(server_round, "fit", cid, lambda c=cid, i=ins: self.clients[c].fit(i))
-            if reply is not None:
-                replies[cid] = reply
-        return replies
+        return self._deliver(server_round, "fit", instructions, lambda client, ins: client.fit(ins))
 
     def evaluate_clients(self, server_round: int, instructions: dict[str, EvaluateIns]) -> dict[str, EvaluateRes]:
         """As :meth:`fit_clients`, for the evaluation instructions."""
-        replies: dict[str, EvaluateRes] = {}
-        for cid, ins in instructions.items():
-            reply, _ = self._call(server_round, "evaluate", cid, lambda c=cid, i=ins: self.clients[c].evaluate(i))
-            if reply is not None:
-                replies[cid] = reply
-        return replies
+        return self._deliver(server_round, "evaluate", instructions, lambda client, ins: client.evaluate(ins))
 
     def run_round(self) -> Metrics:
         """One round: configure → fit → aggregate → evaluate; returns (and records) its metrics."""
