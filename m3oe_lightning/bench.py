@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import logging
 import math
@@ -54,6 +55,7 @@ from omegaconf import DictConfig
 from m3oe_lightning import flops, tracking
 from m3oe_lightning.cli import build, report_user_errors
 from m3oe_lightning.errors import UserInputError
+from m3oe_lightning.models.m3oe_reference import reference_forward
 from m3oe_lightning.train import CONF_DIR, build_system
 from m3oe_lightning.training.module import count_parameters
 
@@ -65,8 +67,10 @@ PRESETS: dict[str, list[str]] = {
     "paper-bf16": ["trainer.precision=bf16-mixed"],  # bf16 autocast (Lightning's precision plugin)
     "released-bf16": ["experiment=m3oe_released", "trainer.precision=bf16-mixed"],
     "paper-compile": ["callbacks=compile"],      # torch.compile (minutes of compiling: not in the default run)
+    "paper-reference": [],                       # the paper preset through m3oe_reference (the "before")
 }
-DEFAULT_PRESETS = [name for name in PRESETS if not name.endswith("-compile")]
+REFERENCE_PRESETS = {"paper-reference"}  # forward = models/m3oe_reference.py, the literal equations
+DEFAULT_PRESETS = [name for name in PRESETS if not name.endswith(("-compile", "-reference"))]
 # issue #5's targets (reported, not enforced)
 TARGET_BATCH_SHARE = 0.05       # batch production ≤ 5 % of a training step
 TARGET_LOG_SHARE = 0.05         # metric updates and logging ≤ 5 %
@@ -276,6 +280,8 @@ def run_preset(preset: str, *, data: str | None = None, overrides: Sequence[str]
         start = time.perf_counter()
         datamodule, model, system = build_system(cfg)
         build_seconds = time.perf_counter() - start
+        if preset in REFERENCE_PRESETS:  # same weights and training system, the straightforward forward
+            model.forward = functools.partial(reference_forward, model)  # type: ignore[method-assign]
 
         timer = StepTimer()
         train_loader = datamodule.train_dataloader
@@ -295,6 +301,8 @@ def run_preset(preset: str, *, data: str | None = None, overrides: Sequence[str]
         evaluator.validate(system, datamodule=datamodule, verbose=False)
         eval_seconds = time.perf_counter() - start
 
+        if preset in REFERENCE_PRESETS:  # MFU counts the useful FLOPs: those of the optimized forward
+            del model.forward
         utilisation = model_flop_utilisation(system, datamodule, int(cfg.data.batch_size))
 
     threads = torch.get_num_threads()

@@ -110,3 +110,11 @@ def test_federated_round_bench_splits_the_round_and_writes_its_files(tmp_path: P
     assert 0 < result["other_share"] < 1
     assert json.loads((tmp_path / "federated.json").read_text())["clients"] == 3
     assert "Everything but local training" in (tmp_path / "federated.md").read_text()
+
+
+def test_reference_preset_trains_through_the_literal_forward_and_counts_useful_flops(tmp_path: Path):
+    paper, reference = bench.main(["--in-process", "--presets", "paper", "paper-reference", *QUICK[:4],
+                                   "--out", str(tmp_path), *QUICK[4:]])
+    assert reference["preset"] == "paper-reference" and reference["parameters"] == paper["parameters"]
+    assert reference["flops_per_sample"] == paper["flops_per_sample"]  # MFU against the optimized model's FLOPs
+    assert reference["train_rows"] == paper["train_rows"] and reference["train_samples_per_s"] > 0

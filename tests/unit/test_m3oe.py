@@ -8,6 +8,7 @@ from torch import nn
 
 from m3oe_lightning.errors import UserInputError
 from m3oe_lightning.models.m3oe import M3oE
+from m3oe_lightning.models.m3oe_reference import reference_forward
 
 PRESETS = {
     "paper": {},
@@ -129,56 +130,14 @@ def test_mismatched_domains_or_tasks_fail_clearly(tiny_schema, setting, value):
         M3oE(tiny_schema, **{setting: value})
 
 
-# ------------------------------------------------------------------------------------------------------
-# The optimized forward (rows sorted by domain, own-domain STAR weights and towers only, experts and towers
-# as grouped matmuls) against a straightforward one: every domain's STAR layer, every expert, gate and
-# tower on every row, Python loops over experts and objectives, then each row picks its own domain.
-def _mlp(x: torch.Tensor, grouped, g: int) -> torch.Tensor:
-    """Group ``g`` of a GroupedMLP as plain per-expert Linear (+ LayerNorm) + ReLU layers."""
-    for i, linear in enumerate(grouped.linears):
-        x = x @ linear.weight[g] + linear.bias[g, 0]
-        if grouped.norms is not None:
-            norm = grouped.norms[i]
-            x = nn.functional.layer_norm(x, x.shape[-1:]) * norm.weight[g, 0] + norm.bias[g, 0]
-        x = torch.relu(x)
-    if grouped.final is not None:
-        x = x @ grouped.final.weight[g] + grouped.final.bias[g, 0]
-    return x
-
-
-def straightforward_forward(model: M3oE, batch) -> torch.Tensor:
-    D, T, N = model.num_domains, model.num_tasks, model.num_shared
-    x = model.embedding(batch)
-    star = torch.stack([x @ (model.star_weight[d] * model.star_shared_weight) + model.star_bias[d]
-                        + model.star_shared_bias for d in range(D)])  # [D, B, star]
-    own = batch["domain"]
-    h_all = torch.stack([model.w_c(star[d]) + model.skip(x) for d in range(D)])  # [D, B, bottom]
-    logits = torch.zeros(x.shape[0], T)
-    for d in range(D):
-        h = h_all[d]
-        experts = [_mlp(h, model.experts, e) for e in range(model.num_experts)]
-        shared, dom, tsk = experts[:N], experts[N:N + D], experts[N + D:N + D + T]
-        beta_d, beta_t = torch.sigmoid(model.fusion_logits["beta_d"]), torch.sigmoid(model.fusion_logits["beta_t"])
-        alpha_d, alpha_t = torch.sigmoid(model.fusion_logits["alpha_d"]), torch.sigmoid(model.fusion_logits["alpha_t"])
-        domain_vec = beta_d * dom[d] + (1 - beta_d) / (D - 1) * sum(dom[j] for j in range(D) if j != d)
-        for t in range(T):
-            if model.gates is not None:
-                gate = (h @ model.gates.weight[d] + model.gates.bias[d, 0]).view(-1, T, N)[:, t].softmax(-1)
-                s = sum(gate[:, n:n + 1] * shared[n] for n in range(N))
-            else:
-                s = shared[0]
-            task_vec = beta_t * tsk[t] + (1 - beta_t) / (T - 1) * sum(tsk[j] for j in range(T) if j != t)
-            tower_out = _mlp(s + alpha_d * domain_vec + alpha_t * task_vec, model.towers, d * T + t)[:, 0]
-            logits[:, t] = torch.where(own == d, tower_out, logits[:, t])
-    return logits
-
-
-@pytest.mark.parametrize("shared_experts", [1, 3])
-def test_optimized_forward_and_backward_equal_the_straightforward_ones(tiny_schema, batch_factory, shared_experts):
-    model = small(tiny_schema, num_shared_experts=shared_experts, fusion_init=0.3, tower_layernorm=True)
+@pytest.mark.parametrize("switches", [dict(num_shared_experts=1, tower_layernorm=True),
+                                      dict(num_shared_experts=3), PRESETS["released"]])
+def test_optimized_forward_and_backward_equal_the_straightforward_ones(tiny_schema, batch_factory, switches):
+    """The routed, grouped forward against m3oe_reference: every domain, expert and tower on every row."""
+    model = small(tiny_schema, fusion_init=0.3, **switches)
     batch = batch_factory(tiny_schema, 64, seed=5)
     fast = model(batch)
-    slow = straightforward_forward(model, batch)
+    slow = reference_forward(model, batch)
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
     target = torch.randn_like(fast)
     grads = {}
