@@ -60,9 +60,10 @@ class MDMTModel(nn.Module):
         return None
 
 
-def forward_in_chunks(model: nn.Module, batch: Batch, rows: int = EVAL_FORWARD_ROWS) -> torch.Tensor:
-    """``model(batch)`` computed ``rows`` rows at a time (the same logits: every model's rows are
-    independent in eval mode; tested per model)."""
+def forward_in_chunks(model: nn.Module, batch: Batch, rows: int | None = None) -> torch.Tensor:
+    """``model(batch)`` computed ``rows`` (default :data:`EVAL_FORWARD_ROWS`) rows at a time (the same
+    logits: every model's rows are independent in eval mode; tested per model)."""
+    rows = EVAL_FORWARD_ROWS if rows is None else rows
     size = int(batch["domain"].shape[0])
     if size <= rows:
         return model(batch)
