@@ -145,9 +145,10 @@ def values(records: Sequence[RunRecord], row: str, metric: str) -> list[float]:
 
 
 def mean_std(xs: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample std; the std of fewer than two values is NaN (a table shows the mean alone)."""
     if not xs:
         return math.nan, math.nan
-    return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else math.nan
 
 
 def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
@@ -273,7 +274,7 @@ def auc_plot(records: Sequence[RunRecord], groups: Sequence[tuple[str, str]], pa
     for k, row in enumerate(rows):
         stats = [mean_std(values(records, row, m)) for m, _ in cols]
         positions = [i + (k - (len(rows) - 1) / 2) * width for i in range(len(cols))]
-        ax.bar(positions, [s[0] for s in stats], width=width, yerr=[s[1] for s in stats], capsize=1.5,
+        ax.bar(positions, [s[0] for s in stats], width=width, yerr=[s[1] if math.isfinite(s[1]) else 0.0 for s in stats], capsize=1.5,
                label=row, color="black" if row == OURS else plt.cm.tab20(k % 20), error_kw={"elinewidth": 0.6})
     finite = [v for r in records for m, _ in cols if math.isfinite(v := r.metrics.get(m, math.nan))]
     ax.set_ylim(min(finite, default=0.5) - 0.02, max(finite, default=1.0) + 0.01)
