@@ -166,6 +166,7 @@ def comparison_table(runs: Sequence[FederatedRun], reference: str = "fedavg") ->
 
 def curves_plot(runs: Sequence[FederatedRun], path: Path) -> None:
     fig, axes = plt.subplots(1, len(CURVES), figsize=(6 * len(CURVES), 4.2), squeeze=False)
+    colors = {name: plt.cm.tab10(k % 10) for k, name in enumerate(algorithms(runs))}  # one color per algorithm
     for ax, metric in zip(axes[0], CURVES):
         for name in algorithms(runs):
             curves = [r.history[metric] for r in runs if r.algorithm == name and r.history.get(metric)]
@@ -173,12 +174,13 @@ def curves_plot(runs: Sequence[FederatedRun], path: Path) -> None:
                 continue
             length = min(len(c) for c in curves)
             mean = [statistics.fmean(c[k] for c in curves) for k in range(length)]
-            ax.plot(range(1, length + 1), mean, marker="o", markersize=3, label=f"{name} (n={len(curves)})")
+            ax.plot(range(1, length + 1), mean, marker="o", markersize=3, color=colors[name],
+                    label=f"{name} (n={len(curves)})")
         ax.set_title(f"{metric} per round (mean over seeds)")
         ax.set_xlabel("round")
         ax.set_ylabel("AUC")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
