@@ -113,10 +113,10 @@ def federate(cfg: DictConfig, setup: FederatedSetup | None = None,
             return dict(finished.data.metrics)
     if setup is None:
         setup = build_federated(cfg)  # every settings error is raised here, before the run exists
-    model_label, data_label = run_names(cfg)
+    base_model_label, data_label = run_names(cfg)
     personal = str(fed.get("personal", "none"))
-    if personal != "none":  # federated M3oE: the personal parts are part of what the run is
-        model_label = f"{model_label}+{personal}"
+    # federated M3oE: the personal parts are part of what the model is (the run name has them via the algorithm)
+    model_label = base_model_label if personal == "none" else f"{base_model_label}+{personal}"
     tags = {"task": "federate", "federated": str(fed.name), "algorithm": algorithm_label(fed),
             "partition": str(fed.partition), "personal": personal, "model": model_label, "data": data_label,
             "seed": str(cfg.seed),
@@ -133,7 +133,8 @@ def federate(cfg: DictConfig, setup: FederatedSetup | None = None,
     run = tracking.open_run(
         tracking_uri=cfg.logger.tracking_uri, experiment_name=cfg.logger.experiment_name,
         artifact_location=cfg.logger.artifact_location,
-        base_name=cfg.logger.run_name or f"{algorithm_label(fed)}-{model_label}-{data_label}-s{cfg.seed}", tags=tags,
+        base_name=cfg.logger.run_name or f"{algorithm_label(fed)}-{base_model_label}-{data_label}-s{cfg.seed}",
+        tags=tags,
         checkpoint_root=checkpoint_root, cfg_hash=cfg_hash, resume=False, run_id=resume_id,
     )
     client, run_id = run.client, run.run_id

@@ -285,3 +285,12 @@ def test_personal_domain_experts_needs_a_model_that_has_them(tmp_path):
         build_federated(cfg)
     with pytest.raises(UserInputError, match="model M3oE has no such part"):
         setup_for(tmp_path, "model.use_domain_experts=false", "federated.personal=domain_experts")
+
+
+def test_algorithm_labels_name_runs_and_report_rows():
+    from omegaconf import OmegaConf
+
+    from m3oe_lightning.federate import algorithm_label
+    assert algorithm_label(OmegaConf.create({"name": "page", "personal": "none"})) == "page"
+    assert algorithm_label(OmegaConf.create({"name": "page", "personal": "domain_experts"})) == "page+domain_experts"
+    assert algorithm_label(OmegaConf.create({"name": "fedavg", "centralized": True})) == "centralized"
