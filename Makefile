@@ -49,8 +49,8 @@ movielens: $(STAMP) ## M3oE paper + released presets × random + ordered splits 
 		+logger.tags.study=movielens trainer.enable_progress_bar=false $(ARGS)
 	$(MAKE) movielens-report
 
-movielens-report: $(STAMP) ## experiments/movielens/README.md (+ PNG) from the MLflow store
-	$(BIN)/python -m m3oe_lightning.report --study movielens --out experiments/movielens --readme README.md
+movielens-report: $(STAMP) ## experiments/movielens/presets.md (+ PNG) from the MLflow store
+	$(BIN)/python -m m3oe_lightning.report --study movielens --out experiments/movielens --name presets.md --readme README.md
 
 reproduce: $(STAMP) ## Table 2 + 3 (MovieLens-1M): every paper row × SEEDS, resumable (finished runs are skipped), then the report
 	$(PAPER_SWEEP) seed=$(SEEDS) skip_finished=true +logger.tags.study=paper \
@@ -65,7 +65,7 @@ reproduce-quick: $(STAMP) ## smoke: every paper row once (seed 2022, QUICK_EPOCH
 REPORT_STUDY ?= paper
 REPORT_OUT ?= experiments/movielens
 REPORT_COMMAND ?= make reproduce
-report: $(STAMP) ## paper.md + results.csv + PNGs (Table 2/3 against the paper) in REPORT_OUT from the MLflow store
+report: $(STAMP) ## README.md + results.csv + PNGs (Table 2/3 against the paper) in REPORT_OUT from the MLflow store
 	$(BIN)/python -m m3oe_lightning.report_paper --study $(REPORT_STUDY) --out $(REPORT_OUT) --command "$(REPORT_COMMAND)"
 
 # The federated comparison on MovieLens-1M (region partition: a client per zip-code region, one held out):

@@ -3,9 +3,10 @@
 Reads finished runs (never log files) that carry a ``row`` tag (every ``conf/experiment/paper/*`` file sets
 one) and the ``study`` tag of the sweep, and writes into ``--out``:
 
-- ``paper.md``: per-(domain, task) test AUC, overall AUC and logloss as mean ± std over seeds for every row;
-  RelaImpr of M3oE over the best baseline per column; two-sided Welch t-tests M3oE vs each baseline; the
-  paper's numbers for comparison; the ablation table; the data, split, seeds, epochs, commit and command;
+- ``README.md`` (``--name``): per-(domain, task) test AUC, overall AUC and logloss as mean ± std over seeds
+  for every row, with the best validation AUC beside them (the number a row is selected on); RelaImpr of M3oE
+  over the best baseline per column; two-sided Welch t-tests M3oE vs each baseline; the paper's numbers for
+  comparison; the ablation table; run time per row; the data, split, seeds, epochs, commit and command;
 - ``results.csv``: one line per run used (the newest finished run of each (row, split, seed));
 - ``paper_auc.png`` (per-(domain, task) AUC by row) and ``paper_fusion.png`` (fusion weights α, β per epoch,
   from the ``arch/*`` metric histories).
@@ -71,6 +72,7 @@ PAPER_TABLE3: dict[str, tuple[str, float]] = {  # row: (what it changes, mean AU
 }
 # ---------------------------------------------------------------------------------------------------------
 OVERALL_AUC, OVERALL_LOGLOSS = "test/auc_mean", "test/logloss_mean"
+VAL_AUC = "val/auc_mean_best"  # best mean validation AUC over epochs: the checkpoint the test metrics come from
 
 
 @dataclass
@@ -192,7 +194,8 @@ def table2(records: Sequence[RunRecord], groups: Sequence[tuple[str, str]]) -> l
     rows = sorted({r.row for r in records if r.row not in PAPER_TABLE3 or r.row == OURS}, key=row_order)
     baselines = [r for r in rows if r != OURS]
     cols = columns(groups)
-    header = ["grp", "row", "seeds", *[h for _, h in cols], "Overall logloss", "paper Overall AUC", "Δ vs paper"]
+    header = ["grp", "row", "seeds", *[h for _, h in cols], "Overall logloss", "val AUC", "paper Overall AUC",
+              "Δ vs paper"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     best = {m: best_baseline(records, baselines, m) for m, _ in cols}
     for row in rows:
@@ -211,6 +214,7 @@ def table2(records: Sequence[RunRecord], groups: Sequence[tuple[str, str]]) -> l
         name = f"**{row}**" if row == OURS else row
         lines.append("| " + " | ".join([paper[0] if paper else "", name, str(len(values(records, row, OVERALL_AUC))),
                                          *cells, fmt(*mean_std(values(records, row, OVERALL_LOGLOSS))),
+                                         fmt(*mean_std(values(records, row, VAL_AUC))),
                                          f"{paper[2]:.2f}" if paper else "–", delta]) + " |")
     if OURS in rows and baselines:
         impr = []
@@ -219,7 +223,7 @@ def table2(records: Sequence[RunRecord], groups: Sequence[tuple[str, str]]) -> l
             theirs = mean_std(values(records, best[metric], metric))[0]
             impr.append(f"{100 * rela_impr(ours, theirs):.2f}% (vs {best[metric]})"
                         if math.isfinite(ours) and math.isfinite(theirs) else "–")
-        lines.append("| | RelaImpr | | " + " | ".join(impr) + " | – | – | |")
+        lines.append("| | RelaImpr | | " + " | ".join(impr) + " | – | – | – | |")
     return lines
 
 
@@ -238,13 +242,14 @@ def paper_table2() -> list[str]:
 
 
 def welch_table(records: Sequence[RunRecord], groups: Sequence[tuple[str, str]]) -> list[str]:
-    cols = [*columns(groups), (OVERALL_LOGLOSS, "Overall logloss")]
-    header = ["baseline", "seeds", "Δ Overall AUC (M3oE − baseline)", *[h for _, h in cols]]
+    cols = [*columns(groups), (OVERALL_LOGLOSS, "Overall logloss"), (VAL_AUC, "val AUC")]
+    header = ["baseline", "seeds", "Δ Overall AUC (M3oE − baseline)", "Δ val AUC", *[h for _, h in cols]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    ours_overall = mean_std(values(records, OURS, OVERALL_AUC))[0]
+    ours_overall, ours_val = (mean_std(values(records, OURS, m))[0] for m in (OVERALL_AUC, VAL_AUC))
     for row in sorted({r.row for r in records if r.row not in PAPER_TABLE3}, key=row_order):
-        theirs = mean_std(values(records, row, OVERALL_AUC))[0]
+        theirs, theirs_val = (mean_std(values(records, row, m))[0] for m in (OVERALL_AUC, VAL_AUC))
         lines.append("| " + " | ".join([row, str(len(values(records, row, OVERALL_AUC))), fmt(ours_overall - theirs),
+                                         fmt(ours_val - theirs_val),
                                          *[fmt_p(welch_p(values(records, OURS, m), values(records, row, m)))
                                            for m, _ in cols]]) + " |")
     return lines
@@ -265,6 +270,18 @@ def ablation_table(records: Sequence[RunRecord]) -> list[str]:
     return lines
 
 
+def timing_table(records: Sequence[RunRecord]) -> list[str]:
+    """Wall seconds of a run (train, validation, test) per row: median and range over its runs."""
+    lines = ["| row | runs | epochs | median s/run | min–max s |", "|---|---|---|---|---|"]
+    for row in sorted({r.row for r in records}, key=row_order):
+        seconds = [r.train_seconds for r in records if r.row == row and math.isfinite(r.train_seconds)]
+        epochs = describe([str(r.epochs) for r in records if r.row == row])
+        if seconds:
+            lines.append(f"| {row} | {len(seconds)} | {epochs} | {statistics.median(seconds):.0f} "
+                         f"| {min(seconds):.0f}–{max(seconds):.0f} |")
+    return lines
+
+
 def auc_plot(records: Sequence[RunRecord], groups: Sequence[tuple[str, str]], path: Path) -> None:
     """Grouped bars: x = (domain, task) and overall, one bar per Table-2 row, error bars = std over seeds."""
     rows = sorted({r.row for r in records if r.row not in PAPER_TABLE3 or r.row == OURS}, key=row_order)
@@ -274,7 +291,8 @@ def auc_plot(records: Sequence[RunRecord], groups: Sequence[tuple[str, str]], pa
     for k, row in enumerate(rows):
         stats = [mean_std(values(records, row, m)) for m, _ in cols]
         positions = [i + (k - (len(rows) - 1) / 2) * width for i in range(len(cols))]
-        ax.bar(positions, [s[0] for s in stats], width=width, yerr=[s[1] if math.isfinite(s[1]) else 0.0 for s in stats], capsize=1.5,
+        errors = [s[1] if math.isfinite(s[1]) else 0.0 for s in stats]
+        ax.bar(positions, [s[0] for s in stats], width=width, yerr=errors, capsize=1.5,
                label=row, color="black" if row == OURS else plt.cm.tab20(k % 20), error_kw={"elinewidth": 0.6})
     finite = [v for r in records for m, _ in cols if math.isfinite(v := r.metrics.get(m, math.nan))]
     ax.set_ylim(min(finite, default=0.5) - 0.02, max(finite, default=1.0) + 0.01)
@@ -313,7 +331,7 @@ def fusion_plot(records: Sequence[RunRecord], path: Path) -> bool:
 
 
 def write_csv(records: Sequence[RunRecord], groups: Sequence[tuple[str, str]], path: Path) -> None:
-    metrics = [f"test/auc/{d}/{t}" for d, t in groups] + [OVERALL_AUC, OVERALL_LOGLOSS]
+    metrics = [f"test/auc/{d}/{t}" for d, t in groups] + [OVERALL_AUC, OVERALL_LOGLOSS, VAL_AUC]
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -330,15 +348,16 @@ def describe(values_: Sequence[str]) -> str:
 
 
 def markdown(records: Sequence[RunRecord], groups: Sequence[tuple[str, str]], *, command: str, source: str,
-             fusion: bool) -> str:
+             fusion: bool, see_also: str = "") -> str:
     trained = [r.epochs for r in records]
     commits = describe([r.commit or "unknown" for r in records])
     lines = [
         "# M3oE paper, Table 2 (MovieLens) and Table 3: our reproduction", "",
         f"Generated by `{command}` on {dt.date.today().isoformat()} (report code at commit {git_commit()[:10]}) "
         f"from {source}: {len(records)} finished runs, the newest of each (row, split, seed). Per-run numbers "
-        "are in [results.csv](results.csv); each run's exact command is its MLflow `command` tag.", "",
-        f"- **Data:** {describe([r.data for r in records])}; **split:** {describe([r.split for r in records])}",
+        "are in [results.csv](results.csv); each run's exact command is its MLflow `command` tag." + see_also, "",
+        f"- **Data:** {describe([r.data for r in records])} (the label-complete reconstruction of ML-1M in "
+        f"`../shared/data`, not the paper's file); **split:** {describe([r.split for r in records])}",
         f"- **Seeds:** {describe([r.seed for r in records])}",
         f"- **Epochs:** at most {describe([r.max_epochs for r in records])}, early stopping on the mean validation "
         f"AUC; trained {min(trained, default=0)}–{max(trained, default=0)} epochs; test metrics are those of the "
@@ -350,7 +369,9 @@ def markdown(records: Sequence[RunRecord], groups: Sequence[tuple[str, str]], *,
         "AUC and logloss are ×10⁻² (as in the paper); cells are mean ± sample std over seeds. "
         "Overall AUC is the mean of the per-(domain, task) AUCs of each run. `\\*` on M3oE: better than the best "
         "baseline of that column with a two-sided Welch t-test p < 0.05 (the paper's mark). RelaImpr = "
-        "(AUC_M3oE − 0.5) / (AUC_best baseline − 0.5) − 1, best baseline per column (named).", "",
+        "(AUC_M3oE − 0.5) / (AUC_best baseline − 0.5) − 1, best baseline per column (named). `val AUC` is the "
+        "best mean validation AUC over epochs — the checkpoint each run is tested at, and the only number used "
+        "to choose between settings (the test split is never used for selection).", "",
         "## Table 2: ours", "", *table2(records, groups), "",
         "## Table 2: the paper's numbers (M3oE paper, SIGIR'24; not ours)", "",
         "Typed from the paper (docs/m3oe-reference.md §4). Columns d1..d3 = age {1,18}, {25}, {35+}; t1 = click, "
@@ -360,6 +381,10 @@ def markdown(records: Sequence[RunRecord], groups: Sequence[tuple[str, str]], *,
         "Per column, over the seeds of each row (`–`: fewer than two seeds on a side). `\\*`: p < 0.05 — in "
         "either direction; the Δ column gives the sign.", "", *welch_table(records, groups), "",
         "## Table 3: ablation (Overall AUC ×10⁻²)", "", *ablation_table(records), "",
+        "## Run time per row", "",
+        "Wall seconds of each run (training, per-epoch validation and the test pass) as recorded by MLflow, on "
+        "this 2-core CPU machine; runs that shared the cores with another job were slower than a quiet machine "
+        "(clean projections: `experiments/bench/reproduce.md`).", "", *timing_table(records), "",
         "## Plots", "", "![test AUC per (domain, task) by row](paper_auc.png)", "",
     ]
     if fusion:
@@ -384,6 +409,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--split", default=None, help="only runs of this split (default: all)")
     parser.add_argument("--out", type=Path, default=Path("experiments/movielens"))
     parser.add_argument("--command", default="make reproduce", help="the command to print as the generator")
+    parser.add_argument("--name", default="README.md", help="file name of the report inside --out")
     args = parser.parse_args(argv)
 
     records = load_runs(args.tracking_uri, args.experiment, args.study or None, args.split)
@@ -396,8 +422,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     fusion = fusion_plot(records, args.out / "paper_fusion.png")
     write_csv(records, groups, args.out / "results.csv")
     source = f"the MLflow store `{args.tracking_uri}` (experiment `{args.experiment}`, study `{args.study or 'any'}`)"
-    write_atomic(args.out / "paper.md", markdown(records, groups, command=args.command, source=source, fusion=fusion))
-    print(f"wrote {args.out / 'paper.md'} and results.csv ({len(records)} runs, "
+    see_also = ""
+    if (args.out / "presets.md").exists():
+        see_also = (" The M3oE presets (the paper's equations vs the released code's choices, both splits) are "
+                    "compared in [presets.md](presets.md) (`make movielens`).")
+    write_atomic(args.out / args.name,
+                 markdown(records, groups, command=args.command, source=source, fusion=fusion, see_also=see_also))
+    print(f"wrote {args.out / args.name} and results.csv ({len(records)} runs, "
           f"{len({r.row for r in records})} rows)")
 
 

@@ -37,9 +37,10 @@ def test_report_from_store(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- RESULTS:START -->\nold\n<!-- RESULTS:END -->\noutro\n")
 
-    report.main(["--tracking-uri", uri, "--out", str(tmp_path / "out"), "--readme", str(readme)])
+    report.main(["--tracking-uri", uri, "--out", str(tmp_path / "out"), "--name", "presets.md",
+                 "--readme", str(readme)])
 
-    text = (tmp_path / "out" / "README.md").read_text()
+    text = (tmp_path / "out" / "presets.md").read_text()
     assert "| m3oe_paper | random | 2022 |" in text and "**0.8235**" in text and "**0.8111**" in text
     assert "| m3oe_paper | ordered |" not in text and "| other |" not in text
     assert "`python -m m3oe_lightning.train experiment=m3oe_paper`" in text
