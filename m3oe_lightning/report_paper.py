@@ -91,6 +91,7 @@ class RunRecord:
     commit: str = ""
     command: str = ""
     arch: dict[str, list[float]] = field(default_factory=dict)  # arch/* metric → value per epoch
+    val_curve: list[float] = field(default_factory=list)  # mean validation AUC after each epoch
     lr: str = "?"
     batch_size: str = "?"
 
@@ -111,17 +112,23 @@ def load_runs(tracking_uri: str, experiment: str, study: str | None, split: str 
     records = []
     for (row, run_split, seed), run in latest.items():
         info, data = run.info, run.data
-        arch = {key: [m.value for m in sorted(client.get_metric_history(info.run_id, key), key=lambda m: m.step)]
-                for key in sorted(data.metrics) if key.startswith("arch/")}
+        arch = {key: metric_history(client, info.run_id, key) for key in sorted(data.metrics)
+                if key.startswith("arch/")}
+        val_curve = metric_history(client, info.run_id, "val/auc_mean")
         records.append(RunRecord(
             row=row, seed=seed, split=run_split, run_id=info.run_id, metrics=dict(data.metrics),
-            epochs=len(client.get_metric_history(info.run_id, "val/auc_mean")),
+            epochs=len(val_curve), val_curve=val_curve,
             max_epochs=data.params.get("trainer.max_epochs", "?"),
             train_seconds=(info.end_time - info.start_time) / 1000 if info.end_time else math.nan,
             data=data.tags.get("data", "?"), commit=data.tags.get("git_commit", "")[:10],
             command=data.tags.get("command", ""), arch=arch, lr=data.params.get("optimizer.lr", "?"),
             batch_size=data.params.get("data.batch_size", "?")))
     return sorted(records, key=lambda r: (row_order(r.row), r.split, r.seed))
+
+
+def metric_history(client: MlflowClient, run_id: str, key: str) -> list[float]:
+    """A metric's logged values in step order (one per epoch for ``val/*`` and ``arch/*``)."""
+    return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
 def row_order(row: str) -> tuple[int, str]:
@@ -270,6 +277,23 @@ def ablation_table(records: Sequence[RunRecord]) -> list[str]:
     return lines
 
 
+def val_curve_table(records: Sequence[RunRecord]) -> list[str]:
+    """Mean validation AUC (×10⁻²) after each epoch per Table-2 row: where a gap opens, and who still climbs."""
+    rows = sorted({r.row for r in records if r.row not in PAPER_TABLE3 or r.row == OURS}, key=row_order)
+    epochs = max((len(r.val_curve) for r in records), default=0)
+    lines = ["| row | seeds | " + " | ".join(f"ep {e + 1}" for e in range(epochs)) + " | best epoch (median) |",
+             "|---|---|" + "---|" * epochs + "---|"]
+    for row in rows:
+        curves = [r.val_curve for r in records if r.row == row and r.val_curve]
+        if not curves:
+            continue
+        cells = [fmt(mean_std([c[e] for c in curves if e < len(c)])[0]) for e in range(epochs)]
+        best = statistics.median(1 + max(range(len(c)), key=c.__getitem__) for c in curves)
+        lines.append(f"| {'**' + row + '**' if row == OURS else row} | {len(curves)} | " + " | ".join(cells)
+                     + f" | {best:g} |")
+    return lines
+
+
 def timing_table(records: Sequence[RunRecord]) -> list[str]:
     """Wall seconds of a run (train, validation, test) per row: median and range over its runs."""
     lines = ["| row | runs | epochs | median s/run | min–max s |", "|---|---|---|---|---|"]
@@ -381,6 +405,9 @@ def markdown(records: Sequence[RunRecord], groups: Sequence[tuple[str, str]], *,
         "Per column, over the seeds of each row (`–`: fewer than two seeds on a side). `\\*`: p < 0.05 — in "
         "either direction; the Δ column gives the sign.", "", *welch_table(records, groups), "",
         "## Table 3: ablation (Overall AUC ×10⁻²)", "", *ablation_table(records), "",
+        "## Validation AUC by epoch (mean over seeds, ×10⁻²)", "",
+        "The selection metric after each epoch. A row whose best epoch is the last was still improving when "
+        "the epoch cap stopped it.", "", *val_curve_table(records), "",
         "## Run time per row", "",
         "Wall seconds of each run (training, per-epoch validation and the test pass) as recorded by MLflow, on "
         "this 2-core CPU machine; runs that shared the cores with another job were slower than a quiet machine "
