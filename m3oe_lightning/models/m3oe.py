@@ -72,6 +72,9 @@ class M3oE(MDMTModel):
             domain / per task of the (domain, task) objective.
         fusion_init: initial raw logit of every fusion weight (code: 1.0 → sigmoid 0.731).
         use_domain_experts / use_task_experts: keep the domain / task module (ablations).
+        use_star_layer: keep the domain-specific STAR layer and ``W_c`` (Eq. 1–2); when false ``h`` is the
+            skip path ``f_DA(x)`` alone. Not a paper ablation: it tests whether the gain over MMoE comes
+            from this bottom rather than from the expert modules (see experiments/movielens/README.md).
         fusion: level-2 fusion: ``add`` (Eq. 7, ``S + α_d·D + α_t·T``), ``concat`` (towers read
             ``[S; D; T]``, no α) or ``gated`` (a softmax gate over ``[S_1..S_N, D, T]`` per (d, t), no α).
         embedding_init_std: std of the normal initialisation of the embeddings (code: 1e-4).
@@ -94,6 +97,7 @@ class M3oE(MDMTModel):
         fusion_init: float = 1.0,
         use_domain_experts: bool = True,
         use_task_experts: bool = True,
+        use_star_layer: bool = True,
         fusion: Fusion = "add",
         embedding_init_std: float = 1e-4,
         num_domains: int | None = None,
@@ -116,15 +120,18 @@ class M3oE(MDMTModel):
         self.gate_detach = gate_detach
         self.granularity = fusion_granularity
         self.fusion = fusion
+        self.use_star = use_star_layer
 
         self.embedding = FeatureEmbedding(schema, init_std=embedding_init_std)
-        # Eq. 1: per-domain and shared STAR weights (Xavier-uniform, zero biases, as the code)
-        self.star_weight = nn.Parameter(nn.init.xavier_uniform_(torch.empty(D, in_dim, star_dim)))
-        self.star_shared_weight = nn.Parameter(nn.init.xavier_uniform_(torch.empty(in_dim, star_dim)))
-        self.star_bias = nn.Parameter(torch.zeros(D, star_dim))
-        self.star_shared_bias = nn.Parameter(torch.zeros(star_dim))
-        # Eq. 2: W_c and the domain-agnostic skip path f_DA
-        self.w_c = mlp_blocks([star_dim, bottom_dim]) if bottom_layernorm else nn.Linear(star_dim, bottom_dim)
+        if use_star_layer:
+            # Eq. 1: per-domain and shared STAR weights (Xavier-uniform, zero biases, as the code)
+            self.star_weight = nn.Parameter(nn.init.xavier_uniform_(torch.empty(D, in_dim, star_dim)))
+            self.star_shared_weight = nn.Parameter(nn.init.xavier_uniform_(torch.empty(in_dim, star_dim)))
+            self.star_bias = nn.Parameter(torch.zeros(D, star_dim))
+            self.star_shared_bias = nn.Parameter(torch.zeros(star_dim))
+            # Eq. 2: W_c
+            self.w_c = mlp_blocks([star_dim, bottom_dim]) if bottom_layernorm else nn.Linear(star_dim, bottom_dim)
+        # Eq. 2: the domain-agnostic skip path f_DA
         self.skip = mlp_blocks([in_dim, bottom_dim])
 
         # shared, domain and task experts stacked into one grouped MLP: [N | D | T]
@@ -214,13 +221,15 @@ class M3oE(MDMTModel):
         order, inverse, counts = sort_by_domain(batch["domain"], D)
         x = self.embedding(batch).index_select(0, order)  # [B, in], grouped by domain
 
-        # Eq. 1: each row through its own domain's STAR weights only
-        star_parts = []
-        for d, x_d in enumerate(torch.split(x, counts)):
-            if x_d.shape[0]:
-                w = self.star_weight[d] * self.star_shared_weight
-                star_parts.append(torch.addmm(self.star_bias[d] + self.star_shared_bias, x_d, w))
-        h = self.w_c(torch.cat(star_parts)) + self.skip(x)  # Eq. 2, [B, bottom]
+        h = self.skip(x)  # Eq. 2's f_DA, [B, bottom]
+        if self.use_star:
+            # Eq. 1: each row through its own domain's STAR weights only
+            star_parts = []
+            for d, x_d in enumerate(torch.split(x, counts)):
+                if x_d.shape[0]:
+                    w = self.star_weight[d] * self.star_shared_weight
+                    star_parts.append(torch.addmm(self.star_bias[d] + self.star_shared_bias, x_d, w))
+            h = self.w_c(torch.cat(star_parts)) + h  # Eq. 2
 
         experts = self.experts(h)  # [E, B, k]
         shared = experts[:N]

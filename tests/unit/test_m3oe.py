@@ -18,6 +18,7 @@ PRESETS = {
     "deep_experts": dict(expert_dims=[16, 8], tower_dims=[8, 4], num_shared_experts=3),
     "no_domain_experts": dict(use_domain_experts=False),
     "no_task_experts": dict(use_task_experts=False),
+    "no_star_layer": dict(use_star_layer=False),
 }
 
 
@@ -46,6 +47,21 @@ def test_rows_only_depend_on_their_own_domain(tiny_schema, batch_factory):
     full = model(batch)
     single = torch.cat([model({k: v[i:i + 1] for k, v in batch.items()}) for i in range(40)])
     torch.testing.assert_close(full, single, rtol=1e-5, atol=1e-5)
+
+
+def test_without_star_layer_h_is_the_skip_path(tiny_schema, batch_factory):
+    """``use_star_layer=False`` removes f_DR and W_c; the rest reads ``h = f_DA(x)``."""
+    model = small(tiny_schema, use_star_layer=False)
+    names = {n for n, _ in model.named_parameters()}
+    assert not any(n.startswith(("star_", "w_c")) for n in names)
+    assert {"star_weight", "w_c.weight"} <= {n for n, _ in small(tiny_schema).named_parameters()}
+    captured = []
+    model.experts.register_forward_hook(lambda mod, args, out: captured.append(args[0]))
+    batch = batch_factory(tiny_schema, 24)
+    model(batch)
+    x = model.embedding(batch)
+    order = torch.argsort(batch["domain"], stable=True)
+    torch.testing.assert_close(captured[0], model.skip(x[order]))
 
 
 def test_missing_domain_in_batch(tiny_schema, batch_factory):
