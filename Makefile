@@ -11,12 +11,15 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test bench bench-scaling ui movielens movielens-report reproduce reproduce-quick report \
+.PHONY: help install train test bench bench-scaling ui movielens movielens-report reproduce reproduce-quick report diagnose \
 	federated federated-report bench-reproduce clean clean-logs
 
 # Table 2/3 of the M3oE paper: every row of conf/experiment/paper/ (Hydra's glob() does not expand the
 # options of a subfolder, so the list is built here) × SEEDS, as one Hydra multirun.
 PAPER_ROWS := $(shell ls conf/experiment/paper | sed -n 's|^\(.*\)\.yaml$$|paper/\1|p' | paste -sd, -)
+# our diagnostic M3oE variants (conf/experiment/diagnose/), reported under Table 3
+DIAGNOSE_ROWS := $(shell ls conf/experiment/diagnose | sed -n 's|^\(.*\)\.yaml$$|diagnose/\1|p' | paste -sd, -)
+DIAGNOSE_SEEDS ?= 2022,2023,2024
 SEEDS ?= 2022,2023,2024,2025,2026
 JOBS ?= 1
 QUICK_EPOCHS ?= 1
@@ -61,6 +64,12 @@ reproduce-quick: $(STAMP) ## smoke: every paper row once (seed 2022, QUICK_EPOCH
 	$(PAPER_SWEEP) seed=2022 trainer.max_epochs=$(QUICK_EPOCHS) +logger.tags.study=paper-quick \
 		hydra.callbacks.mlflow_sweep.name=reproduce-quick $(ARGS); status=$$?; \
 	$(MAKE) report REPORT_STUDY=paper-quick REPORT_OUT=$(QUICK_OUT) REPORT_COMMAND="make reproduce-quick" && exit $$status
+
+diagnose: $(STAMP) ## our M3oE diagnostics (e.g. w/o STAR layer) × DIAGNOSE_SEEDS, resumable, then the report
+	$(BIN)/python -m m3oe_lightning.train -m experiment=$(DIAGNOSE_ROWS) seed=$(DIAGNOSE_SEEDS) $(LAUNCHER) \
+		trainer.enable_progress_bar=false trainer.enable_model_summary=false skip_finished=true \
+		+logger.tags.study=paper hydra.callbacks.mlflow_sweep.name=diagnose $(ARGS); status=$$?; \
+	$(MAKE) report && exit $$status
 
 REPORT_STUDY ?= paper
 REPORT_OUT ?= experiments/movielens

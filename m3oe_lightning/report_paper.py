@@ -71,6 +71,11 @@ PAPER_TABLE3: dict[str, tuple[str, float]] = {  # row: (what it changes, mean AU
     OURS: ("the full model", 77.02),
 }
 # ---------------------------------------------------------------------------------------------------------
+# Our own M3oE variants (conf/experiment/diagnose/), reported under Table 3 without a paper number.
+OUR_DIAGNOSTICS: dict[str, str] = {
+    "w/o STAR layer": "no domain-specific STAR layer or W_c: h = f_DA(x) (ours, not in the paper)",
+}
+VARIANTS = (set(PAPER_TABLE3) | set(OUR_DIAGNOSTICS)) - {OURS}  # rows that are M3oE changed, not baselines
 OVERALL_AUC, OVERALL_LOGLOSS = "test/auc_mean", "test/logloss_mean"
 VAL_AUC = "val/auc_mean_best"  # best mean validation AUC over epochs: the checkpoint the test metrics come from
 
@@ -132,7 +137,7 @@ def metric_history(client: MlflowClient, run_id: str, key: str) -> list[float]:
 
 
 def row_order(row: str) -> tuple[int, str]:
-    order = list(PAPER_TABLE2) + [r for r in PAPER_TABLE3 if r not in PAPER_TABLE2]
+    order = list(PAPER_TABLE2) + [r for r in PAPER_TABLE3 if r not in PAPER_TABLE2] + list(OUR_DIAGNOSTICS)
     return (order.index(row), "") if row in order else (len(order), row)
 
 
@@ -198,7 +203,7 @@ def best_baseline(records: Sequence[RunRecord], baselines: Sequence[str], metric
 
 def table2(records: Sequence[RunRecord], groups: Sequence[tuple[str, str]]) -> list[str]:
     """Our Table 2 (mean ± std over seeds, ×10⁻²), the RelaImpr line and the Welch t-tests."""
-    rows = sorted({r.row for r in records if r.row not in PAPER_TABLE3 or r.row == OURS}, key=row_order)
+    rows = sorted({r.row for r in records if r.row not in VARIANTS}, key=row_order)
     baselines = [r for r in rows if r != OURS]
     cols = columns(groups)
     header = ["grp", "row", "seeds", *[h for _, h in cols], "Overall logloss", "val AUC", "paper Overall AUC",
@@ -253,7 +258,7 @@ def welch_table(records: Sequence[RunRecord], groups: Sequence[tuple[str, str]])
     header = ["baseline", "seeds", "Δ Overall AUC (M3oE − baseline)", "Δ val AUC", *[h for _, h in cols]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     ours_overall, ours_val = (mean_std(values(records, OURS, m))[0] for m in (OVERALL_AUC, VAL_AUC))
-    for row in sorted({r.row for r in records if r.row not in PAPER_TABLE3}, key=row_order):
+    for row in sorted({r.row for r in records if r.row not in VARIANTS and r.row != OURS}, key=row_order):
         theirs, theirs_val = (mean_std(values(records, row, m))[0] for m in (OVERALL_AUC, VAL_AUC))
         lines.append("| " + " | ".join([row, str(len(values(records, row, OVERALL_AUC))), fmt(ours_overall - theirs),
                                          fmt(ours_val - theirs_val),
@@ -263,23 +268,27 @@ def welch_table(records: Sequence[RunRecord], groups: Sequence[tuple[str, str]])
 
 
 def ablation_table(records: Sequence[RunRecord]) -> list[str]:
-    lines = ["| variant | change | seeds | Overall AUC (ours) | Δ vs our M3oE | p vs our M3oE | paper "
-             "| Δ vs paper's M3oE |", "|---|---|---|---|---|---|---|---|"]
+    """Table 3 (the paper's variants, then ours that have runs): overall test and validation AUC vs M3oE."""
+    lines = ["| variant | change | seeds | Overall AUC (ours) | Δ vs our M3oE | p vs our M3oE | val AUC | paper "
+             "| Δ vs paper's M3oE |", "|---|---|---|---|---|---|---|---|---|"]
     ours_full = values(records, OURS, OVERALL_AUC)
-    for row, (change, paper) in PAPER_TABLE3.items():
+    variants = [(row, change, paper) for row, (change, paper) in PAPER_TABLE3.items()]
+    variants += [(row, change, math.nan) for row, change in OUR_DIAGNOSTICS.items()
+                 if values(records, row, OVERALL_AUC)]
+    for row, change, paper in variants:
         xs = values(records, row, OVERALL_AUC)
         mean, std = mean_std(xs)
         delta = fmt(mean - mean_std(ours_full)[0]) if row != OURS and xs and ours_full else "–"
         p = fmt_p(welch_p(xs, ours_full)) if row != OURS else "–"
-        paper_delta = f"{paper - PAPER_TABLE3[OURS][1]:+.2f}" if row != OURS else "–"
-        lines.append(f"| {row} | {change} | {len(xs)} | {fmt(mean, std)} | {delta} | {p} | {paper:.2f} "
-                     f"| {paper_delta} |")
+        paper_delta = f"{paper - PAPER_TABLE3[OURS][1]:+.2f}" if row != OURS and math.isfinite(paper) else "–"
+        lines.append(f"| {row} | {change} | {len(xs)} | {fmt(mean, std)} | {delta} | {p} "
+                     f"| {fmt(*mean_std(values(records, row, VAL_AUC)))} | {fmt(paper, scale=1.0)} | {paper_delta} |")
     return lines
 
 
 def val_curve_table(records: Sequence[RunRecord]) -> list[str]:
     """Mean validation AUC (×10⁻²) after each epoch per Table-2 row: where a gap opens, and who still climbs."""
-    rows = sorted({r.row for r in records if r.row not in PAPER_TABLE3 or r.row == OURS}, key=row_order)
+    rows = sorted({r.row for r in records if r.row not in VARIANTS}, key=row_order)
     epochs = max((len(r.val_curve) for r in records), default=0)
     lines = ["| row | seeds | " + " | ".join(f"ep {e + 1}" for e in range(epochs)) + " | best epoch (median) |",
              "|---|---|" + "---|" * epochs + "---|"]
@@ -308,7 +317,7 @@ def timing_table(records: Sequence[RunRecord]) -> list[str]:
 
 def auc_plot(records: Sequence[RunRecord], groups: Sequence[tuple[str, str]], path: Path) -> None:
     """Grouped bars: x = (domain, task) and overall, one bar per Table-2 row, error bars = std over seeds."""
-    rows = sorted({r.row for r in records if r.row not in PAPER_TABLE3 or r.row == OURS}, key=row_order)
+    rows = sorted({r.row for r in records if r.row not in VARIANTS}, key=row_order)
     cols = columns(groups)
     fig, ax = plt.subplots(figsize=(max(8.0, 2.0 + 0.12 * len(rows) * len(cols)), 4.2))
     width = 0.85 / max(len(rows), 1)

@@ -50,6 +50,7 @@ def store(tmp_path):
         fake_run(client, exp, "MMOE-MDMT", seed, 0.760 + 0.001 * k)
         fake_run(client, exp, "MLP", seed, 0.750 + 0.002 * k)
     fake_run(client, exp, "w/o AutoML", "2022", 0.765)
+    fake_run(client, exp, "w/o STAR layer", "2022", 0.755)  # our diagnostic: under Table 3 only
     fake_run(client, exp, "STAR", "2022", 0.99, status="FAILED")  # not reported
     fake_run(client, exp, "STAR", "2023", 0.99, study="paper-quick")  # another study
     return uri
@@ -90,7 +91,10 @@ def test_paper_report_tables_csv_and_plots(store, tmp_path):
     assert "the paper's numbers" in text and "| ours | M3oE | 76.61 | 78.13 | 77.51 | 79.33 | 74.47 | 76.09 |" in text
     assert "| 2.07% | 3.15% | 2.38% | 2.09% | 2.09% | 2.68% | 2.54% |" in text
     # the ablation: ours (one seed) beside the paper's
-    assert "| w/o AutoML | α, β fixed at 0.5 | 1 | 76.50 | -0.60 |" in text and "| 76.37 | -0.65 |" in text
+    assert "| w/o AutoML | α, β fixed at 0.5 | 1 | 76.50 | -0.60 | – | 76.00 | 76.37 | -0.65 |" in text
+    # our diagnostic row: in the ablation table, without a paper number, and never among the baselines
+    assert "| w/o STAR layer | no domain-specific STAR layer" in text
+    assert "| 75.50 | -1.60 | – | 75.00 | – | – |" in text and "w/o STAR layer" not in text.split("## Table 3")[0]
     assert "STAR" not in text.split("## Table 2: the paper's")[0]  # failed and other-study runs are left out
 
     with (out / "results.csv").open() as handle:
@@ -99,7 +103,7 @@ def test_paper_report_tables_csv_and_plots(store, tmp_path):
     expected = {f"test/auc/{d}/{t}" for d, t in GROUPS} | {"test/auc_mean", "test/logloss_mean", "train_seconds",
                                                           "val/auc_mean_best"}
     assert expected <= set(rows[0])
-    assert len(rows) == 10 and [r["row"] for r in rows[:3]] == ["MLP"] * 3
+    assert len(rows) == 11 and [r["row"] for r in rows[:3]] == ["MLP"] * 3
     m3oe = [r for r in rows if r["row"] == "M3oE"]
     assert [r["seed"] for r in m3oe] == list(SEEDS) and float(m3oe[0]["test/auc_mean"]) == pytest.approx(0.770)
     assert m3oe[0]["epochs"] == "3" and m3oe[0]["split"] == "random"
@@ -123,3 +127,6 @@ def test_every_paper_row_file_is_a_row_the_report_knows():
     stems = sorted(p.stem for p in (Path(CONF_DIR) / "experiment" / "paper").glob("*.yaml"))
     rows = {compose_train([f"experiment=paper/{stem}"]).logger.tags.row for stem in stems}
     assert rows == set(rp.PAPER_TABLE2) | set(rp.PAPER_TABLE3) and len(stems) == 21
+    diagnostics = sorted(p.stem for p in (Path(CONF_DIR) / "experiment" / "diagnose").glob("*.yaml"))
+    assert {compose_train([f"experiment=diagnose/{stem}"]).logger.tags.row for stem in diagnostics} == set(
+        rp.OUR_DIAGNOSTICS)
