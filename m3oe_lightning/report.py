@@ -11,9 +11,11 @@ long training took, and the command that reproduces each run; plus a PNG compari
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime as dt
+import io
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -125,9 +127,7 @@ def replace_between_markers(path: Path, body: str, start: str = "<!-- RESULTS:ST
         raise SystemExit(f"error: {path} has no {start} … {end} markers to fill")
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(f"{head}{start}\n{body}\n{end}{tail}")
-    tmp.replace(path)
+    write_atomic(path, f"{head}{start}\n{body}\n{end}{tail}")
 
 
 def comparison_plot(summaries: Sequence[dict[str, Any]], domains: Sequence[str], tasks: Sequence[str],
@@ -147,6 +147,22 @@ def comparison_plot(summaries: Sequence[dict[str, Any]], domains: Sequence[str],
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file and rename, so a crash never leaves a half-written report."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def write_csv_atomic(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """A CSV file (header, then rows) written atomically like :func:`write_atomic`."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_atomic(path, buffer.getvalue())
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -172,9 +188,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     comparison_plot(summaries, MOVIELENS_DOMAINS, MOVIELENS_TASKS, args.out / "test_auc.png")
     text = markdown(summaries, MOVIELENS_DOMAINS, MOVIELENS_TASKS, args.title, args.command, args.notes)
-    tmp = args.out / f"{args.name}.tmp"
-    tmp.write_text(text)
-    tmp.replace(args.out / args.name)
+    write_atomic(args.out / args.name, text)
     if args.readme is not None:
         replace_between_markers(args.readme, readme_summary(summaries, args.command))
     print(f"wrote {args.out / args.name} ({len(summaries)} runs)")

@@ -16,7 +16,6 @@ Reads finished ``m3oe-federate`` runs (never log files) tagged with the sweep's 
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import math
 import statistics
@@ -31,7 +30,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import mlflow  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from m3oe_lightning.report_paper import describe, fmt, fmt_p, mean_std, welch_p, write_atomic  # noqa: E402
+from m3oe_lightning.report import write_atomic, write_csv_atomic  # noqa: E402
+from m3oe_lightning.report_paper import describe, fmt, fmt_p, mean_std, welch_p  # noqa: E402
 from m3oe_lightning.tracking import git_commit  # noqa: E402
 
 # the report's row order; algorithms not listed follow in name order
@@ -187,15 +187,10 @@ def curves_plot(runs: Sequence[FederatedRun], path: Path) -> None:
 
 
 def write_csv(runs: Sequence[FederatedRun], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(CSV_COLUMNS)
-        for r in runs:
-            writer.writerow([r.algorithm, r.model, r.partition, r.seed, r.rounds,
-                             *(f"{r.metrics[m]:.6f}" if m in r.metrics else "" for m in FINAL),
-                             f"{r.seconds:.1f}", r.run_id])
-    tmp.replace(path)
+    write_csv_atomic(path, CSV_COLUMNS, (
+        [r.algorithm, r.model, r.partition, r.seed, r.rounds,
+         *(f"{r.metrics[m]:.6f}" if m in r.metrics else "" for m in FINAL), f"{r.seconds:.1f}", r.run_id]
+        for r in runs))
 
 
 def markdown(runs: Sequence[FederatedRun], *, command: str, source: str) -> str:

@@ -17,7 +17,6 @@ one) and the ``study`` tag of the sweep, and writes into ``--out``:
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import math
 import statistics
@@ -34,7 +33,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from scipy import stats as scipy_stats  # noqa: E402
 
-from m3oe_lightning.report import MOVIELENS_DOMAINS, MOVIELENS_TASKS  # noqa: E402
+from m3oe_lightning.report import MOVIELENS_DOMAINS, MOVIELENS_TASKS, write_atomic, write_csv_atomic  # noqa: E402
 from m3oe_lightning.tracking import git_commit  # noqa: E402
 
 OURS = "M3oE"
@@ -136,6 +135,11 @@ def metric_history(client: MlflowClient, run_id: str, key: str) -> list[float]:
     return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
+def table2_rows(records: Sequence[RunRecord]) -> list[str]:
+    """The rows of Table 2 among the records (baselines and M3oE, not its variants), in the paper's order."""
+    return sorted({r.row for r in records if r.row not in VARIANTS}, key=row_order)
+
+
 def row_order(row: str) -> tuple[int, str]:
     order = list(PAPER_TABLE2) + [r for r in PAPER_TABLE3 if r not in PAPER_TABLE2] + list(OUR_DIAGNOSTICS)
     return (order.index(row), "") if row in order else (len(order), row)
@@ -203,7 +207,7 @@ def best_baseline(records: Sequence[RunRecord], baselines: Sequence[str], metric
 
 def table2(records: Sequence[RunRecord], groups: Sequence[tuple[str, str]]) -> list[str]:
     """Our Table 2 (mean ± std over seeds, ×10⁻²), the RelaImpr line and the Welch t-tests."""
-    rows = sorted({r.row for r in records if r.row not in VARIANTS}, key=row_order)
+    rows = table2_rows(records)
     baselines = [r for r in rows if r != OURS]
     cols = columns(groups)
     header = ["grp", "row", "seeds", *[h for _, h in cols], "Overall logloss", "val AUC", "paper Overall AUC",
@@ -258,7 +262,7 @@ def welch_table(records: Sequence[RunRecord], groups: Sequence[tuple[str, str]])
     header = ["baseline", "seeds", "Δ Overall AUC (M3oE − baseline)", "Δ val AUC", *[h for _, h in cols]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     ours_overall, ours_val = (mean_std(values(records, OURS, m))[0] for m in (OVERALL_AUC, VAL_AUC))
-    for row in sorted({r.row for r in records if r.row not in VARIANTS and r.row != OURS}, key=row_order):
+    for row in [r for r in table2_rows(records) if r != OURS]:
         theirs, theirs_val = (mean_std(values(records, row, m))[0] for m in (OVERALL_AUC, VAL_AUC))
         lines.append("| " + " | ".join([row, str(len(values(records, row, OVERALL_AUC))), fmt(ours_overall - theirs),
                                          fmt(ours_val - theirs_val),
@@ -288,7 +292,7 @@ def ablation_table(records: Sequence[RunRecord]) -> list[str]:
 
 def val_curve_table(records: Sequence[RunRecord]) -> list[str]:
     """Mean validation AUC (×10⁻²) after each epoch per Table-2 row: where a gap opens, and who still climbs."""
-    rows = sorted({r.row for r in records if r.row not in VARIANTS}, key=row_order)
+    rows = table2_rows(records)
     epochs = max((len(r.val_curve) for r in records), default=0)
     lines = ["| row | seeds | " + " | ".join(f"ep {e + 1}" for e in range(epochs)) + " | best epoch (median) |",
              "|---|---|" + "---|" * epochs + "---|"]
@@ -317,7 +321,7 @@ def timing_table(records: Sequence[RunRecord]) -> list[str]:
 
 def auc_plot(records: Sequence[RunRecord], groups: Sequence[tuple[str, str]], path: Path) -> None:
     """Grouped bars: x = (domain, task) and overall, one bar per Table-2 row, error bars = std over seeds."""
-    rows = sorted({r.row for r in records if r.row not in VARIANTS}, key=row_order)
+    rows = table2_rows(records)
     cols = columns(groups)
     fig, ax = plt.subplots(figsize=(max(8.0, 2.0 + 0.12 * len(rows) * len(cols)), 4.2))
     width = 0.85 / max(len(rows), 1)
@@ -365,14 +369,9 @@ def fusion_plot(records: Sequence[RunRecord], path: Path) -> bool:
 
 def write_csv(records: Sequence[RunRecord], groups: Sequence[tuple[str, str]], path: Path) -> None:
     metrics = [f"test/auc/{d}/{t}" for d, t in groups] + [OVERALL_AUC, OVERALL_LOGLOSS, VAL_AUC]
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["row", "seed", "split", "epochs", *metrics, "train_seconds", "run_id"])
-        for r in records:
-            writer.writerow([r.row, r.seed, r.split, r.epochs, *[f"{r.metrics.get(m, math.nan):.6f}" for m in metrics],
-                             f"{r.train_seconds:.1f}", r.run_id])
-    tmp.replace(path)
+    write_csv_atomic(path, ["row", "seed", "split", "epochs", *metrics, "train_seconds", "run_id"], (
+        [r.row, r.seed, r.split, r.epochs, *[f"{r.metrics.get(m, math.nan):.6f}" for m in metrics],
+         f"{r.train_seconds:.1f}", r.run_id] for r in records))
 
 
 def describe(values_: Sequence[str]) -> str:
@@ -429,12 +428,6 @@ def markdown(records: Sequence[RunRecord], groups: Sequence[tuple[str, str]], *,
     else:
         lines += ["(No `arch/*` fusion-weight histories among these runs.)", ""]
     return "\n".join(lines)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

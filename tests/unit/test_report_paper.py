@@ -78,9 +78,9 @@ def test_paper_report_tables_csv_and_plots(store, tmp_path):
     p_val = stats.ttest_ind([0.765, 0.766, 0.767], [0.755, 0.756, 0.757], equal_var=False).pvalue
     mmoe_line = next(line for line in text.splitlines() if line.startswith("| MMOE-MDMT | 3 |"))
     assert mmoe_line.startswith("| MMOE-MDMT | 3 | 1.00 | 1.00 |") and mmoe_line.endswith(f"| {p_val:.2g} \\* |")
-    # run time per row: the median wall seconds of its runs
     # the validation curve per row: mean val AUC after each epoch, and the median best epoch
     assert "| **M3oE** | 3 | 75.10 | 76.10 | 77.10 | 3 |" in text
+    # run time per row: the median wall seconds of its runs
     assert "## Run time per row" in text and "| M3oE | 3 | 3 |" in text
     # RelaImpr over the best baseline (MMOE-MDMT): (0.771 − 0.5) / (0.761 − 0.5) − 1
     assert f"{100 * ((0.771 - 0.5) / (0.761 - 0.5) - 1):.2f}% (vs MMOE-MDMT)" in text
