@@ -350,8 +350,10 @@ def run_preset(preset: str, *, data: str | None = None, overrides: Sequence[str]
                                 ("optimizer", timer.optimizer))},
         # the rest of a step after backward, minus the optimiser: self.log (the loss's epoch mean; training
         # updates no metrics) and Lightning's bookkeeping; medians × steps, so the once-per-epoch AutoML step
-        # (also in rest) is left out
-        "log_share": max(0.0, statistics.median(timer.rest) - statistics.median(timer.optimizer)) * len(timer.rest)
+        # (also in rest) is left out, but never more than the measured Σ rest − Σ optimiser (with a handful
+        # of steps the median estimate can exceed it, and the shares would then add up to more than 1)
+        "log_share": min(max(0.0, statistics.median(timer.rest) - statistics.median(timer.optimizer))
+                         * len(timer.rest), max(0.0, sum(timer.rest) - sum(timer.optimizer)))
         / (wait + step) if timer.optimizer and wait + step > 0 else float("nan"),
         # one median batch (wait + step): the steady-state rate without warm-up and the AutoML step
         "median_batch_samples_per_s": int(cfg.data.batch_size) / (statistics.median(timer.waits)
