@@ -53,7 +53,7 @@ movielens: $(STAMP) ## M3oE paper + released presets × random + ordered splits 
 	$(MAKE) movielens-report
 
 movielens-report: $(STAMP) ## experiments/movielens/presets.md (+ PNG) from the MLflow store
-	$(BIN)/python -m m3oe_lightning.report --study movielens --out experiments/movielens --name presets.md --readme README.md
+	$(BIN)/python -m m3oe_lightning.reports.presets --study movielens --out experiments/movielens --name presets.md --readme README.md
 
 reproduce: $(STAMP) ## Table 2 + 3 (MovieLens-1M): every paper row × SEEDS, resumable (finished runs are skipped), then the report
 	$(PAPER_SWEEP) seed=$(SEEDS) skip_finished=true +logger.tags.study=paper \
@@ -75,7 +75,7 @@ REPORT_STUDY ?= paper
 REPORT_OUT ?= experiments/movielens
 REPORT_COMMAND ?= make reproduce
 report: $(STAMP) ## README.md + results.csv + PNGs (Table 2/3 against the paper) in REPORT_OUT from the MLflow store
-	$(BIN)/python -m m3oe_lightning.report_paper --study $(REPORT_STUDY) --out $(REPORT_OUT) --command "$(REPORT_COMMAND)"
+	$(BIN)/python -m m3oe_lightning.reports.paper --study $(REPORT_STUDY) --out $(REPORT_OUT) --command "$(REPORT_COMMAND)"
 
 # The federated comparison on MovieLens-1M (region partition: a client per zip-code region, one held out):
 # every algorithm of FED_ALGORITHMS × FED_SEEDS as one Hydra multirun, resumable (finished runs are skipped).
@@ -89,19 +89,19 @@ federated: $(STAMP) ## federated comparison (local/fedavg/fedprox/ditto/page/fed
 		status=$$?; $(MAKE) federated-report && exit $$status
 
 federated-report: $(STAMP) ## experiments/federated/{README.md,results.csv,*.png} from the MLflow store
-	$(BIN)/python -m m3oe_lightning.report_federated --study federated --out experiments/federated --command "make federated"
+	$(BIN)/python -m m3oe_lightning.reports.federated --study federated --out experiments/federated --command "make federated"
 
-# every preset of m3oe_lightning/bench.py (M3oE paper/released, MMoE, STAR, bf16 autocast) at both batch sizes
+# every preset of m3oe_lightning/bench/throughput.py (M3oE paper/released, MMoE, STAR, bf16 autocast) at both batch sizes
 BENCH_ARGS ?= --batch-sizes 4096 40960
 bench: $(STAMP) ## throughput/MFU/RSS per model and batch size, and a federated round's time split → experiments/bench/
-	$(BIN)/python -m m3oe_lightning.bench $(BENCH_ARGS) $(ARGS)
-	$(BIN)/python -m m3oe_lightning.bench_federated
+	$(BIN)/python -m m3oe_lightning.bench.throughput $(BENCH_ARGS) $(ARGS)
+	$(BIN)/python -m m3oe_lightning.bench.federated
 
 bench-reproduce: $(STAMP) ## wall time of make reproduce-quick and the projected full make reproduce → experiments/bench/reproduce.md
-	$(BIN)/python -m m3oe_lightning.bench_reproduce $(ARGS)
+	$(BIN)/python -m m3oe_lightning.bench.reproduce $(ARGS)
 
 bench-scaling: $(STAMP) ## memmap data path at 1M/10M/50M synthetic rows → experiments/bench/scaling.{md,json,png}
-	$(BIN)/python -m m3oe_lightning.bench_scaling $(ARGS)
+	$(BIN)/python -m m3oe_lightning.bench.scaling $(ARGS)
 
 ui: $(STAMP) ## MLflow UI for logs/mlflow.db on http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///logs/mlflow.db --default-artifact-root logs/mlflow/artifacts --host 127.0.0.1 --port 5000

@@ -29,11 +29,11 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from m3oe_lightning import tracking
-from m3oe_lightning.cli import report_user_errors
+from m3oe_lightning.config import CONF_DIR, report_user_errors
 from m3oe_lightning.federated.factory import FederatedSetup, build_federated
 from m3oe_lightning.federated.messages import Metrics
-from m3oe_lightning.train import CONF_DIR, run_names
+from m3oe_lightning.tracking import provenance, runs, sweep
+from m3oe_lightning.train import run_names
 
 SERVER_STATE = "server_state.pt"
 
@@ -105,9 +105,9 @@ def federate(cfg: DictConfig, setup: FederatedSetup | None = None,
     """
     fed = cfg.federated
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    cfg_hash = tracking.config_hash(identity_of(resolved))
+    cfg_hash = provenance.config_hash(identity_of(resolved))
     if cfg.get("skip_finished"):
-        finished = tracking.find_finished(cfg.logger.tracking_uri, cfg.logger.experiment_name, cfg_hash, cfg.seed)
+        finished = runs.find_finished(cfg.logger.tracking_uri, cfg.logger.experiment_name, cfg_hash, cfg.seed)
         if finished is not None:
             print(f"skip {algorithm_label(fed)} seed {cfg.seed}: finished run {finished.info.run_id}")
             return dict(finished.data.metrics)
@@ -120,17 +120,17 @@ def federate(cfg: DictConfig, setup: FederatedSetup | None = None,
     tags = {"task": "federate", "federated": str(fed.name), "algorithm": algorithm_label(fed),
             "partition": str(fed.partition), "personal": personal, "model": model_label, "data": data_label,
             "seed": str(cfg.seed),
-            "config_hash": cfg_hash, "git_commit": tracking.git_commit(),
-            **tracking.library_versions(), "command": command_line(),
-            **{str(k): str(v) for k, v in (cfg.logger.tags or {}).items()}, **tracking.sweep_tags(),
+            "config_hash": cfg_hash, "git_commit": provenance.git_commit(),
+            **provenance.library_versions(), "command": command_line(),
+            **{str(k): str(v) for k, v in (cfg.logger.tags or {}).items()}, **sweep.sweep_tags(),
             **(extra_tags or {})}
     parity = bool(getattr(setup.strategy, "paper_parity", False))
     if parity:  # page-reference.md, Decision 1: reports from such runs must say so
         tags["page_parity"] = "true: PAGE's states and rewards come from the TEST splits (leaky, as the released code)"
     checkpoint_root = Path(cfg.paths.checkpoint_dir)
-    found = tracking.find_resumable(checkpoint_root, cfg_hash, SERVER_STATE) if fed.get("resume") else None
+    found = runs.find_resumable(checkpoint_root, cfg_hash, SERVER_STATE) if fed.get("resume") else None
     resume_id = found[0] if found else None
-    run = tracking.open_run(
+    run = runs.open_run(
         tracking_uri=cfg.logger.tracking_uri, experiment_name=cfg.logger.experiment_name,
         artifact_location=cfg.logger.artifact_location,
         base_name=cfg.logger.run_name or f"{algorithm_label(fed)}-{base_model_label}-{data_label}-s{cfg.seed}",
@@ -142,7 +142,7 @@ def federate(cfg: DictConfig, setup: FederatedSetup | None = None,
     kill_after = fed.get("kill_after_round")
     try:
         if resume_id is None:
-            run.logger.log_hyperparams(tracking.flatten(resolved))
+            run.logger.log_hyperparams(provenance.flatten(resolved))
         else:
             state = setup.simulation.restore(checkpoint)
             logged = {m.step for m in client.get_metric_history(run_id, "round/clients_sampled")}

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
@@ -19,29 +18,19 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from m3oe_lightning import results, tracking
-from m3oe_lightning.cli import build, report_user_errors
-from m3oe_lightning.data.datamodule import MDMTDataModule
+from m3oe_lightning.config import CONF_DIR, build, report_user_errors
 from m3oe_lightning.data.schema import FeatureSchema
 from m3oe_lightning.errors import UserInputError
-from m3oe_lightning.models.base import MDMTModel
-from m3oe_lightning.training.module import MDMTModule, count_parameters
+from m3oe_lightning.tracking import artifacts, provenance, runs, sweep
+from m3oe_lightning.training.module import count_parameters
+from m3oe_lightning.training.system import build_system
 
 RUN_ID_ENV = "M3OE_MLFLOW_RUN_ID"  # hands rank 0's run to DDP worker processes
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 # settings that do not change what a run computes: left out of its config hash (resume, skip_finished)
 NOT_IDENTITY = ("resume", "paths", "logger", "trainer", "callbacks", "skip_finished", "optimized_metric")
 # trainer settings that do change it, with their defaults: one enters the hash only when set otherwise (so
 # the hashes of runs from before the setting existed stay valid)
 TRAINER_IDENTITY = {"precision": "32-true"}
-
-
-def validate(cfg: DictConfig) -> None:
-    """Settings checks that must fail before anything is read or trained."""
-    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
-        raise UserInputError(f"seed={cfg.seed!r} is not an integer; pass e.g. seed=2022")
-    if cfg.threads is not None and (not isinstance(cfg.threads, int) or cfg.threads < 1):
-        raise UserInputError(f"threads={cfg.threads!r}: use a positive integer or null")
 
 
 def run_names(cfg: DictConfig) -> tuple[str, str]:
@@ -65,39 +54,23 @@ def print_results(metrics: dict[str, float], schema: FeatureSchema, title: str) 
     table = Table(title=title)
     for column in ("domain", "task", "AUC", "logloss"):
         table.add_column(column, justify="right" if column in ("AUC", "logloss") else "left")
-    for domain, task, auc, logloss in results.table_rows(metrics, schema.domains, schema.tasks):
+    for domain, task, auc, logloss in artifacts.table_rows(metrics, schema.domains, schema.tasks):
         table.add_row(domain, task, f"{auc:.4f}", f"{logloss:.4f}")
     table.add_row("mean", "", f"{metrics.get('test/auc_mean', float('nan')):.4f}",
                   f"{metrics.get('test/logloss_mean', float('nan')):.4f}", style="bold")
     Console().print(table)
 
 
-def log_run_outputs(run: tracking.RunHandle, cfg: DictConfig, metrics: dict[str, float],
+def log_run_outputs(run: runs.RunHandle, cfg: DictConfig, metrics: dict[str, float],
                     schema: FeatureSchema, n_params: int) -> None:
     """Artifacts of a finished run: resolved config, results table, AUC bar plot."""
     client = run.client
     client.log_dict(run.run_id, OmegaConf.to_container(cfg, resolve=True), "config/config.yaml")
-    client.log_text(run.run_id, results.markdown_table(metrics, schema.domains, schema.tasks),
+    client.log_text(run.run_id, artifacts.markdown_table(metrics, schema.domains, schema.tasks),
                     "results/test_table.md")
-    figure = results.auc_bar_plot(metrics, schema.domains, schema.tasks, title=run.run_name)
+    figure = artifacts.auc_bar_plot(metrics, schema.domains, schema.tasks, title=run.run_name)
     client.log_figure(run.run_id, figure, "plots/test_auc.png")
     client.log_metric(run.run_id, "model/parameters", n_params)
-
-
-def build_system(cfg: DictConfig) -> tuple[MDMTDataModule, MDMTModel, MDMTModule]:
-    """Settings checks, threads and seed, then the datamodule, model and training system of ``cfg``."""
-    validate(cfg)
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule: MDMTDataModule = build(cfg.data)
-    model = build(cfg.model, schema=datamodule.load().schema)
-    system = MDMTModule(
-        model, lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay,
-        automl_mode=cfg.automl.mode, automl_every=cfg.automl.every, automl_source=cfg.automl.source,
-        automl_lr=cfg.automl.lr, automl_weight_decay=cfg.automl.weight_decay,
-    )
-    return datamodule, model, system
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -109,10 +82,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for key, default in TRAINER_IDENTITY.items():
         if str(resolved["trainer"].get(key, default)) != default:
             identity[f"trainer.{key}"] = resolved["trainer"][key]
-    cfg_hash = tracking.config_hash(identity)
+    cfg_hash = provenance.config_hash(identity)
     model_label, data_label = run_names(cfg)
     if cfg.get("skip_finished"):
-        finished = tracking.find_finished(cfg.logger.tracking_uri, cfg.logger.experiment_name, cfg_hash, cfg.seed)
+        finished = runs.find_finished(cfg.logger.tracking_uri, cfg.logger.experiment_name, cfg_hash, cfg.seed)
         if finished is not None:
             row = (cfg.logger.tags or {}).get("row") or model_label
             print(f"skip {row} seed {cfg.seed}: finished run {finished.info.run_id}")
@@ -121,11 +94,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule, model, system = build_system(cfg)
     schema = datamodule.schema
     tags = {"model": model_label, "data": data_label, "seed": str(cfg.seed), "split": str(cfg.data.get("split")),
-            "config_hash": cfg_hash, "git_commit": tracking.git_commit(), **tracking.library_versions(),
-            "command": tracking.command_line(HydraConfig.get() if HydraConfig.initialized() else None),
-            **{str(k): str(v) for k, v in (cfg.logger.tags or {}).items()}, **tracking.sweep_tags()}
+            "config_hash": cfg_hash, "git_commit": provenance.git_commit(), **provenance.library_versions(),
+            "command": provenance.command_line(HydraConfig.get() if HydraConfig.initialized() else None),
+            **{str(k): str(v) for k, v in (cfg.logger.tags or {}).items()}, **sweep.sweep_tags()}
     is_worker = rank_zero_only.rank > 0 and RUN_ID_ENV in os.environ
-    run = tracking.open_run(
+    run = runs.open_run(
         tracking_uri=cfg.logger.tracking_uri, experiment_name=cfg.logger.experiment_name,
         artifact_location=cfg.logger.artifact_location,
         base_name=cfg.logger.run_name or f"{model_label}-{data_label}-s{cfg.seed}", tags=tags,
@@ -134,7 +107,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
     os.environ[RUN_ID_ENV] = run.run_id
     if not is_worker and run.resumed_from is None:
-        run.logger.log_hyperparams(tracking.flatten(resolved))
+        run.logger.log_hyperparams(provenance.flatten(resolved))
     if run.resumed_from is not None:
         print(f"resuming run {run.run_name} ({run.run_id}) from {run.resumed_from}")
 

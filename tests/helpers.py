@@ -12,7 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from m3oe_lightning.train import CONF_DIR
+from m3oe_lightning.config import CONF_DIR
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from m3oe_lightning.data import aliexpress, kuairand, movielens, open_bandit, synthetic, tabular
 from m3oe_lightning.data.cache import cached
 from m3oe_lightning.data.paths import resolve_data_root
+from m3oe_lightning.data.readers import aliexpress, kuairand, movielens, open_bandit, synthetic, tabular
 from m3oe_lightning.data.schema import EncodedDataset
 from m3oe_lightning.errors import UserInputError
 

@@ -35,11 +35,8 @@ Everything that persists across rounds is in :meth:`state_dict` (a Flower Client
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import time
-import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 
 import lightning as L
 import torch
@@ -60,6 +57,7 @@ from m3oe_lightning.federated.messages import (
 )
 from m3oe_lightning.models.base import MDMTModel, PersonalSlices
 from m3oe_lightning.training.module import MDMTModule
+from m3oe_lightning.training.quiet import quiet_lightning
 
 SystemFactory = Callable[[MDMTModel, float], MDMTModule]  # (model, lr) -> training system
 TrainerFactory = Callable[..., L.Trainer]                  # (max_epochs=...) -> a quiet Trainer
@@ -99,26 +97,6 @@ class ProximalTerm:
         params = dict(model.named_parameters())
         diffs = [params[name] - ref for name, ref in zip(self.names, self.reference)]
         return 0.5 * self.coefficient * torch.stack([d.pow(2).sum() for d in diffs]).sum()
-
-
-@contextlib.contextmanager
-def quiet_lightning() -> Iterator[None]:
-    """Silence the per-Trainer banner ("GPU available…") and loader hints of many small local fits."""
-    names = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
-             "lightning.fabric.utilities.rank_zero")
-    loggers = [logging.getLogger(name) for name in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
-            warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 class MDMTClient:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import hydra
 from omegaconf import DictConfig
 
-from m3oe_lightning.cli import build
+from m3oe_lightning.config import build
 from m3oe_lightning.data.schema import EncodedSplit
 from m3oe_lightning.errors import UserInputError
 from m3oe_lightning.federated.client import MDMTClient
@@ -31,7 +31,7 @@ from m3oe_lightning.federated.simulation import Simulation
 from m3oe_lightning.federated.strategies.base import Strategy
 from m3oe_lightning.federated.strategies.page import PAGE
 from m3oe_lightning.models.base import MDMTModel, PersonalSlices
-from m3oe_lightning.training.module import MDMTModule
+from m3oe_lightning.training.system import build_system, system_factory
 
 
 class ServerEvaluator:
@@ -110,19 +110,8 @@ def personal_slices(model: MDMTModel, personal: str | None, model_name: str) -> 
     return slices
 
 
-def make_system_fn(cfg: DictConfig):
-    """``(model, lr) -> MDMTModule`` with the run's optimiser and AutoML settings."""
-    def system_fn(model: MDMTModel, lr: float) -> MDMTModule:
-        return MDMTModule(model, lr=lr, weight_decay=cfg.optimizer.weight_decay, automl_mode=cfg.automl.mode,
-                          automl_every=cfg.automl.every, automl_source=cfg.automl.source,
-                          automl_lr=cfg.automl.lr, automl_weight_decay=cfg.automl.weight_decay)
-    return system_fn
-
-
 def build_federated(cfg: DictConfig) -> FederatedSetup:
     """Everything a federated run needs, from the composed ``federate`` config."""
-    from m3oe_lightning.train import build_system  # the same seed/threads/data/model path as m3oe-train
-
     fed = cfg.federated
     check_federated(fed)
     strategy: Strategy = build(fed.strategy)
@@ -142,7 +131,7 @@ def build_federated(cfg: DictConfig) -> FederatedSetup:
                                  f"validation rows; give val a larger share (or paper_parity=true)")
 
     trainer_fn = hydra.utils.instantiate(cfg.client_trainer, _partial_=True)
-    system_fn = make_system_fn(cfg)
+    system_fn = system_factory(cfg)
     template = copy.deepcopy(model)  # the common initial weights of every client and the server
     personal = personal_slices(model, fed.get("personal", "none"), type(model).__name__)
     clients = {

@@ -243,8 +243,8 @@ def _movielens_regions(datamodule: Any) -> tuple[np.ndarray, np.ndarray]:
     Returns (region key per pool row, age per pool row); the caller checks the ages against the
     encoded domains, so a frame that does not line up with the encoded table is caught.
     """
-    from m3oe_lightning.data import movielens
     from m3oe_lightning.data.paths import resolve_data_root
+    from m3oe_lightning.data.readers import movielens
     from m3oe_lightning.data.registry import FILE_DATASETS
 
     folder = FILE_DATASETS[datamodule.name].locate(resolve_data_root(datamodule.root))
@@ -261,7 +261,7 @@ def _movielens_regions(datamodule: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def _synthetic_regions(datamodule: Any) -> tuple[np.ndarray, np.ndarray]:
     """Synthetic rows have no geography: region = ``user_id mod 10`` (regenerated, cheap and seeded)."""
-    from m3oe_lightning.data.synthetic import synthetic_table
+    from m3oe_lightning.data.readers.synthetic import synthetic_table
 
     table = synthetic_table(**datamodule.options)
     order = np.concatenate(split_indices(len(table.frame), datamodule.split, datamodule.split_seed))

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from m3oe_lightning import bench_reproduce
+from m3oe_lightning.bench import reproduce as bench_reproduce
 from tests.helpers import isolated
 
 TINY = ["data=synthetic", "data.rows=2000", "data.batch_size=500", "trainer.max_epochs=2", "model.star_dim=16",

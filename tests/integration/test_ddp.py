@@ -9,7 +9,7 @@ import mlflow
 import pytest
 import torch
 
-from m3oe_lightning.cli import build
+from m3oe_lightning.config import build
 from m3oe_lightning.training.module import MDMTModule
 from tests.helpers import REPO_ROOT, compose_train, isolated, run_module
 

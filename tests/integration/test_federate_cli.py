@@ -9,7 +9,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from m3oe_lightning.cli import report_user_errors
+from m3oe_lightning.config import report_user_errors
 from m3oe_lightning.federate import SERVER_STATE, federate
 from m3oe_lightning.federated.factory import build_federated
 from tests.helpers import REPO_ROOT, compose_train, isolated, run_module

@@ -6,8 +6,8 @@ import csv
 
 import pytest
 
-from m3oe_lightning import report_federated
 from m3oe_lightning.federate import federate
+from m3oe_lightning.reports import federated as report_federated
 from tests.helpers import compose_train, isolated
 
 SYNTHETIC = ["data=synthetic", "data.rows=3000", "data.batch_size=256", "model.star_dim=16", "model.bottom_dim=8",

@@ -25,21 +25,17 @@ from mlflow.tracking import MlflowClient
 from m3oe_lightning.errors import UserInputError
 from m3oe_lightning.federate import SERVER_STATE, federate
 from m3oe_lightning.federated.factory import build_federated
-from m3oe_lightning.federated.flower_app import (
-    RUN_CONFIG_DEFAULTS,
-    FlowerRunner,
-    compose_federate,
+from m3oe_lightning.federated.messages import FitIns, FitRes
+from m3oe_lightning.federated.flower.records import (
     content_to_fit_ins,
     content_to_fit_res,
-    discover_nodes,
     fit_ins_to_content,
     fit_res_to_content,
     load_client_state,
-    make_client_app,
-    make_server_app,
     save_client_state,
 )
-from m3oe_lightning.federated.messages import FitIns, FitRes
+from m3oe_lightning.federated.flower.runner import FlowerRunner, discover_nodes
+from m3oe_lightning.flower_app import RUN_CONFIG_DEFAULTS, compose_federate, make_client_app, make_server_app
 from tests.helpers import REPO_ROOT, isolated
 
 EXPERIMENT = "m3oe-federated"

@@ -1,4 +1,4 @@
-"""``python -m m3oe_lightning.bench``: it writes sane figures (speed targets are the bench's business)."""
+"""``python -m m3oe_lightning.bench.throughput``: it writes sane figures (speed targets are the bench's business)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from m3oe_lightning import bench
+from m3oe_lightning.bench import throughput as bench
 
 # small synthetic data, a few batches per stage, one thread (fast on a shared machine)
 QUICK = ["--data", "synthetic", "--limit-batches", "3", "data.rows=2000", "data.batch_size=128", "threads=1"]
@@ -50,7 +50,7 @@ def test_bench_writes_readme_and_json_for_both_presets(tmp_path: Path):
     assert [r["precision"] for r in records][-2:] == ["bf16-mixed"] * 2 and records[0]["precision"] == "32-true"
 
     readme = (tmp_path / "README.md").read_text()
-    assert "python -m m3oe_lightning.bench --in-process --data synthetic --limit-batches 3" in readme
+    assert "python -m m3oe_lightning.bench.throughput --in-process --data synthetic --limit-batches 3" in readme
     for text in ("train samples/s", "eval samples/s", "batch share", "peak RSS", torch.__version__,
                  "| paper | 128 |", "| released | 128 |", records[0]["git_commit"].split()[0]):
         assert text in readme, text
@@ -99,7 +99,7 @@ def test_targets_judge_each_figure_against_issue_5():
 
 
 def test_federated_round_bench_splits_the_round_and_writes_its_files(tmp_path: Path):
-    from m3oe_lightning import bench_federated
+    from m3oe_lightning.bench import federated as bench_federated
 
     result = bench_federated.main(["--rounds", "2", "--out", str(tmp_path), "data=synthetic", "data.rows=2000",
                                    "data.batch_size=128", "threads=1", "federated=fedavg"])

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from m3oe_lightning.data.cache import HASH_MEMO_NAME, cached
-from m3oe_lightning.data.synthetic import make_synthetic
+from m3oe_lightning.data.readers.synthetic import make_synthetic
 
 
 class Builder:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from m3oe_lightning.train import CONF_DIR
+from m3oe_lightning.config import CONF_DIR
 from tests.helpers import compose_train
 
 CONF = Path(CONF_DIR)

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from m3oe_lightning.data.aliexpress import load_aliexpress
-from m3oe_lightning.data.kuairand import (
+from m3oe_lightning.data.paths import resolve_data_root
+from m3oe_lightning.data.readers.aliexpress import load_aliexpress
+from m3oe_lightning.data.readers.kuairand import (
     LOG_COLUMNS,
     USER_FEATURES,
     VIDEO_FEATURES,
@@ -19,8 +20,7 @@ from m3oe_lightning.data.kuairand import (
     load_kuairand_pure,
     read_kuairand_pure,
 )
-from m3oe_lightning.data.open_bandit import load_open_bandit, open_bandit_settings
-from m3oe_lightning.data.paths import resolve_data_root
+from m3oe_lightning.data.readers.open_bandit import load_open_bandit, open_bandit_settings
 from m3oe_lightning.data.registry import FILE_DATASETS, dataset_names, load_dataset
 from m3oe_lightning.errors import UserInputError
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from m3oe_lightning.data import movielens
-from m3oe_lightning.data.movielens import download_movielens1m, load_movielens1m, read_movielens1m
+from m3oe_lightning.data.readers import movielens
+from m3oe_lightning.data.readers.movielens import download_movielens1m, load_movielens1m, read_movielens1m
 from m3oe_lightning.errors import UserInputError
 
 FILES = {

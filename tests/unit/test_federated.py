@@ -8,16 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from m3oe_lightning.cli import build
+from m3oe_lightning.config import CONF_DIR, build
 from m3oe_lightning.data.datamodule import MDMTDataModule
-from m3oe_lightning.data.synthetic import make_synthetic
+from m3oe_lightning.data.readers.synthetic import make_synthetic
 from m3oe_lightning.errors import UserInputError
 from m3oe_lightning.federated.factory import build_federated
 from m3oe_lightning.federated.messages import FitRes, nbytes, overlay, weighted_average
 from m3oe_lightning.federated.partition import partition, pool_of, region_keys
 from m3oe_lightning.federated.simulation import ServerState
 from m3oe_lightning.federated.strategies import PAGE, Ditto, FedAvg, FedProx, Local
-from m3oe_lightning.train import CONF_DIR
 from tests.helpers import compose_train, isolated
 
 SYNTH = {"rows": 1500, "num_users": 60, "num_items": 40, "seed": 0}

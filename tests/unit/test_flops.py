@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from m3oe_lightning import flops
+from m3oe_lightning.bench import flops
 
 
 def test_linear_forward_backward_is_three_matmuls_of_2mkn():

@@ -12,9 +12,9 @@ import torch
 from m3oe_lightning.data import memmap
 from m3oe_lightning.data.datamodule import MDMTDataModule, TensorBatchLoader, epoch_permutation
 from m3oe_lightning.data.encode import encode_table
+from m3oe_lightning.data.readers.synthetic import SyntheticStream, make_synthetic, make_synthetic_memmap, write_stream
 from m3oe_lightning.data.registry import load_dataset
 from m3oe_lightning.data.schema import DenseFeature, FeatureSchema, SparseFeature
-from m3oe_lightning.data.synthetic import SyntheticStream, make_synthetic, make_synthetic_memmap, write_stream
 from m3oe_lightning.errors import UserInputError
 
 STREAM = {"rows": 5000, "num_users": 60, "num_items": 40, "seed": 3, "split": "random", "split_seed": 1,
@@ -98,7 +98,7 @@ def test_interrupted_write_leaves_no_table_and_a_damaged_one_is_rewritten(tmp_pa
         return real_append(self, *args, **kwargs)
 
     monkeypatch.setattr(memmap.TableWriter, "append", failing_append)
-    monkeypatch.setattr("m3oe_lightning.data.synthetic.STREAM_BLOCK", 1000)
+    monkeypatch.setattr("m3oe_lightning.data.readers.synthetic.STREAM_BLOCK", 1000)
     with pytest.raises(RuntimeError, match="disk unplugged"):
         make_synthetic_memmap(folder=tmp_path, chunk_rows=1000, **settings)
     assert os.listdir(tmp_path) == []  # no table, no temp folder

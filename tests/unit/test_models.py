@@ -15,9 +15,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from m3oe_lightning.cli import build
+from m3oe_lightning.config import CONF_DIR, build
 from m3oe_lightning.data.datamodule import MDMTDataModule
-from m3oe_lightning.data.synthetic import make_synthetic
+from m3oe_lightning.data.readers.synthetic import make_synthetic
 from m3oe_lightning.errors import UserInputError
 from m3oe_lightning.models.adatt import AdaTT
 from m3oe_lightning.models.base import MDMTModel, forward_in_chunks
@@ -28,7 +28,6 @@ from m3oe_lightning.models.mmoe import MMoE
 from m3oe_lightning.models.ple import PLE
 from m3oe_lightning.models.split import SplitByGroup
 from m3oe_lightning.models.star import STAR
-from m3oe_lightning.train import CONF_DIR
 from m3oe_lightning.training.metrics import grouped_bce_loss
 from m3oe_lightning.training.module import MDMTModule
 from tests.helpers import compose_train

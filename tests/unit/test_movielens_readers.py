@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from m3oe_lightning.data.movielens import (
+from m3oe_lightning.data.paths import resolve_data_root
+from m3oe_lightning.data.readers.movielens import (
     DOMAINS,
     RAW_COLUMNS,
     TASKS,
@@ -22,7 +23,6 @@ from m3oe_lightning.data.movielens import (
     read_movielens1m,
     read_movielens100k,
 )
-from m3oe_lightning.data.paths import resolve_data_root
 from m3oe_lightning.errors import UserInputError
 
 # --- tiny ML-1M files -----------------------------------------------------------------------------------

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from m3oe_lightning.federated.messages import FitRes
-from m3oe_lightning.federated.page_agents import Actor, DDPGAgent, OUNoise, ReplayBuffer, soft_update
 from m3oe_lightning.federated.simulation import ServerState
 from m3oe_lightning.federated.strategies import PAGE
+from m3oe_lightning.federated.strategies.page_agents import Actor, DDPGAgent, OUNoise, ReplayBuffer, soft_update
 
 CLIENTS = ["c0", "c1", "c2"]
 
@@ -200,7 +200,7 @@ def test_page_state_round_trips_through_the_saved_server_state(tmp_path):
 
 
 def test_page_config_composes_and_bad_settings_fail_with_one_clear_error():
-    from m3oe_lightning.cli import build
+    from m3oe_lightning.config import build
     from m3oe_lightning.errors import UserInputError
     from tests.helpers import compose_train
 

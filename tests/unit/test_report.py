@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from mlflow.tracking import MlflowClient
 
-from m3oe_lightning import report
-from m3oe_lightning.tracking import ensure_experiment
+from m3oe_lightning.reports import presets as report
+from m3oe_lightning.tracking.runs import ensure_experiment
 
 GROUPS = [(d, t) for d in report.MOVIELENS_DOMAINS for t in report.MOVIELENS_TASKS]
 

@@ -11,9 +11,9 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
-from m3oe_lightning import report_paper as rp
-from m3oe_lightning.tracking import ensure_experiment
-from m3oe_lightning.train import CONF_DIR
+from m3oe_lightning.config import CONF_DIR
+from m3oe_lightning.reports import paper as rp
+from m3oe_lightning.tracking.runs import ensure_experiment
 from tests.helpers import compose_train
 
 GROUPS = [(d, t) for d in rp.MOVIELENS_DOMAINS for t in rp.MOVIELENS_TASKS]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from m3oe_lightning.data.synthetic import make_synthetic, synthetic_table
+from m3oe_lightning.data.readers.synthetic import make_synthetic, synthetic_table
 from m3oe_lightning.errors import UserInputError
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from m3oe_lightning.data.encode import TableSpec, encode_table, scale_dense
+from m3oe_lightning.data.readers.tabular import TaskRule, load_tabular, resolve_table_files, tabular_settings
 from m3oe_lightning.data.registry import load_dataset
-from m3oe_lightning.data.tabular import TaskRule, load_tabular, resolve_table_files, tabular_settings
 from m3oe_lightning.data.textio import as_string_category, read_table
 from m3oe_lightning.errors import UserInputError
 

@@ -44,8 +44,8 @@ import torch
 from m3oe_lightning.errors import UserInputError
 from m3oe_lightning.federated.evaluation import finite
 from m3oe_lightning.federated.messages import Arrays, FitIns, FitRes, Metrics, weighted_average
-from m3oe_lightning.federated.page_agents import DDPGAgent
 from m3oe_lightning.federated.strategies.fedavg import FedAvg
+from m3oe_lightning.federated.strategies.page_agents import DDPGAgent
 
 ServerEvaluate = Callable[[Arrays], Metrics]  # arrays -> {"auc_mean", "logloss_mean", ...} on the server val set
 
@@ -66,7 +66,8 @@ class PAGE(FedAvg):
         loss_eps: added to the logloss before taking its inverse.
         paper_parity: states and rewards from the test splits (the released code's leaky variant).
         server_noise: exploration noise on the server agent's actions after warm-up (released: off).
-        agent: DDPG settings shared by all agents (see :class:`~m3oe_lightning.federated.page_agents.DDPGAgent`).
+        agent: DDPG settings shared by all agents
+            (see :class:`~m3oe_lightning.federated.strategies.page_agents.DDPGAgent`).
         Others: :class:`~m3oe_lightning.federated.strategies.base.Strategy` (``local_epochs`` and
         ``client_lr`` are unused: the agents choose them).
     """

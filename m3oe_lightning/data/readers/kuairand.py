@@ -25,9 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from m3oe_lightning.data.schema import EncodedDataset
-from m3oe_lightning.data.splits import check_split_kind
-from m3oe_lightning.data.tabular import (
+from m3oe_lightning.data.readers.tabular import (
     RowOrigins,
     TableColumns,
     TaskRule,
@@ -37,6 +35,8 @@ from m3oe_lightning.data.tabular import (
     read_checked,
     reject_unknown,
 )
+from m3oe_lightning.data.schema import EncodedDataset
+from m3oe_lightning.data.splits import check_split_kind
 from m3oe_lightning.data.textio import table_columns
 from m3oe_lightning.errors import UserInputError
 

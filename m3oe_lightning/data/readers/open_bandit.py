@@ -28,9 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from m3oe_lightning.data.schema import EncodedDataset
-from m3oe_lightning.data.splits import check_split_kind, split_indices
-from m3oe_lightning.data.tabular import (
+from m3oe_lightning.data.readers.tabular import (
     DomainAssignment,
     RowOrigins,
     TableColumns,
@@ -38,7 +36,9 @@ from m3oe_lightning.data.tabular import (
     numeric_column,
     reject_unknown,
 )
-from m3oe_lightning.data.tabular import encode_frame as _encode_frame
+from m3oe_lightning.data.readers.tabular import encode_frame as _encode_frame
+from m3oe_lightning.data.schema import EncodedDataset
+from m3oe_lightning.data.splits import check_split_kind, split_indices
 from m3oe_lightning.data.textio import as_string_category, read_table, require_table_columns
 from m3oe_lightning.errors import UserInputError
 

@@ -1,4 +1,4 @@
-"""One-epoch throughput and memory benchmark: ``python -m m3oe_lightning.bench`` (``make bench``).
+"""One-epoch throughput and memory benchmark: ``python -m m3oe_lightning.bench.throughput`` (``make bench``).
 
 For each preset (``paper``: the default config, batch 4,096; ``released``: ``experiment=m3oe_released``,
 batch 40,960) it composes the Hydra config as ``python -m m3oe_lightning.train`` would, builds the
@@ -17,18 +17,18 @@ Each preset runs in a fresh Python process (``--in-process`` turns that off) so 
 
 Examples::
 
-    python -m m3oe_lightning.bench                                  # both presets, MovieLens-1M
-    python -m m3oe_lightning.bench --presets paper --limit-batches 20
-    python -m m3oe_lightning.bench --data synthetic --limit-batches 3 --out /tmp/bench data.rows=4000
+    python -m m3oe_lightning.bench.throughput                                  # both presets, MovieLens-1M
+    python -m m3oe_lightning.bench.throughput --presets paper --limit-batches 20
+    python -m m3oe_lightning.bench.throughput --data synthetic --limit-batches 3 --out /tmp/bench data.rows=4000
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import functools
 import json
-import logging
 import math
 import os
 import platform
@@ -39,7 +39,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,18 +46,17 @@ from typing import Any
 import lightning as L
 import psutil
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.errors import HydraException
 from omegaconf import DictConfig
 
-from m3oe_lightning import flops, tracking
-from m3oe_lightning.cli import build, report_user_errors
+from m3oe_lightning.bench import flops
+from m3oe_lightning.config import build, compose, report_user_errors
 from m3oe_lightning.errors import UserInputError
 from m3oe_lightning.models import base as models_base
 from m3oe_lightning.models.m3oe_reference import reference_forward
-from m3oe_lightning.train import CONF_DIR, build_system
+from m3oe_lightning.tracking import provenance
 from m3oe_lightning.training.module import count_parameters
+from m3oe_lightning.training.quiet import quiet_lightning
+from m3oe_lightning.training.system import build_system
 
 PRESETS: dict[str, list[str]] = {
     "paper": [],                                 # the default config: model=m3oe, batch 4,096
@@ -83,6 +81,7 @@ TARGET_TRAIN = {("released", 40960): 25_000, ("paper", 4096): 40_000}  # samples
 TARGET_MFU = {("released", 40960): 0.50}
 BUSY_OTHER_CORES = 0.25        # other processes' mean CPU use above which the README warns
 DEFAULT_OUT = "experiments/bench"
+QUIET = contextlib.ExitStack()  # quiet_lightning() entered once, left when the process ends
 MB = 1024 * 1024
 
 
@@ -238,14 +237,7 @@ def compose_preset(preset: str, data: str | None = None, overrides: Sequence[str
     all_overrides = [*PRESETS[preset], *([f"data={data}"] if data else []), *overrides]
     if default_root_dir is not None:  # replaces ${hydra:runtime.output_dir}, unset outside @hydra.main
         all_overrides.append(f"trainer.default_root_dir={default_root_dir}")
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            return compose(config_name="train", overrides=all_overrides)
-    except HydraException as error:
-        raise UserInputError(f"cannot compose preset {preset!r} with {all_overrides}: {error}") from None
-    finally:
-        GlobalHydra.instance().clear()
+    return compose("train", all_overrides)
 
 
 def _bench_trainer(cfg: DictConfig, callback: L.Callback, **settings: Any) -> L.Trainer:
@@ -257,14 +249,6 @@ def _bench_trainer(cfg: DictConfig, callback: L.Callback, **settings: Any) -> L.
                  enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, **settings)
 
 
-def _quiet_lightning() -> None:
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    # Lightning 2.6 on torch 2.13, once per batch transfer
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-
-
 # ----------------------------------------------------------------------------------- one preset
 def run_preset(preset: str, *, data: str | None = None, overrides: Sequence[str] = (), epochs: int = 1,
                limit_batches: int | None = None, reset_peak: bool = True) -> dict[str, Any]:
@@ -273,7 +257,7 @@ def run_preset(preset: str, *, data: str | None = None, overrides: Sequence[str]
     ``reset_peak``: restart the peak-RSS count first (for several presets in one process); a fresh
     process (the default of :func:`main`) reports its whole-life peak instead.
     """
-    _quiet_lightning()
+    QUIET.enter_context(quiet_lightning())  # for the rest of this bench process
     load_before = os.getloadavg()
     peak_scope = "since preset start" if reset_peak and reset_peak_rss() else "whole process"
     rss_start = psutil.Process().memory_info().rss / MB
@@ -404,10 +388,10 @@ def model_flop_utilisation(system: Any, datamodule: Any, batch_size: int) -> dic
 
 def _run_isolated(preset: str, *, data: str | None, overrides: Sequence[str], epochs: int,
                   limit_batches: int | None) -> dict[str, Any]:
-    """:func:`run_preset` in a fresh ``python -m m3oe_lightning.bench`` process (its own peak RSS)."""
+    """:func:`run_preset` in a fresh ``python -m m3oe_lightning.bench.throughput`` process (its own peak RSS)."""
     with tempfile.TemporaryDirectory(prefix="m3oe-bench-") as tmp:
         result_path = Path(tmp) / "result.json"
-        command = [sys.executable, "-m", "m3oe_lightning.bench", "--presets", preset, "--epochs", str(epochs),
+        command = [sys.executable, "-m", "m3oe_lightning.bench.throughput", "--presets", preset, "--epochs", str(epochs),
                    "--worker-out", str(result_path)]
         if limit_batches is not None:
             command += ["--limit-batches", str(limit_batches)]
@@ -439,7 +423,7 @@ def machine_info() -> dict[str, Any]:
 
 
 def git_state() -> str:
-    commit = tracking.git_commit()
+    commit = provenance.git_commit()
     try:
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
                                text=True, check=True, cwd=Path(__file__).resolve().parent).stdout.strip()
@@ -566,7 +550,7 @@ def render_readme(results: Sequence[dict[str, Any]], meta: dict[str, Any]) -> st
     presets = ", ".join(f"`{r['preset']}` ({' '.join(r['overrides']) or 'default config'})" for r in results)
     return f"""# Benchmark: M3oE, {meta['epochs']} epoch(s) on {first['data']}
 
-Generated by `m3oe_lightning/bench.py`; do not edit by hand, rerun `make bench`. Figures of one run on
+Generated by `m3oe_lightning/bench/throughput.py`; do not edit by hand, rerun `make bench`. Figures of one run on
 one machine.{limited}
 
 - command: `{meta['command']}` (in `{meta['cwd']}`)
@@ -603,7 +587,7 @@ Targets of issue #5 (reported, not enforced; MFU of bf16 runs is against the fp3
   summed over the epochs (includes the first batches' warm-up and, in the paper preset, the
   once-per-epoch AutoML architecture step).
 - **MFU** (model FLOP utilisation): the matmul FLOPs of one full training batch's loss forward +
-  backward (every `mm`/`addmm`/`bmm`/`baddbmm`, recorded with its shapes by `m3oe_lightning/flops.py`)
+  backward (every `mm`/`addmm`/`bmm`/`baddbmm`, recorded with its shapes by `m3oe_lightning/bench/flops.py`)
   per sample × train samples/s, divided by the FLOP/s of plain `torch.mm`/`torch.bmm` on exactly that mix
   of shapes, timed in the same process right after training.
 - **batch share**: Σ batch wait / (Σ batch wait + Σ step). *Batch wait* = end of one training step
@@ -627,7 +611,7 @@ Targets of issue #5 (reported, not enforced; MFU of bf16 runs is against the fp3
 # ------------------------------------------------------------------------------------------ CLI
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m m3oe_lightning.bench",
+        prog="python -m m3oe_lightning.bench.throughput",
         description="Train M3oE for one epoch per preset; write throughput and peak RSS to <out>/README.md "
                     "and <out>/results.json.")
     parser.add_argument("--presets", nargs="+", choices=list(PRESETS), default=DEFAULT_PRESETS,
@@ -691,7 +675,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """CLI entry; returns the records written to ``results.json``. Bad input: one line, exit code 2."""
     args = parse_args(argv)
     command = shlex.join(sys.orig_argv) if argv is None else shlex.join(
-        ["python", "-m", "m3oe_lightning.bench", *argv])
+        ["python", "-m", "m3oe_lightning.bench.throughput", *argv])
     return report_user_errors(lambda a: _main(a, command), args)
 
 

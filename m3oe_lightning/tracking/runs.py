@@ -7,17 +7,12 @@ the logger here and logs what the run produced.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib.metadata
 import json
-import os
-import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow
 from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
@@ -27,49 +22,7 @@ try:
 except ImportError:  # Windows: run names may then collide under parallel sweeps (unique ids still)
     fcntl = None  # type: ignore[assignment]
 
-LIBRARIES = ("torch", "lightning", "torchmetrics", "hydra-core", "mlflow", "numpy", "pandas")
 STATE_SUFFIX = ".run.json"  # beside the run's checkpoint folder: <checkpoint_dir>/<run_id>.run.json
-
-
-def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (lists kept as their string form)."""
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
-
-
-def config_hash(config: Mapping[str, Any]) -> str:
-    """Identity of a run's settings (what resume matches on)."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def command_line(hydra_config: Any | None) -> str:
-    """The command that reproduces this run: the entry point plus this job's overrides."""
-    overrides = list(hydra_config.overrides.task) if hydra_config is not None else []
-    return " ".join(["python -m m3oe_lightning.train", *overrides])
-
-
-def library_versions() -> dict[str, str]:
-    versions = {}
-    for name in LIBRARIES:
-        try:
-            versions[f"version.{name}"] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[f"version.{name}"] = "absent"
-    return versions
 
 
 def ensure_experiment(tracking_uri: str, experiment_name: str, artifact_location: str | None) -> str:
@@ -179,25 +132,6 @@ def open_run(*, tracking_uri: str, experiment_name: str, artifact_location: str 
                           artifact_location=artifact_location)
     return RunHandle(logger=logger, run_id=run_id, run_name=run_name, checkpoint_dir=checkpoint_dir,
                      resumed_from=resumed_from)
-
-
-def search_finished_runs(tracking_uri: str, experiment_name: str) -> Any:
-    """All finished runs of an experiment as a DataFrame (metric names back-quoted in filters)."""
-    mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.search_runs(experiment_names=[experiment_name], filter_string="attributes.status = 'FINISHED'")
-
-
-# ------------------------------------------------------------------------------ sweeps (Table 2/3)
-PARENT_RUN_ENV = "M3OE_MLFLOW_PARENT_RUN_ID"  # set by hydra_callbacks.MLflowSweepRun for every job
-SWEEP_NAME_ENV = "M3OE_MLFLOW_SWEEP"
-
-
-def sweep_tags() -> dict[str, str]:
-    """Tags that nest a job's run under its sweep's parent run (empty outside a sweep)."""
-    parent = os.environ.get(PARENT_RUN_ENV)
-    if not parent:
-        return {}
-    return {"mlflow.parentRunId": parent, "sweep": os.environ.get(SWEEP_NAME_ENV, "")}
 
 
 def sqlite_path(tracking_uri: str) -> Path | None:

@@ -4,7 +4,7 @@ Reads finished runs (never log files) tagged with a study name, and writes a Mar
 per-(domain, task) test AUC and logloss of each run, the overall means, the best validation AUC, how
 long training took, and the command that reproduces each run; plus a PNG comparing the runs.
 
-``python -m m3oe_lightning.report --study movielens --out experiments/movielens --name presets.md``
+``python -m m3oe_lightning.reports.presets --study movielens --out experiments/movielens --name presets.md``
 (``make movielens-report``; the folder's README.md is the paper reproduction, ``make report``)
 """
 
@@ -27,7 +27,7 @@ import mlflow  # noqa: E402
 from mlflow.entities import Run  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from m3oe_lightning.tracking import git_commit  # noqa: E402
+from m3oe_lightning.tracking.provenance import git_commit  # noqa: E402
 
 MOVIELENS_DOMAINS = ("age_1-18", "age_25", "age_35plus")
 MOVIELENS_TASKS = ("click", "like")

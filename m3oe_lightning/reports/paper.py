@@ -11,7 +11,7 @@ one) and the ``study`` tag of the sweep, and writes into ``--out``:
 - ``paper_auc.png`` (per-(domain, task) AUC by row) and ``paper_fusion.png`` (fusion weights α, β per epoch,
   from the ``arch/*`` metric histories).
 
-``python -m m3oe_lightning.report_paper --study paper --out experiments/movielens`` (``make report``)
+``python -m m3oe_lightning.reports.paper --study paper --out experiments/movielens`` (``make report``)
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from scipy import stats as scipy_stats  # noqa: E402
 
-from m3oe_lightning.report import MOVIELENS_DOMAINS, MOVIELENS_TASKS, write_atomic, write_csv_atomic  # noqa: E402
-from m3oe_lightning.tracking import git_commit  # noqa: E402
+from m3oe_lightning.reports.presets import MOVIELENS_DOMAINS, MOVIELENS_TASKS, write_atomic, write_csv_atomic  # noqa: E402
+from m3oe_lightning.tracking.provenance import git_commit  # noqa: E402
 
 OURS = "M3oE"
 # ---------------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ Reads finished ``m3oe-federate`` runs (never log files) tagged with the sweep's 
 - ``results.csv``: one line per run used (the newest finished run of each (algorithm, seed));
 - ``federated_curves.png``: global and personal AUC per round, mean over seeds, one line per algorithm.
 
-``python -m m3oe_lightning.report_federated --study federated --out experiments/federated``
+``python -m m3oe_lightning.reports.federated --study federated --out experiments/federated``
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import mlflow  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from m3oe_lightning.report import write_atomic, write_csv_atomic  # noqa: E402
-from m3oe_lightning.report_paper import describe, fmt, fmt_p, mean_std, welch_p  # noqa: E402
-from m3oe_lightning.tracking import git_commit  # noqa: E402
+from m3oe_lightning.reports.paper import describe, fmt, fmt_p, mean_std, welch_p  # noqa: E402
+from m3oe_lightning.reports.presets import write_atomic, write_csv_atomic  # noqa: E402
+from m3oe_lightning.tracking.provenance import git_commit  # noqa: E402
 
 # the report's row order; algorithms not listed follow in name order
 ORDER = ("centralized", "local", "fedavg", "fedprox", "ditto", "page", "fedavg+domain_experts",

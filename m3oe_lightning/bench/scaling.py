@@ -1,4 +1,4 @@
-"""Scaling benchmark of the memory-mapped data path: ``python -m m3oe_lightning.bench_scaling``
+"""Scaling benchmark of the memory-mapped data path: ``python -m m3oe_lightning.bench.scaling``
 (``make bench-scaling``).
 
 For each table size (default 1M, 10M and 50M synthetic rows) a fresh Python process (so the peak RSS is
@@ -19,8 +19,8 @@ deleted afterwards. Results: ``<out>/scaling.json``, ``<out>/scaling.md`` and ``
 
 Examples::
 
-    python -m m3oe_lightning.bench_scaling                              # 1M, 10M, 50M rows
-    python -m m3oe_lightning.bench_scaling --sizes 20000,50000 --batches 5 --out /tmp/scaling
+    python -m m3oe_lightning.bench.scaling                              # 1M, 10M, 50M rows
+    python -m m3oe_lightning.bench.scaling --sizes 20000,50000 --batches 5 --out /tmp/scaling
 """
 
 from __future__ import annotations
@@ -58,11 +58,11 @@ def measure(rows: int, *, batches: int, batch_size: int, work_dir: Path, chunk_r
     import lightning as L
     import torch
 
-    from m3oe_lightning import bench
-    from m3oe_lightning.cli import build
-    from m3oe_lightning.train import build_system
+    from m3oe_lightning.bench import throughput as bench
+    from m3oe_lightning.config import build
+    from m3oe_lightning.training.system import build_system
 
-    bench._quiet_lightning()
+    bench.QUIET.enter_context(bench.quiet_lightning())
     load_before = os.getloadavg()
     busy0, cpu0 = bench._system_busy_seconds(), bench._process_cpu_seconds()
     wall0 = time.perf_counter()
@@ -275,15 +275,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         Path(args.worker_out).write_text(json.dumps(measure(size, **settings)))
         return
 
-    from m3oe_lightning import bench
+    from m3oe_lightning.bench import throughput as bench
 
-    command = "python -m m3oe_lightning.bench_scaling " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = "python -m m3oe_lightning.bench.scaling " + shlex.join(sys.argv[1:] if argv is None else argv)
     load_start = os.getloadavg()
     results = []
     for size in sizes:
         with tempfile.TemporaryDirectory(prefix="m3oe-scaling-") as tmp:
             out = Path(tmp) / "result.json"
-            worker = [sys.executable, "-m", "m3oe_lightning.bench_scaling", "--sizes", str(size),
+            worker = [sys.executable, "-m", "m3oe_lightning.bench.scaling", "--sizes", str(size),
                       "--batches", str(args.batches), "--batch-size", str(args.batch_size),
                       "--chunk-rows", str(args.chunk_rows), "--work-dir", str(work_dir), "--worker-out", str(out),
                       *args.overrides]
@@ -305,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def write_report(results: Sequence[dict[str, Any]], meta: dict[str, Any], out_dir: Path) -> None:
     """``scaling.json`` (figures + verdicts), ``scaling.md`` and ``scaling.png`` under ``out_dir``."""
-    from m3oe_lightning import bench
+    from m3oe_lightning.bench import throughput as bench
 
     v = verdicts(results)
     out_dir.mkdir(parents=True, exist_ok=True)

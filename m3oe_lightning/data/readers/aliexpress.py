@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from m3oe_lightning.data.encode import check_dense_scaling
+from m3oe_lightning.data.readers.tabular import DomainAssignment, TaskRule, encode_frame, read_checked, reject_unknown
 from m3oe_lightning.data.schema import EncodedDataset
 from m3oe_lightning.data.splits import check_split_kind
-from m3oe_lightning.data.tabular import DomainAssignment, TaskRule, encode_frame, read_checked, reject_unknown
 from m3oe_lightning.errors import UserInputError
 
 COUNTRIES: tuple[str, ...] = ("NL", "ES", "FR", "US", "RU")

@@ -1,0 +1,1 @@
+"""The Flower transport: record conversion and the runner that delivers a round through a Grid."""

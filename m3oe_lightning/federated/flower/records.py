@@ -1,0 +1,109 @@
+"""Our messages ↔ Flower records, at the transport boundary and nowhere else.
+
+Record keys follow Flower's conventions (its FedAvg reads ``"arrays"``, ``"config"`` and weights by
+``"num-examples"``). A client's persistent state (:meth:`~m3oe_lightning.federated.client.MDMTClient.state_dict`)
+lives in the ClientApp's ``context.state`` between messages, under :data:`STATE_PREFIX`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from m3oe_lightning.federated.messages import Arrays, EvaluateIns, EvaluateRes, FitIns, FitRes, Metrics
+
+ARRAYS, CONFIG, METRICS, INFO = "arrays", "config", "metrics", "info"
+NUM_EXAMPLES = "num-examples"
+PARTITION_ID = "partition-id"
+STATE_PREFIX = "m3oe."  # context.state keys holding MDMTClient.state_dict() entries
+
+def arrays_to_record(arrays: Mapping[str, Any]) -> ArrayRecord:
+    """A state dict → ``ArrayRecord`` (dtypes, shapes and values kept exactly)."""
+    return ArrayRecord(torch_state_dict=dict(arrays))
+
+
+def record_to_arrays(record: ArrayRecord) -> Arrays:
+    """``ArrayRecord`` → a plain state dict of tensors."""
+    return dict(record.to_torch_state_dict())
+
+
+def _metric_record(metrics: Mapping[str, float], num_examples: int) -> MetricRecord:
+    return MetricRecord({**{key: float(value) for key, value in metrics.items()}, NUM_EXAMPLES: int(num_examples)})
+
+
+def _split_metrics(record: MetricRecord) -> tuple[int, Metrics]:
+    values = dict(record)
+    if NUM_EXAMPLES not in values:
+        raise ValueError(f"reply metrics lack {NUM_EXAMPLES!r}")
+    num_examples = int(values.pop(NUM_EXAMPLES))
+    return num_examples, {key: float(value) for key, value in values.items()}
+
+
+def _instruction_content(arrays: Arrays | None, config: Mapping[str, Any]) -> RecordDict:
+    content = RecordDict({CONFIG: ConfigRecord(dict(config))})
+    if arrays is not None:  # "no model sent" (Local, personal evaluation) is an absent record, not an empty one
+        content[ARRAYS] = arrays_to_record(arrays)
+    return content
+
+
+def _instruction_parts(content: RecordDict) -> tuple[Arrays | None, dict[str, Any]]:
+    arrays = record_to_arrays(content.array_records[ARRAYS]) if ARRAYS in content.array_records else None
+    config = dict(content.config_records[CONFIG]) if CONFIG in content.config_records else {}
+    return arrays, config
+
+
+def fit_ins_to_content(ins: FitIns) -> RecordDict:
+    return _instruction_content(ins.arrays, ins.config)
+
+
+def content_to_fit_ins(content: RecordDict) -> FitIns:
+    arrays, config = _instruction_parts(content)
+    return FitIns(arrays=arrays, config=config)
+
+
+def evaluate_ins_to_content(ins: EvaluateIns) -> RecordDict:
+    return _instruction_content(ins.arrays, ins.config)
+
+
+def content_to_evaluate_ins(content: RecordDict) -> EvaluateIns:
+    arrays, config = _instruction_parts(content)
+    return EvaluateIns(arrays=arrays, config=config)
+
+
+def fit_res_to_content(res: FitRes) -> RecordDict:
+    content = RecordDict({METRICS: _metric_record(res.metrics, res.num_examples)})
+    if res.arrays is not None:
+        content[ARRAYS] = arrays_to_record(res.arrays)
+    return content
+
+
+def content_to_fit_res(content: RecordDict) -> FitRes:
+    num_examples, metrics = _split_metrics(content.metric_records[METRICS])
+    arrays = record_to_arrays(content.array_records[ARRAYS]) if ARRAYS in content.array_records else None
+    return FitRes(arrays=arrays, num_examples=num_examples, metrics=metrics)
+
+
+def evaluate_res_to_content(res: EvaluateRes) -> RecordDict:
+    return RecordDict({METRICS: _metric_record(res.metrics, res.num_examples)})
+
+
+def content_to_evaluate_res(content: RecordDict) -> EvaluateRes:
+    num_examples, metrics = _split_metrics(content.metric_records[METRICS])
+    return EvaluateRes(num_examples=num_examples, metrics=metrics)
+
+
+def save_client_state(state: RecordDict, client_state: Mapping[str, Arrays]) -> None:
+    """Write ``MDMTClient.state_dict()`` into ``context.state`` (entries it no longer has are removed)."""
+    for key in [k for k in state.array_records if k.startswith(STATE_PREFIX)]:
+        if key[len(STATE_PREFIX):] not in client_state:
+            del state[key]
+    for name, arrays in client_state.items():
+        state[STATE_PREFIX + name] = arrays_to_record(arrays)
+
+
+def load_client_state(state: RecordDict) -> dict[str, Arrays]:
+    """``context.state`` → the ``MDMTClient.load_state_dict`` argument (``{}`` on a node's first message)."""
+    return {key[len(STATE_PREFIX):]: record_to_arrays(record)
+            for key, record in state.array_records.items() if key.startswith(STATE_PREFIX)}

@@ -1,0 +1,140 @@
+"""The server side of the Flower transport: node discovery and a round's delivery through a ``Grid``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from m3oe_lightning.errors import UserInputError
+from m3oe_lightning.federated.factory import FederatedSetup
+from m3oe_lightning.federated.flower.records import (
+    CONFIG,
+    INFO,
+    PARTITION_ID,
+    content_to_evaluate_res,
+    content_to_fit_res,
+    evaluate_ins_to_content,
+    fit_ins_to_content,
+)
+from m3oe_lightning.federated.messages import Arrays, EvaluateIns, EvaluateRes, FitIns, FitRes
+from m3oe_lightning.federated.simulation import EvaluateFn, Simulation
+from m3oe_lightning.federated.strategies.base import Strategy
+
+log = logging.getLogger(__name__)
+Reply = TypeVar("Reply", FitRes, EvaluateRes)
+ROUND_TIMEOUT_S = 3600.0  # seconds to wait for a round's replies when federated.client_timeout is null
+
+class FlowerRunner(Simulation):
+    """A :class:`Simulation` whose clients are Flower nodes: each phase of a round is one
+    ``Grid.send_and_receive`` (all sampled nodes work in parallel); the rest is the simulation's code.
+
+    Args:
+        grid: the ServerApp's grid.
+        nodes: client id → Flower node id, in the federation's client order (:func:`discover_nodes`).
+        round_timeout: seconds to wait for the replies of one phase when ``client_timeout`` is ``None``.
+        Others: :class:`Simulation` (``client_timeout``: replies later than this are dropped; it is also
+        sent as ``deadline_s`` so a client stops its local training in time).
+    """
+
+    def __init__(self, grid: Grid, nodes: Mapping[str, int], strategy: Strategy, *, initial_arrays: Arrays | None,
+                 evaluate_fn: EvaluateFn | None = None, client_timeout: float | None = None,
+                 round_timeout: float = ROUND_TIMEOUT_S) -> None:
+        super().__init__(strategy, {}, initial_arrays=initial_arrays, evaluate_fn=evaluate_fn,
+                         client_timeout=client_timeout)
+        self.grid = grid
+        self.nodes = dict(nodes)
+        self.client_ids = list(self.nodes)
+        self.timeout = float(client_timeout) if client_timeout is not None else float(round_timeout)
+
+    def _round_trip(self, server_round: int, phase: str, message_type: str,
+                    contents: Mapping[str, RecordDict]) -> dict[str, RecordDict]:
+        """Send each client its content; the replies' contents by client id (failures recorded)."""
+        messages = [Message(content, dst_node_id=self.nodes[cid], message_type=message_type,
+                            group_id=str(server_round)) for cid, content in contents.items()]
+        client_of = {node: cid for cid, node in self.nodes.items()}
+        received: dict[str, RecordDict] = {}
+        failed: set[str] = set()
+        for reply in self.grid.send_and_receive(messages, timeout=self.timeout):
+            cid = client_of.get(reply.metadata.src_node_id)
+            if cid is None or cid not in contents:
+                continue
+            if reply.has_error():
+                self._fail(server_round, phase, cid, f"node {self.nodes[cid]}: {reply.error.reason}")
+                failed.add(cid)
+            else:
+                received[cid] = reply.content
+        for cid in contents:
+            if cid not in received and cid not in failed:
+                self._fail(server_round, phase, cid, f"no reply within {self.timeout:g} s")
+        return {cid: received[cid] for cid in contents if cid in received}  # instruction order, as in-process
+
+    def _convert(self, server_round: int, phase: str, contents: Mapping[str, RecordDict],
+                 convert: Callable[[RecordDict], Reply]) -> dict[str, Reply]:
+        out: dict[str, Reply] = {}
+        for cid, content in contents.items():
+            try:
+                out[cid] = convert(content)
+            except Exception as error:  # noqa: BLE001 - a malformed reply drops that client, not the round
+                self._fail(server_round, phase, cid, f"malformed reply ({type(error).__name__}: {error})")
+        return out
+
+    def fit_clients(self, server_round: int, instructions: dict[str, FitIns]) -> dict[str, FitRes]:
+        contents = {cid: fit_ins_to_content(ins) for cid, ins in instructions.items()}
+        replies = self._round_trip(server_round, "fit", MessageType.TRAIN, contents)
+        return self._convert(server_round, "fit", replies, content_to_fit_res)
+
+    def evaluate_clients(self, server_round: int, instructions: dict[str, EvaluateIns]) -> dict[str, EvaluateRes]:
+        contents = {cid: evaluate_ins_to_content(ins) for cid, ins in instructions.items()}
+        replies = self._round_trip(server_round, "evaluate", MessageType.EVALUATE, contents)
+        return self._convert(server_round, "evaluate", replies, content_to_evaluate_res)
+
+
+def discover_nodes(grid: Grid, setup: FederatedSetup, timeout: float) -> dict[str, int]:
+    """Client id → node id for every training client, asking each node which client it is.
+
+    Node ids are random; only a node knows its ``partition-id``. Nodes that join late are asked when
+    they appear (cross-silo sites start at different times). A node whose client id or training-row
+    count differs from the server's federation composed a different run (other data, seed or
+    partition settings): that is an error, not something to train on.
+    """
+    client_ids = list(setup.simulation.clients)
+    rows = {c.client_id: len(c.data.train) for c in setup.federation.clients}
+    deadline = time.monotonic() + timeout
+    nodes: dict[str, int] = {}
+    asked: set[int] = set()
+    while len(nodes) < len(client_ids):
+        new = [node for node in grid.get_node_ids() if node not in asked]
+        if new:
+            asked.update(new)
+            queries = [Message(RecordDict({CONFIG: ConfigRecord({})}), dst_node_id=node,
+                               message_type=MessageType.QUERY, group_id="discover") for node in new]
+            for reply in grid.send_and_receive(queries, timeout=max(1.0, deadline - time.monotonic())):
+                node = reply.metadata.src_node_id
+                if reply.has_error():
+                    log.warning("node %d is left out: %s", node, reply.error.reason)
+                    continue
+                info = reply.content.config_records[INFO]
+                cid, n = str(info["client-id"]), int(info["train-rows"])
+                if cid not in rows or rows[cid] != n:
+                    raise UserInputError(
+                        f"node {node} ({PARTITION_ID}={info[PARTITION_ID]}) is client {cid} with {n} training rows, "
+                        f"but the server's federation has {rows}: the node composed different settings (pass the "
+                        f"same hydra-overrides and data to every node)")
+                if cid in nodes:
+                    raise UserInputError(f"nodes {nodes[cid]} and {node} both are client {cid} ({PARTITION_ID}="
+                                         f"{info[PARTITION_ID]}): give each node its own {PARTITION_ID}")
+                nodes[cid] = node
+                log.info("node %d is client %s (%s=%s)", node, cid, PARTITION_ID, info[PARTITION_ID])
+        if len(nodes) < len(client_ids):
+            if time.monotonic() > deadline:
+                missing = [cid for cid in client_ids if cid not in nodes]
+                raise TimeoutError(f"after {timeout:g} s no node answered for client(s) {missing} "
+                                   f"({PARTITION_ID} {[client_ids.index(c) for c in missing]}); "
+                                   f"{len(asked)} node(s) connected")
+            time.sleep(0.5)
+    return {cid: nodes[cid] for cid in client_ids}

@@ -1,0 +1,46 @@
+"""Every metric key the project logs or reads, composed here and nowhere else.
+
+Keys are ``/``-joined paths: a stage or scope (``train``, ``val``, ``test``; federated ``personal``,
+``global``, ``heldout``, ``client/{id}``) and a metric name (``auc_mean``, ``logloss/{domain}/{task}``).
+Models, strategies, the simulation, entry points and reports compose them with these helpers, so a
+renamed key is renamed everywhere (docs/design.md, "Metric names").
+"""
+
+from __future__ import annotations
+
+STAGES: tuple[str, ...] = ("train", "val", "test")
+
+AUC = "auc"
+LOGLOSS = "logloss"
+AUC_MEAN = "auc_mean"            # mean over the (domain, task) groups that have an AUC: the paper's "Overall"
+LOGLOSS_MEAN = "logloss_mean"
+AUC_MEAN_WEIGHTED = "auc_mean_weighted"  # federated: clients' AUCs weighted by their test rows
+LOSS = "loss"
+
+PERSONAL, GLOBAL, HELDOUT = "personal", "global", "heldout"
+BEST = "_best"  # suffix: the checkpoint callback's best value of a monitored key
+
+
+def key(*parts: str) -> str:
+    """``key("test", "auc_mean")`` → ``test/auc_mean``."""
+    return "/".join(str(p) for p in parts)
+
+
+def group(metric: str, domain: str, task: str) -> str:
+    """One (domain, task) group's metric name: ``auc/{domain}/{task}``."""
+    return key(metric, domain, task)
+
+
+def client(client_id: str, name: str) -> str:
+    """A client's own metric: ``client/{id}/{name}``."""
+    return key("client", client_id, name)
+
+
+def best(name: str) -> str:
+    """The best value over epochs of a monitored metric: ``val/auc_mean`` → ``val/auc_mean_best``."""
+    return f"{name}{BEST}"
+
+
+VAL_AUC_MEAN = key("val", AUC_MEAN)
+TEST_AUC_MEAN = key("test", AUC_MEAN)
+VAL_AUC_MEAN_BEST = best(VAL_AUC_MEAN)  # the selection value: what a search optimises, never a test metric

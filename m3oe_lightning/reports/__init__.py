@@ -1,0 +1,1 @@
+"""Reports: MLflow store → generated Markdown tables, CSV and plots under experiments/."""

@@ -1,0 +1,1 @@
+"""MLflow bookkeeping of runs: the tracked-run lifecycle, provenance, sweeps and run artifacts."""
