@@ -7,10 +7,15 @@ trace (``HYDRA_FULL_ERROR=1`` shows it). Hydra wraps exceptions raised inside ``
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any, TypeVar
 
 import hydra
@@ -19,13 +24,26 @@ from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from m3oe_lightning.errors import UserInputError
+from m3oe_lightning.errors import Interrupted, UserInputError
 
 T = TypeVar("T")
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def folder_name(value: str) -> str:
+    """``${folder_name:${task_name}}``: a setting used in a folder path, with path separators neutralised.
+
+    A resolver, because Hydra creates its output folder before any of our code sees the config; the
+    settings check then refuses such a name in one line (``training.system.validate``).
+    """
+    text = re.sub(r"[/\\]", "_", str(value))
+    return "_" if text in ("", ".", "..") else text
+
+
+OmegaConf.register_new_resolver("folder_name", folder_name, replace=True)
 
 
 def compose(name: str, overrides: Sequence[str] = (), *, runtime: bool = False) -> DictConfig:
@@ -71,12 +89,39 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
         raise UserInputError(f"cannot build {target}: {error.__cause__ or error}") from error
 
 
-def report_user_errors(fn: Callable[[DictConfig], T], cfg: DictConfig) -> T:
-    """Run ``fn(cfg)``; a :class:`UserInputError` becomes one line on stderr and exit code 2."""
+@contextlib.contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGINT raise :class:`Interrupted` while the body runs (previous handlers restored after).
+
+    Lightning's own SIGTERM handler (installed by every Trainer) chains to this one, so a ``kill`` during
+    ``fit`` still ends the run: Lightning alone would stop with ``SystemExit(0)`` and a sweep would report
+    success.
+    """
+    def raise_interrupted(signum: int, frame: FrameType | None) -> None:
+        raise Interrupted(signum)
+
+    if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
+        yield
+        return
+    previous = {sig: signal.signal(sig, raise_interrupted) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return fn(cfg)
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def report_user_errors(fn: Callable[[DictConfig], T], cfg: DictConfig) -> T:
+    """Run ``fn(cfg)``: a :class:`UserInputError` becomes one line on stderr and exit code 2; SIGTERM/SIGINT
+    one line and exit code 128 + the signal's number (the tracked run was marked KILLED on the way out)."""
+    try:
+        with signals_interrupt():
+            return fn(cfg)
     except UserInputError as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as stop:
+        print(f"interrupted by {signal.Signals(stop.signum).name}: the run is marked KILLED", file=sys.stderr)
+        sys.exit(128 + stop.signum)

@@ -15,6 +15,17 @@ class UserInputError(Exception):
     """Bad data or configuration; the message names the file/line/setting and what to do."""
 
 
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT arrived: the run is marked KILLED and the process exits 128 + signal number.
+
+    A ``BaseException`` like ``KeyboardInterrupt``, so no ``except Exception`` on the way swallows it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 def check_int(name: str, value: Any, *, minimum: int | None = 1, maximum: int | None = None,
               optional: bool = False) -> None:
     """``value`` must be an integer (not a bool) in ``[minimum, maximum]`` (``optional``: or ``None``)."""

@@ -7,12 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from m3oe_lightning.config import CONF_DIR
+from m3oe_lightning.config import compose
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
@@ -26,13 +23,7 @@ def isolated(tmp_path: Path) -> list[str]:
 
 def compose_train(overrides: list[str], config_name: str = "train") -> DictConfig:
     """Compose like ``python -m m3oe_lightning.train`` would, with the Hydra runtime set."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+    return compose(config_name, overrides, runtime=True)
 
 
 def run_module(module: str, args: list[str], cwd: Path, timeout: int = 300,

@@ -1,4 +1,4 @@
-"""Turning a run's test metrics into what people read: a per-(domain, task) table and a bar plot."""
+"""What a finished run leaves behind for people: a per-(domain, task) table, a bar plot, its MLflow artifacts."""
 
 from __future__ import annotations
 
@@ -10,6 +10,13 @@ import matplotlib
 matplotlib.use("Agg")  # headless: plots are files and MLflow artifacts
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from m3oe_lightning import metric_keys as keys  # noqa: E402
+from m3oe_lightning.data.schema import FeatureSchema  # noqa: E402
+from m3oe_lightning.tracking.runs import RunHandle  # noqa: E402
 
 
 def table_rows(metrics: Mapping[str, float], domains: Sequence[str], tasks: Sequence[str],
@@ -18,8 +25,8 @@ def table_rows(metrics: Mapping[str, float], domains: Sequence[str], tasks: Sequ
     rows = []
     for domain in domains:
         for task in tasks:
-            auc = metrics.get(f"{stage}/auc/{domain}/{task}", math.nan)
-            logloss = metrics.get(f"{stage}/logloss/{domain}/{task}", math.nan)
+            auc = metrics.get(keys.key(stage, keys.group(keys.AUC, domain, task)), math.nan)
+            logloss = metrics.get(keys.key(stage, keys.group(keys.LOGLOSS, domain, task)), math.nan)
             rows.append((domain, task, auc, logloss))
     return rows
 
@@ -30,8 +37,8 @@ def markdown_table(metrics: Mapping[str, float], domains: Sequence[str], tasks: 
     lines = ["| domain | task | AUC | logloss |", "|---|---|---|---|"]
     for domain, task, auc, logloss in table_rows(metrics, domains, tasks, stage):
         lines.append(f"| {domain} | {task} | {auc:.4f} | {logloss:.4f} |")
-    lines.append(f"| **mean** | | **{metrics.get(f'{stage}/auc_mean', math.nan):.4f}** | "
-                 f"**{metrics.get(f'{stage}/logloss_mean', math.nan):.4f}** |")
+    lines.append(f"| **mean** | | **{metrics.get(keys.key(stage, keys.AUC_MEAN), math.nan):.4f}** | "
+                 f"**{metrics.get(keys.key(stage, keys.LOGLOSS_MEAN), math.nan):.4f}** |")
     return "\n".join(lines)
 
 
@@ -41,11 +48,11 @@ def auc_bar_plot(metrics: Mapping[str, float], domains: Sequence[str], tasks: Se
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(domains), 3.6))
     width = 0.8 / max(len(tasks), 1)
     for t, task in enumerate(tasks):
-        values = [metrics.get(f"{stage}/auc/{d}/{task}", math.nan) for d in domains]
+        values = [metrics.get(keys.key(stage, keys.group(keys.AUC, d, task)), math.nan) for d in domains]
         positions = [i + (t - (len(tasks) - 1) / 2) * width for i in range(len(domains))]
         bars = ax.bar(positions, values, width=width, label=task)
         ax.bar_label(bars, fmt="%.3f", fontsize=7)
-    finite = [v for k, v in metrics.items() if k.startswith(f"{stage}/auc/") and math.isfinite(v)]
+    finite = [v for k, v in metrics.items() if k.startswith(keys.key(stage, keys.AUC, "")) and math.isfinite(v)]
     low = min(finite, default=0.5)
     ax.set_ylim(max(0.0, low - 0.05), min(1.0, max(finite, default=1.0) + 0.03))
     ax.set_xticks(range(len(domains)), list(domains))
@@ -54,3 +61,31 @@ def auc_bar_plot(metrics: Mapping[str, float], domains: Sequence[str], tasks: Se
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def print_results(metrics: dict[str, float], schema: FeatureSchema, title: str) -> None:
+    """The test table on the console at the end of a run."""
+    table = Table(title=title)
+    for column in ("domain", "task", "AUC", "logloss"):
+        table.add_column(column, justify="right" if column in ("AUC", "logloss") else "left")
+    for domain, task, auc, logloss in table_rows(metrics, schema.domains, schema.tasks):
+        table.add_row(domain, task, f"{auc:.4f}", f"{logloss:.4f}")
+    table.add_row("mean", "", f"{metrics.get(keys.TEST_AUC_MEAN, float('nan')):.4f}",
+                  f"{metrics.get(keys.key('test', keys.LOGLOSS_MEAN), float('nan')):.4f}", style="bold")
+    Console().print(table)
+
+
+def log_run_outputs(run: RunHandle, cfg: DictConfig, metrics: dict[str, float],
+                    schema: FeatureSchema, n_params: int) -> None:
+    """What a finished training run leaves in MLflow: resolved config, results table, AUC bar plot, size,
+    and the selection metrics (``val/auc_mean_best``) among ``metrics``."""
+    client = run.client
+    client.log_dict(run.run_id, OmegaConf.to_container(cfg, resolve=True), "config/config.yaml")
+    client.log_text(run.run_id, markdown_table(metrics, schema.domains, schema.tasks),
+                    "results/test_table.md")
+    figure = auc_bar_plot(metrics, schema.domains, schema.tasks, title=run.run_name)
+    client.log_figure(run.run_id, figure, "plots/test_auc.png")
+    client.log_metric(run.run_id, "model/parameters", n_params)
+    for name, value in metrics.items():
+        if name.endswith(keys.BEST):
+            client.log_metric(run.run_id, name, value)

@@ -1,21 +1,32 @@
-"""MLflow side of a run: naming, tags, parameters, artifacts, resume bookkeeping.
+"""The life of a tracked run: skip if finished → open (or reopen) → FINISHED or FAILED, once for every entry point.
 
-Models and the LightningModule never import MLflow (DESIGN.md, property 6): the entry point builds
-the logger here and logs what the run produced.
+Models and the LightningModule never import MLflow (docs/design.md, property 6): the entry points open
+their run through :func:`tracked_run` and log what it produced. Beside each run's checkpoint folder a
+small state file (``<checkpoint_dir>/<run_id>.run.json``) records its config hash and status, which is
+how ``resume`` finds the newest unfinished run of the same settings.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from m3oe_lightning.errors import Interrupted, UserInputError
+from m3oe_lightning.tracking import provenance
 
 try:
     import fcntl
@@ -26,21 +37,31 @@ STATE_SUFFIX = ".run.json"  # beside the run's checkpoint folder: <checkpoint_di
 
 
 def ensure_experiment(tracking_uri: str, experiment_name: str, artifact_location: str | None) -> str:
-    """Create the sqlite store and the experiment once (before any parallel job touches them)."""
-    if tracking_uri.startswith("sqlite:///"):
-        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri)
-    experiment = client.get_experiment_by_name(experiment_name)
-    if experiment is not None:
-        return experiment.experiment_id
-    location = Path(artifact_location).resolve().as_uri() if artifact_location else None
-    return client.create_experiment(experiment_name, artifact_location=location)
+    """The experiment's id, creating the store and the experiment when missing.
+
+    Under the store's inter-process lock: processes started together on a fresh sqlite file would
+    otherwise race on its schema migrations and can leave it unusable for every later run.
+    """
+    with store_lock(tracking_uri):
+        client = MlflowClient(tracking_uri)
+        experiment = client.get_experiment_by_name(experiment_name)
+        if experiment is not None:
+            return experiment.experiment_id
+        # a tracking server keeps artifacts itself (its mlflow-artifacts: proxy); a local path is local only
+        local = artifact_location and not is_remote(tracking_uri)
+        location = Path(artifact_location).resolve().as_uri() if local else None
+        return client.create_experiment(experiment_name, artifact_location=location)
 
 
 def unique_run_name(client: MlflowClient, experiment_id: str, base: str) -> str:
-    """``base``, or ``base-2``, ``base-3``… when runs of that name exist already."""
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.runName` LIKE '{base}%'",
-                              max_results=10_000)
+    """``base``, or ``base-2``, ``base-3``… when runs of that name exist already.
+
+    The store is searched by the name's prefix up to its first quote or LIKE wildcard (so a name such as
+    ``o'brien_50%`` needs no escaping in MLflow's filter language); exact names are compared here.
+    """
+    prefix = re.split(r"['\"%_\\]", base, maxsplit=1)[0]
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.runName` LIKE '{prefix}%'",
+                              max_results=50_000)
     taken = {r.info.run_name for r in runs}
     if base not in taken:
         return base
@@ -59,10 +80,22 @@ class RunHandle:
     run_name: str
     checkpoint_dir: Path
     resumed_from: Path | None
+    lock: IO[str] | None = None  # held while the run is open: a second process cannot continue it too
 
     @property
     def client(self) -> MlflowClient:
         return self.logger.experiment
+
+    def release(self) -> None:
+        """Let another process continue this run (the lock goes with the file handle)."""
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
+
+    def finish(self, status: str) -> None:
+        """End the MLflow run with ``status`` and record it beside the checkpoints."""
+        self.client.set_terminated(self.run_id, status)
+        self.mark(status)
 
     def mark(self, status: str) -> None:
         """Record the run's state in its checkpoint folder (resume looks for unfinished runs)."""
@@ -101,25 +134,32 @@ def find_resumable(checkpoint_root: Path, cfg_hash: str, artifact: str = "last.c
 
 
 def open_run(*, tracking_uri: str, experiment_name: str, artifact_location: str | None, base_name: str,
-             tags: Mapping[str, str], checkpoint_root: Path, cfg_hash: str, resume: bool,
+             tags: Mapping[str, str], checkpoint_root: Path, cfg_hash: str, resume_artifact: str | None = None,
              run_id: str | None = None) -> RunHandle:
-    """Create (or, with ``resume``, reopen) the MLflow run and its checkpoint folder.
+    """Create the MLflow run and its checkpoint folder, or reopen one.
 
-    ``run_id`` is given to DDP worker ranks, which join the run rank 0 created.
+    ``resume_artifact``: reopen the newest unfinished run of ``cfg_hash`` whose checkpoint folder holds
+    this file (``last.ckpt``, ``server_state.pt``); ``resumed_from`` then points at it. ``run_id``: join
+    that run (DDP worker ranks join the run rank 0 created).
     """
     experiment_id = ensure_experiment(tracking_uri, experiment_name, artifact_location)
     client = MlflowClient(tracking_uri)
     resumed_from = None
-    if run_id is None and resume:
-        found = find_resumable(checkpoint_root, cfg_hash)
+    joining = run_id is not None  # a DDP worker joining its rank 0's run: that process holds the lock
+    if run_id is None and resume_artifact is not None:
+        found = find_resumable(checkpoint_root, cfg_hash, resume_artifact)
         if found is not None:
             run_id, resumed_from = found
+    lock = None
     if run_id is None:
         with store_lock(tracking_uri):
             run_name = unique_run_name(client, experiment_id, base_name)
             run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
         run_id = run.info.run_id
+        lock = run_lock(checkpoint_root, run_id)
     else:
+        if joining is False:
+            lock = run_lock(checkpoint_root, run_id)
         run_name = client.get_run(run_id).info.run_name
         client.update_run(run_id, status="RUNNING")
     checkpoint_dir = checkpoint_root / run_id
@@ -131,7 +171,112 @@ def open_run(*, tracking_uri: str, experiment_name: str, artifact_location: str 
     logger = MLFlowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri, run_id=run_id,
                           artifact_location=artifact_location)
     return RunHandle(logger=logger, run_id=run_id, run_name=run_name, checkpoint_dir=checkpoint_dir,
-                     resumed_from=resumed_from)
+                     resumed_from=resumed_from, lock=lock)
+
+
+def run_lock(checkpoint_root: Path, run_id: str) -> IO[str] | None:
+    """Hold ``<checkpoint_root>/<run_id>.lock`` for the run's lifetime, or refuse in one line.
+
+    Two ``resume=true`` processes on the same run would both continue it (metrics logged twice, a stale
+    ``last.ckpt``); the second one stops here. The OS drops the lock when the holder dies, even by
+    ``kill -9``, so a crashed run can always be resumed.
+    """
+    checkpoint_root.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        return None
+    path = checkpoint_root / f"{run_id}.lock"
+    handle = open(path, "a")  # noqa: SIM115 - kept open as the lock
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise UserInputError(f"run {run_id} is in use by another process (lock {path}); wait for it to end, "
+                             f"or start a new run without resume=true") from None
+    return handle
+
+
+REMOTE_SCHEMES = ("http", "https")
+STORE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "databricks", *REMOTE_SCHEMES)
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+
+
+def is_remote(tracking_uri: str) -> bool:
+    return urllib.parse.urlparse(tracking_uri).scheme in REMOTE_SCHEMES
+
+
+def check_store(tracking_uri: str) -> None:
+    """Refuse, in one line, a tracking URI MLflow cannot use or a server that does not answer.
+
+    MLflow's own client retries a closed port for minutes and then prints several tracebacks; here a
+    server gets ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` (default 2) tries of ``MLFLOW_HTTP_REQUEST_TIMEOUT``
+    (default 5 s) seconds, settable in the environment.
+    """
+    scheme = urllib.parse.urlparse(tracking_uri).scheme.split("+")[0]
+    if scheme not in STORE_SCHEMES:
+        hint = " (MLflow's file store raises since 3.13)" if scheme in ("", "file") else ""
+        raise UserInputError(f"logger.tracking_uri={tracking_uri!r}: not a store MLflow can use{hint}; use "
+                             f"sqlite:///logs/mlflow.db or http://host:port of an `mlflow server`")
+    if scheme not in REMOTE_SCHEMES:
+        return
+    for name, default in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, default)
+    timeout = float(os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"])
+    try:
+        with urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        return  # something answers over HTTP: MLflow's own errors will be specific from here on
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        raise UserInputError(f"logger.tracking_uri={tracking_uri}: no MLflow server answers ({reason}); start one "
+                             f"(mlflow server --host 127.0.0.1 --port …) or use the default sqlite store") from None
+
+
+def finished_run(cfg: DictConfig, cfg_hash: str, label: str) -> Run | None:
+    """The store checked (:func:`check_store`); with ``skip_finished=true`` the FINISHED run of these
+    settings and seed, announced; else None."""
+    check_store(cfg.logger.tracking_uri)
+    if not cfg.get("skip_finished"):
+        return None
+    run = find_finished(cfg.logger.tracking_uri, cfg.logger.experiment_name, cfg_hash, cfg.seed)
+    if run is not None:
+        print(f"skip {label} seed {cfg.seed}: finished run {run.info.run_id}")
+    return run
+
+
+@contextlib.contextmanager
+def tracked_run(cfg: DictConfig, *, cfg_hash: str, base_name: str, tags: Mapping[str, str],
+                resume_artifact: str | None = None, run_id: str | None = None,
+                primary: bool = True) -> Iterator[RunHandle]:
+    """Open the run of ``cfg`` (its store, experiment and checkpoint root), log its settings once, and
+    close it FINISHED when the body returns or FAILED when it raises (the error propagates).
+
+    ``primary=False`` (a DDP worker rank joining ``run_id``): it logs nothing and closes nothing.
+    """
+    run = open_run(tracking_uri=cfg.logger.tracking_uri, experiment_name=cfg.logger.experiment_name,
+                   artifact_location=cfg.logger.get("artifact_location"),
+                   base_name=cfg.logger.run_name or base_name, tags=tags,
+                   checkpoint_root=Path(cfg.paths.checkpoint_dir), cfg_hash=cfg_hash,
+                   resume_artifact=resume_artifact, run_id=run_id)
+    if primary and run.resumed_from is None and run_id is None:
+        run.logger.log_hyperparams(provenance.flatten(OmegaConf.to_container(cfg, resolve=True)))
+    if run.resumed_from is not None:
+        print(f"resuming run {run.run_name} ({run.run_id}) from {run.resumed_from}")
+    try:
+        yield run
+    except Interrupted:
+        if primary:
+            run.finish("KILLED")
+        raise
+    except BaseException:
+        if primary:
+            run.finish("FAILED")
+        raise
+    else:
+        if primary:
+            run.finish("FINISHED")
+    finally:
+        run.release()
 
 
 def sqlite_path(tracking_uri: str) -> Path | None:

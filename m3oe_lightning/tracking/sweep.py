@@ -4,7 +4,7 @@
 sqlite store and creates the experiment, once, in the launching process (two parallel jobs opening a fresh
 sqlite store race on its schema migrations and can leave it unusable), then creates the parent run and
 exports its id in ``M3OE_MLFLOW_PARENT_RUN_ID``. Each job's run then carries the tags ``mlflow.parentRunId``
-and ``sweep`` (``runs.sweep_tags``), so the MLflow UI shows the sweep collapsed under its parent. Jobs
+and ``sweep`` (``provenance.sweep_tags``), so the MLflow UI shows the sweep collapsed under its parent. Jobs
 inherit the variable: in-process with the basic launcher, through the environment of the worker processes
 with the joblib launcher (they start after this hook).
 """
@@ -24,18 +24,6 @@ from omegaconf import DictConfig
 from m3oe_lightning.tracking import provenance, runs
 
 log = logging.getLogger(__name__)
-PARENT_RUN_ENV = "M3OE_MLFLOW_PARENT_RUN_ID"  # set by MLflowSweepRun for every job
-SWEEP_NAME_ENV = "M3OE_MLFLOW_SWEEP"
-
-
-def sweep_tags() -> dict[str, str]:
-    """Tags that nest a job's run under its sweep's parent run (empty outside a sweep)."""
-    parent = os.environ.get(PARENT_RUN_ENV)
-    if not parent:
-        return {}
-    return {"mlflow.parentRunId": parent, "sweep": os.environ.get(SWEEP_NAME_ENV, "")}
-
-
 
 
 class MLflowSweepRun(Callback):
@@ -53,11 +41,12 @@ class MLflowSweepRun(Callback):
         with runs.store_lock(uri):
             name = runs.unique_run_name(client, experiment_id, self.name or f"sweep-{Path(sweep_dir).name}")
             tags = {"sweep": name, "sweep_dir": sweep_dir, "git_commit": provenance.git_commit(),
-                    "command": " ".join(["python -m m3oe_lightning.train -m", *config.hydra.overrides.task])}
+                    "command": provenance.command_line(str(config.get("task_name") or "train"),
+                                                       list(config.hydra.overrides.task), multirun=True)}
             parent = client.create_run(experiment_id, run_name=name, tags=tags)
         self._parent = (uri, parent.info.run_id)
-        os.environ[PARENT_RUN_ENV] = parent.info.run_id
-        os.environ[SWEEP_NAME_ENV] = name
+        os.environ[provenance.PARENT_RUN_ENV] = parent.info.run_id
+        os.environ[provenance.SWEEP_NAME_ENV] = name
         atexit.register(self._end, "FAILED")  # a job raised: Hydra re-raises and skips on_multirun_end
         log.info("MLflow parent run %s (%s) in %s", name, parent.info.run_id, uri)
 
@@ -69,8 +58,8 @@ class MLflowSweepRun(Callback):
             return
         uri, run_id = self._parent
         self._parent = None
-        os.environ.pop(PARENT_RUN_ENV, None)
-        os.environ.pop(SWEEP_NAME_ENV, None)
+        os.environ.pop(provenance.PARENT_RUN_ENV, None)
+        os.environ.pop(provenance.SWEEP_NAME_ENV, None)
         client = MlflowClient(uri)
         children = client.search_runs([client.get_run(run_id).info.experiment_id], max_results=50_000,
                                       filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")

@@ -16,6 +16,8 @@ from torchmetrics import Metric
 from torchmetrics.functional.classification import binary_auroc
 from torchmetrics.utilities import dim_zero_cat
 
+from m3oe_lightning import metric_keys as keys
+
 
 def grouped_bce_loss(logits: torch.Tensor, labels: torch.Tensor, domain: torch.Tensor,
                      num_domains: int) -> torch.Tensor:
@@ -64,13 +66,13 @@ class DomainTaskMetrics(Metric):
             for t, task_name in enumerate(self.tasks):
                 z, y = logits[rows, t], labels[rows, t]
                 logloss = F.binary_cross_entropy_with_logits(z, y)
-                out[f"logloss/{domain_name}/{task_name}"] = logloss
+                out[keys.group(keys.LOGLOSS, domain_name, task_name)] = logloss
                 loglosses.append(logloss)
                 positives = float(y.sum())
                 if 0.0 < positives < y.numel():  # both classes present
                     auc = binary_auroc(torch.sigmoid(z), y.long())
-                    out[f"auc/{domain_name}/{task_name}"] = auc
+                    out[keys.group(keys.AUC, domain_name, task_name)] = auc
                     aucs.append(auc)
-        out["auc_mean"] = torch.stack(aucs).mean() if aucs else torch.tensor(math.nan)
-        out["logloss_mean"] = torch.stack(loglosses).mean()
+        out[keys.AUC_MEAN] = torch.stack(aucs).mean() if aucs else torch.tensor(math.nan)
+        out[keys.LOGLOSS_MEAN] = torch.stack(loglosses).mean()
         return out

@@ -24,6 +24,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from m3oe_lightning import metric_keys as keys
 from m3oe_lightning.data.schema import Batch
 from m3oe_lightning.errors import UserInputError
 from m3oe_lightning.models.base import MDMTModel, forward_in_chunks
@@ -109,7 +110,8 @@ class MDMTModule(L.LightningModule):
         model_opt.zero_grad()
         self.manual_backward(objective)
         model_opt.step()
-        self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, batch_size=batch["domain"].shape[0])
+        self.log(keys.key("train", keys.LOSS), loss.detach(), on_step=False, on_epoch=True,
+                 batch_size=batch["domain"].shape[0])
         if self.uses_architecture_step and self._architecture_step_due(batch_idx):
             self.architecture_step(seed_offset=batch_idx)
         return loss.detach()
@@ -150,7 +152,7 @@ class MDMTModule(L.LightningModule):
         logits = forward_in_chunks(self.model, batch)
         loss = grouped_bce_loss(logits, batch["labels"], batch["domain"], self.model.num_domains)
         metrics.update(logits, batch["labels"], batch["domain"])
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=batch["domain"].shape[0],
+        self.log(keys.key(stage, keys.LOSS), loss, on_step=False, on_epoch=True, batch_size=batch["domain"].shape[0],
                  sync_dist=self.trainer.world_size > 1)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
@@ -160,8 +162,15 @@ class MDMTModule(L.LightningModule):
         self._eval_step(batch, "test", self.test_metrics)
 
     def _log_metrics(self, stage: str, metrics: DomainTaskMetrics) -> dict[str, float]:
-        values = {f"{stage}/{k}": v for k, v in metrics.compute().items()}
+        computed = metrics.compute()
         metrics.reset()
+        mean = computed.get(keys.AUC_MEAN)
+        if mean is not None and bool(torch.isnan(mean)) and not self.trainer.sanity_checking:
+            # no group has both label classes: an AUC-selected checkpoint would be chosen on nothing, and a
+            # search would optimise the callback's -inf sentinel
+            raise UserInputError(f"no (domain, task) group of the {stage} split has both label classes, so it "
+                                 f"has no AUC; check the data's labels (or data.split_fractions for a larger split)")
+        values = {keys.key(stage, k): v for k, v in computed.items()}
         self.log_dict(values)
         return {k: float(v) for k, v in values.items()}
 

@@ -6,23 +6,42 @@ AutoML fusion's) reaches the LightningModule by one path whatever runs it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import torch
-from omegaconf import DictConfig
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig, OmegaConf
 
+from m3oe_lightning import metric_keys as keys
 from m3oe_lightning.config import build
 from m3oe_lightning.data.datamodule import MDMTDataModule
-from m3oe_lightning.errors import UserInputError
+from m3oe_lightning.errors import UserInputError, check_int, check_number
 from m3oe_lightning.models.base import MDMTModel
 from m3oe_lightning.training.module import MDMTModule
 
 
 def validate(cfg: DictConfig) -> None:
-    """Settings checks that must fail before anything is read or trained."""
+    """Settings checks that must fail before anything is read, trained or opened in MLflow."""
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise UserInputError(f"seed={cfg.seed!r} is not an integer; pass e.g. seed=2022")
-    if cfg.threads is not None and (not isinstance(cfg.threads, int) or cfg.threads < 1):
-        raise UserInputError(f"threads={cfg.threads!r}: use a positive integer or null")
+    check_int("threads", cfg.threads, optional=True)
+    for name in ("optimizer.lr", "automl.lr"):
+        check_number(name, OmegaConf.select(cfg, name), low=0, low_open=True)
+    for name in ("optimizer.weight_decay", "automl.weight_decay"):
+        check_number(name, OmegaConf.select(cfg, name), low=0)
+    trainer = cfg.get("trainer") or {}
+    zero = (trainer.get("max_epochs") == 0 or trainer.get("max_steps") == 0
+            or trainer.get("limit_train_batches") in (0, 0.0))
+    if zero:
+        raise UserInputError("the trainer would train zero steps (trainer.max_epochs, max_steps or "
+                             "limit_train_batches is 0): a run's test metrics would be those of an untrained model; "
+                             "use trainer.max_epochs >= 1")
+    for name in ("task_name", "logger.run_name", "logger.experiment_name"):
+        value = OmegaConf.select(cfg, name)
+        if value is not None and ("/" in str(value) or "\\" in str(value) or str(value) in (".", "..")):
+            raise UserInputError(f"{name}={value!r}: it becomes a folder name; use a name without path separators")
 
 
 def system_factory(cfg: DictConfig):
@@ -43,3 +62,38 @@ def build_system(cfg: DictConfig) -> tuple[MDMTDataModule, MDMTModel, MDMTModule
     datamodule: MDMTDataModule = build(cfg.data)
     model = build(cfg.model, schema=datamodule.load().schema)
     return datamodule, model, system_factory(cfg)(model, cfg.optimizer.lr)
+
+
+def build_callbacks(cfg: DictConfig, checkpoint_dir: Path) -> list[Callback]:
+    """The configured callbacks; the checkpoint callback writes into the run's own folder."""
+    callbacks: list[Callback] = []
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if node is None or "_target_" not in node:
+            continue
+        extra = {"dirpath": str(checkpoint_dir)} if name == "model_checkpoint" else {}
+        callbacks.append(build(node, **extra))
+    return callbacks
+
+
+def build_trainer(cfg: DictConfig, checkpoint_dir: Path, logger: Logger | bool) -> L.Trainer:
+    """``cfg.trainer`` with the configured callbacks (checkpoints into ``checkpoint_dir``) and ``logger``."""
+    return build(cfg.trainer, callbacks=build_callbacks(cfg, checkpoint_dir), logger=logger)
+
+
+def fit_and_test(trainer: L.Trainer, system: MDMTModule, datamodule: MDMTDataModule, *,
+                 resume_from: Path | None, test: bool) -> dict[str, float]:
+    """Fit (continuing ``resume_from``), then test the best-validation checkpoint.
+
+    Returns the test metrics and the selection value: the checkpoint callback's best monitored value
+    (``val/auc_mean_best``), which a search optimises; test metrics are for reporting only.
+    """
+    trainer.fit(system, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    metrics: dict[str, float] = {}
+    if test:
+        best = "best" if checkpoint is not None and checkpoint.best_model_path else None
+        trainer.test(system, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
+        metrics = dict(system.test_results)
+    if checkpoint is not None and checkpoint.monitor and checkpoint.best_model_score is not None:
+        metrics[keys.best(checkpoint.monitor)] = float(checkpoint.best_model_score)
+    return metrics
