@@ -78,14 +78,17 @@ report: $(STAMP) ## README.md + results.csv + PNGs (Table 2/3 against the paper)
 	$(BIN)/python -m m3oe_lightning.reports.paper --study $(REPORT_STUDY) --out $(REPORT_OUT) --command "$(REPORT_COMMAND)"
 
 # The federated comparison on MovieLens-1M (region partition: a client per zip-code region, one held out):
-# every algorithm of FED_ALGORITHMS × FED_SEEDS as one Hydra multirun, resumable (finished runs are skipped).
-FED_ALGORITHMS ?= local,fedavg,fedprox,ditto,page,fedavg_m3oe,page_m3oe,centralized
+# the strategies of FED_ALGORITHMS and the presets of FED_VARIANTS (federated M3oE, the centralized
+# reference: conf/experiment/federated/) × FED_SEEDS, two Hydra multiruns, resumable (finished runs skipped).
+FED_ALGORITHMS ?= local,fedavg,fedprox,ditto,page
+FED_VARIANTS ?= federated/fedavg_m3oe,federated/page_m3oe,federated/centralized
 FED_SEEDS ?= 2022,2023,2024
 FED_ROUNDS ?= 8
+FED_SWEEP = $(BIN)/python -m m3oe_lightning.federate -m data=movielens1m model=m3oe seed=$(FED_SEEDS) \
+	federated.partition=region federated.heldout_clients=1 federated.rounds=$(FED_ROUNDS) skip_finished=true \
+	+logger.tags.study=federated hydra.callbacks.mlflow_sweep.name=federated $(ARGS)
 federated: $(STAMP) ## federated comparison (local/fedavg/fedprox/ditto/page/federated M3oE/centralized × FED_SEEDS), then its report
-	$(BIN)/python -m m3oe_lightning.federate -m data=movielens1m model=m3oe federated=$(FED_ALGORITHMS) \
-		seed=$(FED_SEEDS) federated.partition=region federated.heldout_clients=1 federated.rounds=$(FED_ROUNDS) \
-		skip_finished=true +logger.tags.study=federated hydra.callbacks.mlflow_sweep.name=federated $(ARGS); \
+	$(FED_SWEEP) federated=$(FED_ALGORITHMS) && $(FED_SWEEP) experiment=$(FED_VARIANTS); \
 		status=$$?; $(MAKE) federated-report && exit $$status
 
 federated-report: $(STAMP) ## experiments/federated/{README.md,results.csv,*.png} from the MLflow store

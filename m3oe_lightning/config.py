@@ -43,7 +43,26 @@ def folder_name(value: str) -> str:
     return "_" if text in ("", ".", "..") else text
 
 
+# Config groups each entry point does not compose (so its --help does not offer them).
+NOT_COMPOSED = {"train": ("federated", "experiment/federated", "shared"),
+                "federate": ("trainer", "callbacks", "hparams_search", "debug", "experiment/paper",
+                             "experiment/diagnose", "shared")}
+
+
+def config_groups(entry: str) -> str:
+    """``--help``'s list of ``group: option, …`` for one entry point (Hydra's own lists every group)."""
+    root = Path(CONF_DIR)
+    lines = []
+    for folder in sorted(p for p in root.rglob("*") if p.is_dir() and p.name != "hydra"):
+        group = folder.relative_to(root).as_posix()
+        options = sorted(f.stem for f in folder.glob("*.yaml"))
+        if options and not group.startswith("hydra") and group not in NOT_COMPOSED.get(entry, ()):
+            lines.append(f"{group}: {', '.join(options)}")
+    return "\n".join(lines)
+
+
 OmegaConf.register_new_resolver("folder_name", folder_name, replace=True)
+OmegaConf.register_new_resolver("config_groups", config_groups, replace=True)
 
 
 def compose(name: str, overrides: Sequence[str] = (), *, runtime: bool = False) -> DictConfig:

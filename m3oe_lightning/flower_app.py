@@ -1,7 +1,7 @@
 """The Flower adapter: the same clients and strategies as the in-process simulation, as a Flower app.
 
-DESIGN.md, property 5: algorithms live in :class:`~.client.MDMTClient` and the strategies; the
-simulation runner and Flower are only two ways of moving their messages. This module converts at the
+docs/design.md, property 5: algorithms live in :class:`~.client.MDMTClient` and the strategies; the
+in-process transport and Flower are only two ways of moving their messages. This module converts at the
 boundary and nothing else:
 
 * **ClientApp** (:func:`make_client_app`, module attribute :data:`clientapp`): a ``train`` message's
@@ -15,11 +15,12 @@ boundary and nothing else:
   which client the node is, so the server can address clients by id.
 * **ServerApp** (:func:`make_server_app`, module attribute :data:`serverapp`): builds the run exactly
   as ``m3oe-federate`` does (:func:`~m3oe_lightning.federated.factory.build_federated`), maps Flower
-  node ids to client ids, and runs :func:`m3oe_lightning.federate.federate` with a
-  :class:`FlowerRunner`: a :class:`~.simulation.Simulation` whose only difference is that
-  ``fit_clients`` / ``evaluate_clients`` are one ``Grid.send_and_receive`` each. Sampling, PAGE's
-  agents, aggregation, server evaluation, failure accounting, per-round metrics, checkpoints and
-  MLflow logging are therefore the simulation's code, not a copy. (Flower's Message-API
+  node ids to client ids, and runs the tracked run of ``m3oe-federate``
+  (:func:`m3oe_lightning.tracking.federation.run_federation`) with the simulation's transport swapped
+  for a :class:`~m3oe_lightning.federated.flower.runner.FlowerTransport`: each phase of a round is one
+  ``Grid.send_and_receive``. Sampling, PAGE's agents, aggregation, server evaluation, failure
+  accounting, per-round metrics, checkpoints and MLflow logging are therefore the simulation's code,
+  not a copy. (Flower's Message-API
   ``Strategy.start`` was not used: its loop evaluates round 0, has no per-round callback to log
   from, and splits metrics into three histories; our strategies also need client ids, not node ids.)
 
@@ -39,7 +40,7 @@ import logging
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any
 
 import flwr
 from flwr.app import ConfigRecord, Context, Message, RecordDict
@@ -48,8 +49,7 @@ from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig
 
 from m3oe_lightning.config import compose
-from m3oe_lightning.errors import UserInputError
-from m3oe_lightning.federate import federate
+from m3oe_lightning.errors import UserInputError, check_number
 from m3oe_lightning.federated.client import MDMTClient
 from m3oe_lightning.federated.factory import FederatedSetup, build_federated
 from m3oe_lightning.federated.flower.records import (
@@ -62,11 +62,11 @@ from m3oe_lightning.federated.flower.records import (
     load_client_state,
     save_client_state,
 )
-from m3oe_lightning.federated.flower.runner import FlowerRunner, discover_nodes
-from m3oe_lightning.federated.messages import EvaluateRes, FitRes, Metrics
+from m3oe_lightning.federated.flower.runner import FlowerTransport, discover_nodes
+from m3oe_lightning.federated.messages import Metrics
+from m3oe_lightning.tracking.federation import run_federation
 
 log = logging.getLogger(__name__)
-Reply = TypeVar("Reply", FitRes, EvaluateRes)
 
 
 # The run config (pyproject.toml [tool.flwr.app.config] holds the same defaults; `flwr run` only accepts
@@ -96,9 +96,9 @@ def compose_federate(overrides: Sequence[str]) -> DictConfig:
 
 
 def _setting(run_config: Mapping[str, Any], key: str) -> float:
+    """A run-config timeout in seconds (``flwr run --run-config``), checked."""
     value = run_config.get(key, RUN_CONFIG_DEFAULTS[key])
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise UserInputError(f"run config {key}={value!r}: use a positive number of seconds")
+    check_number(f"run config {key}", value, low=0, low_open=True)
     return float(value)
 
 
@@ -163,25 +163,23 @@ def make_client_app(overrides: Sequence[str] = ()) -> ClientApp:
 
 # ------------------------------------------------------------------------------------- server side
 def run_server(grid: Grid, context: Context, base: Sequence[str] = ()) -> Metrics:
-    """The ServerApp's main: compose, build, map nodes, then the entry point's run with a FlowerRunner."""
+    """The ServerApp's main: compose, build, map nodes, then the tracked run delivered through the Grid."""
     overrides = overrides_from(context.run_config, base)
     cfg = compose_federate(overrides)
     if cfg.federated.get("resume"):
         raise UserInputError("federated.resume=true is not supported under Flower: the clients' persistent "
                              "states live on the nodes, not in the server's checkpoint")
     setup = build_federated(cfg)  # every settings error is raised here, before any node is contacted
-    nodes = discover_nodes(grid, setup, _setting(context.run_config, "node-timeout"))
-    sim = setup.simulation
-    runner = FlowerRunner(grid, nodes, sim.strategy, initial_arrays=sim.state.global_arrays,
-                          evaluate_fn=sim.evaluate_fn, client_timeout=sim.client_timeout,
-                          round_timeout=_setting(context.run_config, "round-timeout"))
+    nodes = discover_nodes(grid, setup.federation, _setting(context.run_config, "node-timeout"))
+    transport = FlowerTransport(grid, nodes, round_timeout=_setting(context.run_config, "round-timeout"))
+    flower_setup = replace(setup, simulation=setup.simulation.with_transport(transport))
     tags = {"runtime": f"flower {flwr.__version__}",
             "command": " ".join(["flwr run", f"hydra-overrides={shlex.join(overrides)!r}"])}
-    return federate(cfg, setup=replace(setup, simulation=runner), extra_tags=tags)
+    return run_federation(cfg, lambda: flower_setup, extra_tags=tags)
 
 
 def make_server_app(overrides: Sequence[str] = ()) -> ServerApp:
-    """A ServerApp running the ``federate`` entry point's run over Flower nodes (see :func:`run_server`)."""
+    """A ServerApp running ``m3oe-federate``'s tracked run over Flower nodes (see :func:`run_server`)."""
     base = tuple(overrides)
     app = ServerApp()
 

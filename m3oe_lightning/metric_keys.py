@@ -8,6 +8,8 @@ renamed key is renamed everywhere (docs/design.md, "Metric names").
 
 from __future__ import annotations
 
+import re
+
 STAGES: tuple[str, ...] = ("train", "val", "test")
 
 AUC = "auc"
@@ -21,19 +23,29 @@ PERSONAL, GLOBAL, HELDOUT = "personal", "global", "heldout"
 BEST = "_best"  # suffix: the checkpoint callback's best value of a monitored key
 
 
+_UNSAFE = re.compile(r"[^\w.\- :]")  # MLflow accepts letters, digits, _ . - space : (and / between parts)
+
+
+def safe(part: str) -> str:
+    """One key part as MLflow accepts it: other characters (``€``, ``(``, ``/`` inside a name) become ``_``,
+    and ``.``/``..`` alone (which MLflow reads as paths) too. Names that are already safe are unchanged."""
+    text = _UNSAFE.sub("_", str(part))
+    return "_" * len(text) if text in (".", "..") else text
+
+
 def key(*parts: str) -> str:
     """``key("test", "auc_mean")`` → ``test/auc_mean``."""
     return "/".join(str(p) for p in parts)
 
 
 def group(metric: str, domain: str, task: str) -> str:
-    """One (domain, task) group's metric name: ``auc/{domain}/{task}``."""
-    return key(metric, domain, task)
+    """One (domain, task) group's metric name: ``auc/{domain}/{task}`` (names made :func:`safe`)."""
+    return key(metric, safe(domain), safe(task))
 
 
 def client(client_id: str, name: str) -> str:
-    """A client's own metric: ``client/{id}/{name}``."""
-    return key("client", client_id, name)
+    """A client's own metric: ``client/{id}/{name}`` (the id made :func:`safe`)."""
+    return key("client", safe(client_id), name)
 
 
 def best(name: str) -> str:

@@ -10,15 +10,14 @@ import os
 from typing import Any
 
 import hydra
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from m3oe_lightning import metric_keys as keys
 from m3oe_lightning.config import CONF_DIR, report_user_errors
 from m3oe_lightning.errors import UserInputError
-from m3oe_lightning.tracking import artifacts, provenance, runs
-from m3oe_lightning.training.module import count_parameters
-from m3oe_lightning.training.system import build_system, build_trainer, fit_and_test
+from m3oe_lightning.tracking import provenance
+
+# torch, Lightning and MLflow are imported inside train(): `--help` and settings errors answer without them
 
 RUN_ID_ENV = "M3OE_MLFLOW_RUN_ID"  # hands rank 0's run to DDP worker processes
 # What a run's config hash leaves out (it does not change what the run computes), what it copies in from
@@ -35,6 +34,12 @@ def training_identity(resolved: dict[str, Any]) -> dict[str, Any]:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train, test and log one run; returns the test metrics and the selection value (``val/auc_mean_best``)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from m3oe_lightning.tracking import artifacts, runs
+    from m3oe_lightning.training.module import count_parameters
+    from m3oe_lightning.training.system import build_system, build_trainer, fit_and_test
+
     cfg_hash = provenance.config_hash(training_identity(OmegaConf.to_container(cfg, resolve=True)))
     model_label, data_label = provenance.run_labels(cfg)
     finished = runs.finished_run(cfg, cfg_hash, label=(cfg.logger.tags or {}).get("row") or model_label)
@@ -48,19 +53,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
                           resume_artifact="last.ckpt" if cfg.resume else None, primary=primary,
                           run_id=None if primary else os.environ.get(RUN_ID_ENV)) as run:
         os.environ[RUN_ID_ENV] = run.run_id
+        if primary and run.resumed_from is None:
+            data_settings = OmegaConf.to_container(cfg.data, resolve=True)
+            runs.log_dataset(run, datamodule.name, datamodule.source_uri(), data_settings)
         trainer = build_trainer(cfg, run.checkpoint_dir, logger=run.logger)
         metrics = fit_and_test(trainer, system, datamodule, resume_from=run.resumed_from, test=bool(cfg.test))
         if primary:
             artifacts.log_run_outputs(run, cfg, metrics, datamodule.schema, count_parameters(model))
-    if primary and keys.TEST_AUC_MEAN in metrics:
-        artifacts.print_results(metrics, datamodule.schema, f"{run.run_name}: test metrics (best checkpoint)")
+            if keys.TEST_AUC_MEAN in metrics:
+                artifacts.print_results(metrics, datamodule.schema, f"{run.run_name}: test metrics (best checkpoint)")
     return metrics
 
 
 def objective(cfg: DictConfig) -> float | None:
-    """``train(cfg)[optimized_metric]`` (default ``test/auc_mean``); an hparams search selects on validation."""
+    """``train(cfg)[optimized_metric]``: what any Hydra sweeper optimises. The default is the validation
+    selection value (``val/auc_mean_best``), never a test metric, so no search can select on test."""
     metrics = train(cfg)
-    name = cfg.get("optimized_metric") or keys.TEST_AUC_MEAN
+    name = cfg.get("optimized_metric") or keys.VAL_AUC_MEAN_BEST
     if metrics and name not in metrics:
         raise UserInputError(f"optimized_metric={name!r} is not among the run's metrics: {', '.join(sorted(metrics))}")
     return metrics.get(name) if metrics else None
@@ -68,7 +77,7 @@ def objective(cfg: DictConfig) -> float | None:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry; returns the value an Optuna sweep optimises (``optimized_metric``, default mean test AUC)."""
+    """Hydra entry; returns the value a sweeper optimises (``optimized_metric``, default ``val/auc_mean_best``)."""
     return report_user_errors(objective, cfg)
 
 

@@ -8,8 +8,8 @@ are memoised in a small side file keyed by (path, size, mtime_ns).
 
 Writes go to a temp file in the same folder followed by ``os.replace``, so a crash or a concurrent
 reader never sees a half-written cache. Loading uses ``torch.load(weights_only=True)``: the payload is
-tensors, strings and numbers only (schema extras travel as a JSON string). An unreadable or mismatched
-cache file is rebuilt with a warning, never trusted.
+tensors, strings and numbers only (schema extras travel as a JSON string; the rows' regions as names and
+codes). An unreadable or mismatched cache file is rebuilt with a warning, never trusted.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
-from m3oe_lightning.data.schema import EncodedDataset, EncodedSplit, FeatureSchema
+from m3oe_lightning.data.schema import EncodedDataset, EncodedSplit, FeatureSchema, RowKeys
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the payload carries the rows' regions (EncodedDataset.regions)
 HASH_MEMO_NAME = "source-hashes.json"
 _CHUNK = 1 << 20
 _SPLITS = ("train", "val", "test")
@@ -105,6 +105,7 @@ def _payload(dataset: EncodedDataset, key: str) -> dict[str, Any]:
         "schema": dataset.schema.to_dict(),
         "extras_json": json.dumps(dataset.schema.extras, default=str),
         "splits": {name: dataset.split(name).to_dict() for name in _SPLITS},
+        "regions": None if dataset.regions is None else dataset.regions.to_dict(),
     }
 
 
@@ -116,7 +117,8 @@ def _from_payload(payload: Any, key: str) -> EncodedDataset:
     schema = FeatureSchema(sparse=schema.sparse, dense=schema.dense, domains=schema.domains,
                            tasks=schema.tasks, extras=json.loads(payload["extras_json"]))
     splits = {name: EncodedSplit(**payload["splits"][name]) for name in _SPLITS}
-    return EncodedDataset(schema=schema, **splits)
+    regions = None if payload["regions"] is None else RowKeys.from_dict(payload["regions"])
+    return EncodedDataset(schema=schema, **splits, regions=regions)
 
 
 def _cache_file(cache_dir: Path, config: dict[str, Any], key: str) -> Path:

@@ -1,7 +1,7 @@
 """The datamodule: one encoded table held as tensors, batches by slicing a shuffled index.
 
 There is no per-row ``Dataset.__getitem__`` and no collate: a batch is one ``index_select`` per tensor
-(DESIGN.md, property 3). The training order depends only on ``(seed, epoch)``, so a run resumed from a
+(docs/design.md, Property 3). The training order depends only on ``(seed, epoch)``, so a run resumed from a
 checkpoint sees exactly the batches an uninterrupted run would. Under DDP each rank takes every
 ``world_size``-th row of the permutation (training: truncated to equal length so ranks step in lock
 step; evaluation: no padding or duplication, so gathered metrics are exact).
@@ -23,14 +23,15 @@ import lightning as L
 import torch
 
 from m3oe_lightning.data.memmap import DEFAULT_BLOCK_ROWS, BlockPlan, MemmapSplit, iter_batches
-from m3oe_lightning.data.registry import STORAGES, load_dataset
+from m3oe_lightning.data.registry import STORAGES, load_dataset, source_uri
 from m3oe_lightning.data.schema import Batch, EncodedDataset, EncodedSplit, FeatureSchema
-from m3oe_lightning.errors import UserInputError
+from m3oe_lightning.errors import UserInputError, check_int
+from m3oe_lightning.seeds import derive_seed
 
 
 def epoch_permutation(n_rows: int, seed: int, epoch: int) -> torch.Tensor:
     """The training order of one epoch: a function of (seed, epoch) only."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    generator = torch.Generator().manual_seed(derive_seed(seed, "epoch", epoch))
     return torch.randperm(n_rows, generator=generator)
 
 
@@ -131,8 +132,9 @@ class MDMTDataModule(L.LightningDataModule):
         **options: Any,
     ) -> None:
         super().__init__()
-        if int(batch_size) < 1 or int(eval_batch_size) < 1:
-            raise UserInputError(f"data.batch_size={batch_size}, data.eval_batch_size={eval_batch_size}: must be ≥ 1")
+        for setting, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size),
+                               ("chunk_rows", chunk_rows), ("block_rows", block_rows)):
+            check_int(f"data.{setting}", value)
         self.name = name
         self.root = root
         self.split = split
@@ -144,8 +146,6 @@ class MDMTDataModule(L.LightningDataModule):
         self.seed = int(seed)
         if storage not in STORAGES:
             raise UserInputError(f"data.storage={storage!r}: use one of {', '.join(STORAGES)}")
-        if int(chunk_rows) < 1 or int(block_rows) < 1:
-            raise UserInputError(f"data.chunk_rows={chunk_rows}, data.block_rows={block_rows}: must be ≥ 1")
         self.storage = storage
         self.chunk_rows = int(chunk_rows)
         self.block_rows = int(block_rows)
@@ -169,6 +169,10 @@ class MDMTDataModule(L.LightningDataModule):
                 download=self.download, cache_dir=self.cache_dir, **self._storage_options(), **self.options,
             )
         return self.dataset
+
+    def source_uri(self) -> str:
+        """Where the rows come from (a folder, a file, ``generated:<name>``): the run's dataset input."""
+        return source_uri(self.name, self.root, **self.options)
 
     def _storage_options(self) -> dict[str, Any]:
         """Storage settings for :func:`load_dataset`; empty for ``memory`` so that path is untouched."""
@@ -213,7 +217,7 @@ class MDMTDataModule(L.LightningDataModule):
         """One training-size batch for the AutoML step, drawn from (seed, epoch, offset) only."""
         split = self.load().split(source)
         rank, world = self._rank()
-        generator = torch.Generator().manual_seed(self.seed * 7_919 + epoch * 104_729 + offset * 31 + rank)
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, "automl", epoch, offset, rank))
         size = min(self.batch_size, len(split))
         if isinstance(split, MemmapSplit):  # no O(rows) permutation: draws with replacement (rows ≫ size)
             return split.rows(torch.randint(len(split), (size,), generator=generator))

@@ -11,7 +11,8 @@ Every dataset goes through this one function so that all of them share the same 
   per column (:data:`DENSE_SCALINGS`: ``standard``, ``log1p``, ``none``), always fitted on train rows;
 * the domain of each row is an int64 index into ``spec.domains``; it is also appended as the last sparse
   feature (encoded like the others) because the M3oE reference feeds it to the embedding layer;
-* labels are float32 ``[N, T]`` in ``spec.tasks`` order.
+* labels are float32 ``[N, T]`` in ``spec.tasks`` order;
+* ``spec.region_column`` (when set) becomes :attr:`EncodedDataset.regions`: each row's value as a string.
 
 All of it is vectorised (factorize / categorical codes + fancy indexing); nothing loops over rows.
 """
@@ -32,6 +33,7 @@ from m3oe_lightning.data.schema import (
     EncodedDataset,
     EncodedSplit,
     FeatureSchema,
+    RowKeys,
     SparseFeature,
 )
 from m3oe_lightning.errors import UserInputError
@@ -44,6 +46,8 @@ class TableSpec:
     ``domain_of_value`` maps each value of ``domain_column`` to an index into ``domains`` (several values
     may share a domain, e.g. ML-1M age codes 35, 45, 50 and 56 are all ``age_35plus``).
     ``dense_scaling`` maps a dense column to one of :data:`DENSE_SCALINGS`; unlisted columns are ``minmax``.
+    ``region_column`` names a column holding each row's region (not a feature: it only groups rows for
+    ``federated.partition=region``).
     """
 
     name: str
@@ -57,6 +61,7 @@ class TableSpec:
     embed_dim: int = 16
     extras: Mapping[str, Any] = field(default_factory=dict)
     dense_scaling: Mapping[str, str] = field(default_factory=dict)
+    region_column: str | None = None
 
 
 @dataclass(frozen=True)
@@ -175,7 +180,8 @@ def scale_dense(values: np.ndarray, train_idx: np.ndarray, kind: str = "minmax")
 
 
 def _check_inputs(frame: pd.DataFrame, spec: TableSpec, splits: tuple[np.ndarray, ...]) -> None:
-    needed = [*spec.sparse, *spec.dense, *spec.tasks, spec.domain_column]
+    needed = [*spec.sparse, *spec.dense, *spec.tasks, spec.domain_column,
+              *([spec.region_column] if spec.region_column else [])]
     missing = [c for c in needed if c not in frame.columns]
     if missing:
         raise ValueError(f"{spec.name}: frame lacks column(s) {missing}")
@@ -245,4 +251,16 @@ def encode_table(
         train=_split(sparse, dense, domain, labels, train_idx),
         val=_split(sparse, dense, domain, labels, val_idx),
         test=_split(sparse, dense, domain, labels, test_idx),
+        regions=None if spec.region_column is None else row_keys(
+            frame[spec.region_column], {"train": train_idx, "val": val_idx, "test": test_idx}, spec.name),
     )
+
+
+def row_keys(column: pd.Series, splits: Mapping[str, np.ndarray], dataset: str) -> RowKeys:
+    """Each split's rows of ``column`` as codes into its distinct values (as strings); none may be missing."""
+    codes, uniques = _codes_and_uniques(column)
+    if (codes < 0).any():
+        raise ValueError(f"{dataset}: region column {column.name!r} has a missing value at row "
+                         f"{int(np.flatnonzero(codes < 0)[0])}")
+    return RowKeys(names=tuple(str(u) for u in uniques),
+                   codes={name: torch.from_numpy(np.ascontiguousarray(codes[idx])) for name, idx in splits.items()})

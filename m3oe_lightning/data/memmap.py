@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from m3oe_lightning.data.schema import Batch, EncodedDataset, FeatureSchema
+from m3oe_lightning.seeds import derive_seed
 
 FORMAT_VERSION = 1
 META_NAME = "meta.json"
@@ -285,8 +286,9 @@ def cached_table(root: Path, config: dict[str, Any], write: Callable[[Path], Non
 
 # ------------------------------------------------------------------------------------------ order
 def _block_generator(seed: int, epoch: int, block: int | None = None) -> torch.Generator:
-    base = seed * 1_000_003 + epoch
-    return torch.Generator().manual_seed(base if block is None else base * 1_000_033 + block + 1)
+    """The generator of one epoch's block order (``block=None``) or of one block's row order."""
+    keys = ("block-order", epoch) if block is None else ("block-rows", epoch, block)
+    return torch.Generator().manual_seed(derive_seed(seed, *keys))
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@
 disk lives in a folder (``folder``, or one of ``also``) under the data root, or the root itself holds its
 files. A dataset with ``settings`` accepts dataset-specific ``data.*`` options: ``settings(**options)``
 checks them and fills in defaults, and the result goes to ``build`` and ``source_files`` and keys the
-cache. A dataset without it accepts no extra option (MovieLens), as before.
+cache. A dataset without it accepts no extra option (MovieLens), as before. Each entry also says what the
+generic code here must not know by name: how to fetch the files (``download``) and whether its rows
+carry a region (``has_regions``: the reader fills :attr:`EncodedDataset.regions`).
 """
 
 from __future__ import annotations
@@ -27,22 +29,28 @@ class FileDataset:
     """A dataset read from files: its folder name, a marker file set, a builder and its source files.
 
     ``folder=None`` marks a reader whose files a setting names (``data=tabular``'s ``data.path``): it gets
-    ``data.root`` when set, else the working directory, as the base of relative paths.
+    ``data.root`` when set, else the working directory, as the base of relative paths. ``download(folder)``
+    (when set) fetches the files into ``folder`` for ``data.download=true``.
     """
 
     folder: str | None
     markers: tuple[tuple[str, ...], ...]  # any one of these file sets marks a folder holding the data
     build: Callable[..., EncodedDataset]  # build(folder, *, split, split_seed, **settings)
     source_files: Callable[..., list[Path]]  # source_files(folder, **settings)
-    supports_download: bool = False
+    download: Callable[[Path], object] | None = None  # download(folder); what it returns is ignored
     settings: Callable[..., dict[str, Any]] | None = None  # None: no dataset options accepted
     also: tuple[str, ...] = ()  # other folder names (relative to the root) the data may live in
+    has_regions: bool = False  # the encoded rows carry regions (federated.partition=region)
+
+    def holds_data(self, folder: Path) -> bool:
+        """Whether ``folder`` holds one of the marker file sets."""
+        return any(all((folder / m).exists() for m in marker) for marker in self.markers)
 
     def locate(self, root: Path) -> Path:
         """The folder holding the files: ``root`` itself, ``root/<folder>`` or ``root/<also...>``."""
         assert self.folder is not None
         for candidate in (root, root / self.folder, *(root / a for a in self.also)):
-            if any(all((candidate / m).exists() for m in marker) for marker in self.markers):
+            if self.holds_data(candidate):
                 return candidate
         return root / self.folder
 
@@ -59,13 +67,15 @@ FILE_DATASETS: dict[str, FileDataset] = {
                  ("ratings_reconstructed.csv.gz", "users.dat", "movies.dat")),
         build=movielens.load_movielens1m,
         source_files=movielens.movielens1m_source_files,
-        supports_download=True,
+        download=movielens.download_movielens1m,
+        has_regions=True,
     ),
     "movielens100k": FileDataset(
         folder="movielens-100k",
         markers=(("u.data", "u.user", "u.item"),),
         build=movielens.load_movielens100k,
         source_files=movielens.movielens100k_source_files,
+        has_regions=True,
     ),
     "tabular": FileDataset(
         folder=None,
@@ -99,14 +109,51 @@ FILE_DATASETS: dict[str, FileDataset] = {
         settings=open_bandit.open_bandit_settings,
     ),
 }
-GENERATED_DATASETS: dict[str, Callable[..., EncodedDataset]] = {"synthetic": synthetic.make_synthetic}
-# data.storage=memmap: builders that write the table chunk by chunk into memory-mapped files
-MEMMAP_DATASETS: dict[str, Callable[..., EncodedDataset]] = {"synthetic": synthetic.make_synthetic_memmap}
+
+
+@dataclass(frozen=True)
+class GeneratedDataset:
+    """A dataset made from its settings alone: ``build(split=, split_seed=, **settings)``.
+
+    ``build_memmap`` (for ``data.storage=memmap``) writes the table chunk by chunk into memory-mapped
+    files: ``build_memmap(folder=, split=, split_seed=, chunk_rows=, block_rows=, **settings)``.
+    """
+
+    build: Callable[..., EncodedDataset]
+    build_memmap: Callable[..., EncodedDataset] | None = None
+    has_regions: bool = False
+
+
+GENERATED_DATASETS: dict[str, GeneratedDataset] = {
+    "synthetic": GeneratedDataset(build=synthetic.make_synthetic, build_memmap=synthetic.make_synthetic_memmap,
+                                  has_regions=True),
+}
 STORAGES: tuple[str, ...] = ("memory", "memmap")
 
 
 def dataset_names() -> list[str]:
     return sorted([*FILE_DATASETS, *GENERATED_DATASETS])
+
+
+def memmap_datasets() -> list[str]:
+    """The datasets ``data.storage=memmap`` can write."""
+    return sorted(name for name, spec in GENERATED_DATASETS.items() if spec.build_memmap is not None)
+
+
+def region_datasets() -> list[str]:
+    """The datasets whose rows carry a region (in memory: a memmap table keeps none)."""
+    specs: dict[str, FileDataset | GeneratedDataset] = {**FILE_DATASETS, **GENERATED_DATASETS}
+    return sorted(name for name, spec in specs.items() if spec.has_regions)
+
+
+def source_uri(name: str, root: str | Path | None, **options: Any) -> str:
+    """Where dataset ``name`` comes from, for provenance: its folder, the user's file, or ``generated:<name>``."""
+    if name in GENERATED_DATASETS or name not in FILE_DATASETS:
+        return f"generated:{name}"
+    spec = FILE_DATASETS[name]
+    folder = spec.folder_for(root)
+    path = options.get("path")
+    return str((folder / str(path)).resolve()) if spec.folder is None and path else str(folder)
 
 
 def plain(value: Any) -> Any:
@@ -124,21 +171,21 @@ def load_dataset(name: str, *, root: str | Path | None, split: str, split_seed: 
     """Build (or load from the cache) dataset ``name``; bad names and paths fail with one line.
 
     ``storage="memmap"`` writes (once) and opens a memory-mapped table under ``memmap_dir`` (default
-    ``cache_dir``) instead of holding tensors; only :data:`MEMMAP_DATASETS` support it.
+    ``cache_dir``) instead of holding tensors; only :func:`memmap_datasets` support it.
     """
     if storage != "memory":
         if storage not in STORAGES:
             raise UserInputError(f"data.storage={storage!r}: use one of {', '.join(STORAGES)}")
-        if name not in MEMMAP_DATASETS:
-            raise UserInputError(f"data.storage=memmap is available for {sorted(MEMMAP_DATASETS)} only, "
-                                 f"not data={name}")
+        build_memmap = GENERATED_DATASETS[name].build_memmap if name in GENERATED_DATASETS else None
+        if build_memmap is None:
+            raise UserInputError(f"data.storage=memmap is available for {memmap_datasets()} only, not data={name}")
         folder = memmap_dir if memmap_dir not in (None, "") else cache_dir
         if folder is None:
             raise UserInputError("data.storage=memmap needs a folder: set data.memmap_dir (or data.cache_dir)")
-        return MEMMAP_DATASETS[name](folder=Path(folder), split=split, split_seed=split_seed,
-                                     chunk_rows=chunk_rows, block_rows=block_rows, **plain(options))
+        return build_memmap(folder=Path(folder), split=split, split_seed=split_seed,
+                            chunk_rows=chunk_rows, block_rows=block_rows, **plain(options))
     if name in GENERATED_DATASETS:
-        return GENERATED_DATASETS[name](split=split, split_seed=split_seed, **options)
+        return GENERATED_DATASETS[name].build(split=split, split_seed=split_seed, **options)
     if name not in FILE_DATASETS:
         raise UserInputError(f"data.name={name!r} is not a known dataset; choose one of {dataset_names()}")
     spec = FILE_DATASETS[name]
@@ -149,13 +196,12 @@ def load_dataset(name: str, *, root: str | Path | None, split: str, split_seed: 
     else:
         settings = spec.settings(**plain(options))
     folder = spec.folder_for(root)
-    if download and spec.supports_download and not any(
-            all((folder / m).exists() for m in marker) for marker in spec.markers):
+    if download and spec.download is not None and spec.folder is not None and not spec.holds_data(folder):
         # a download never writes into a read-only shared folder: it goes under the explicit root
         # (or ./data), where resolve_data_root looks next time
         target = Path(root) if root is not None else Path("data")
         folder = target / spec.folder
-        movielens.download_movielens1m(folder)
+        spec.download(folder)
     build = functools.partial(spec.build, folder, split=split, split_seed=split_seed, **settings)
     if cache_dir is None:
         return build()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypedDict
 
+import numpy as np
 import torch
 
 
@@ -109,6 +110,30 @@ class EncodedSplit:
         return {"sparse": self.sparse, "dense": self.dense, "domain": self.domain, "labels": self.labels}
 
 
+@dataclass(frozen=True)
+class RowKeys:
+    """A string key for every row of each split, e.g. the region of the row's user.
+
+    The reader computes it while it still holds the raw frame (the encoded table keeps no zip codes),
+    and the cache stores it with the table, so grouping rows by it (``federated.partition=region``)
+    never re-reads raw files or needs to know which dataset it is looking at.
+    """
+
+    names: tuple[str, ...]
+    codes: dict[str, torch.Tensor]  # split name -> int64 [rows], an index into ``names``
+
+    def of(self, split: str) -> np.ndarray:
+        """The keys of one split's rows, as strings in row order."""
+        return np.asarray(self.names, dtype=str)[self.codes[split].numpy()]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"names": list(self.names), "codes": dict(self.codes)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RowKeys:
+        return cls(names=tuple(d["names"]), codes=dict(d["codes"]))
+
+
 @dataclass
 class EncodedDataset:
     """What every reader produces: the schema and the train/val/test splits as tensors.
@@ -116,12 +141,14 @@ class EncodedDataset:
     With ``data.storage=memmap`` the splits are :class:`~m3oe_lightning.data.memmap.MemmapSplit` objects
     instead: the same ``len(split)`` / ``split.rows(index)`` interface over memory-mapped files (no whole
     tensors; code that needs ``split.sparse`` & co. must use ``split.rows`` or ``MemmapSplit.column``).
+    ``regions`` is the region of each row where the reader knows one (MovieLens, synthetic), else ``None``.
     """
 
     schema: FeatureSchema
     train: EncodedSplit
     val: EncodedSplit
     test: EncodedSplit
+    regions: RowKeys | None = None
 
     def split(self, name: str) -> EncodedSplit:
         return {"train": self.train, "val": self.val, "test": self.test}[name]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -20,14 +20,27 @@ SplitKind = Literal["random", "ordered"]
 SPLIT_KINDS: tuple[str, ...] = ("random", "ordered")
 
 
+def check_fractions(setting: str, value: Any, *, nonempty: tuple[str, ...] = ()) -> list[float]:
+    """``value`` as three non-negative numbers (train, val, test) summing to 1; the parts named in
+    ``nonempty`` must be > 0. Anything else is one line naming ``setting``."""
+    try:
+        fractions = [float(v) for v in value if not isinstance(v, bool)]
+    except (TypeError, ValueError):
+        fractions = []
+    names = ("train", "val", "test")
+    if (len(fractions) != 3 or any(not f >= 0 for f in fractions)
+            or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6)
+            or any(fractions[names.index(part)] <= 0 for part in nonempty)):
+        value = list(value) if isinstance(value, (list, tuple)) else value
+        rule = f", with {' and '.join(nonempty)} > 0" if nonempty else ""
+        raise UserInputError(f"{setting}={value!r}: give three non-negative numbers (train, val, test) "
+                             f"summing to 1{rule}")
+    return fractions
+
+
 def _boundaries(n_rows: int, fractions: Sequence[float]) -> tuple[int, int]:
     """End of train and end of val, as cumulative floors (a tiny epsilon absorbs float error)."""
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0,
-                                                                                 abs_tol=1e-6):
-        raise UserInputError(
-            f"split fractions must be three non-negative numbers summing to 1 (train, val, test); got "
-            f"{tuple(fractions)}"
-        )
+    fractions = check_fractions("split fractions", fractions)
     end_train = min(n_rows, int(math.floor(n_rows * fractions[0] + 1e-9)))
     end_val = min(n_rows, int(math.floor(n_rows * (fractions[0] + fractions[1]) + 1e-9)))
     return end_train, end_val

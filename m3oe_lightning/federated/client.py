@@ -8,8 +8,8 @@ config key          effect
 ==================  ============================================================================
 ``local_epochs``    epochs of each local fit (a fresh Lightning ``Trainer`` per fit)
 ``lr``              the client optimiser's learning rate
-``proximal_mu``     FedProx: adds ``μ/2·‖w − w_global‖²`` to the training loss (0 = off)
-``ditto_lambda``    Ditto: also trains the persistent personal model ``v`` with ``λ/2·‖v − w_global‖²``
+``mu``              FedProx: adds ``μ/2·‖w − w_global‖²`` to the training loss (0 = off)
+``lam``             Ditto: also trains the persistent personal model ``v`` with ``λ/2·‖v − w_global‖²``
 ``personal_epochs`` Ditto: epochs of the personal fit
 ``local_only``      Local: train the persistent personal model, send nothing back
 ``score_split``     PAGE: ``val`` (default of PAGE) or ``test`` (``paper_parity``): the reply's metrics
@@ -42,10 +42,16 @@ import lightning as L
 import torch
 from torch import nn
 
+from m3oe_lightning import metric_keys as keys
 from m3oe_lightning.data.datamodule import MDMTDataModule
 from m3oe_lightning.data.schema import EncodedDataset, EncodedSplit
 from m3oe_lightning.federated.evaluation import evaluate_split
 from m3oe_lightning.federated.messages import (
+    SCORE_RECEIVED_AUC,
+    SCORE_RECEIVED_LOGLOSS,
+    SCORE_TRAINED_AUC,
+    SCORE_TRAINED_LOGLOSS,
+    TRAIN_LOSS,
     Arrays,
     EvaluateIns,
     EvaluateRes,
@@ -56,6 +62,7 @@ from m3oe_lightning.federated.messages import (
     set_arrays,
 )
 from m3oe_lightning.models.base import MDMTModel, PersonalSlices
+from m3oe_lightning.seeds import derive_seed
 from m3oe_lightning.training.module import MDMTModule
 from m3oe_lightning.training.quiet import quiet_lightning
 
@@ -152,7 +159,7 @@ class MDMTClient:
         ``deadline`` (``time.perf_counter()`` seconds): stop at the first batch past it and raise
         :class:`ClientTimeout`.
         """
-        seed = (self.seed * 1_000_003 + server_round * 7_919 + stream) % (2**31)
+        seed = derive_seed(self.seed, server_round, stream)
         torch.manual_seed(seed)
         system = self.system_fn(model, lr)
         system.extra_loss = extra_loss
@@ -165,7 +172,7 @@ class MDMTClient:
             trainer.fit(system, datamodule=datamodule)
         if stopper is not None and stopper.fired:
             raise ClientTimeout(f"client {self.client_id}: local training stopped at the deadline")
-        loss = trainer.callback_metrics.get("train/loss")
+        loss = trainer.callback_metrics.get(keys.key("train", keys.LOSS))
         return float(loss) if loss is not None else float("nan")
 
     def score_split(self, name: str) -> EncodedSplit:
@@ -185,7 +192,7 @@ class MDMTClient:
                 set_arrays(model, self.personal)
             loss = self.train_local(model, epochs=epochs, lr=lr, server_round=server_round, deadline=deadline)
             self.personal = get_arrays(model)
-            return FitRes(arrays=None, num_examples=n_train, metrics={"train_loss": loss})
+            return FitRes(arrays=None, num_examples=n_train, metrics={TRAIN_LOSS: loss})
         if ins.arrays is None:
             raise ValueError(f"client {self.client_id}: round {server_round} sent no model to train")
         received = ins.arrays
@@ -196,24 +203,24 @@ class MDMTClient:
         score = self.score_split(str(config["score_split"])) if "score_split" in config else None
         if score is not None:  # PAGE: the received global model on local data is the agent's next state
             before = evaluate_split(model, score, self.eval_batch_size)
-            metrics["score/received_auc"] = before.get("auc_mean", float("nan"))
-            metrics["score/received_logloss"] = before.get("logloss_mean", float("nan"))
-        mu = float(config.get("proximal_mu", 0.0))
+            metrics[SCORE_RECEIVED_AUC] = before.get(keys.AUC_MEAN, float("nan"))
+            metrics[SCORE_RECEIVED_LOGLOSS] = before.get(keys.LOGLOSS_MEAN, float("nan"))
+        mu = float(config.get("mu", 0.0))
         extra = ProximalTerm(received, mu, model) if mu > 0 else None
         loss = self.train_local(model, epochs=epochs, lr=lr, server_round=server_round, extra_loss=extra,
                                 deadline=deadline)
         trained = get_arrays(model)
         if score is not None:  # … and the trained local model on it gives the agent's reward
             after = evaluate_split(model, score, self.eval_batch_size)
-            metrics["score/trained_auc"] = after.get("auc_mean", float("nan"))
-            metrics["score/trained_logloss"] = after.get("logloss_mean", float("nan"))
-        if "ditto_lambda" in config:
-            self.personal = self.fit_personal(received, lam=float(config["ditto_lambda"]), lr=lr,
+            metrics[SCORE_TRAINED_AUC] = after.get(keys.AUC_MEAN, float("nan"))
+            metrics[SCORE_TRAINED_LOGLOSS] = after.get(keys.LOGLOSS_MEAN, float("nan"))
+        if "lam" in config:
+            self.personal = self.fit_personal(received, lam=float(config["lam"]), lr=lr,
                                               epochs=int(config.get("personal_epochs", epochs)),
                                               server_round=server_round, deadline=deadline)
         else:
             self.personal = trained
-        return FitRes(arrays=trained, num_examples=n_train, metrics={"train_loss": loss, **metrics})
+        return FitRes(arrays=trained, num_examples=n_train, metrics={TRAIN_LOSS: loss, **metrics})
 
     def fit_personal(self, received: Arrays, *, lam: float, lr: float, epochs: int, server_round: int,
                      deadline: float | None = None) -> Arrays:

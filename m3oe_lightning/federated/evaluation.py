@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from m3oe_lightning import metric_keys as keys
 from m3oe_lightning.data.datamodule import TensorBatchLoader
 from m3oe_lightning.data.schema import EncodedSplit
 from m3oe_lightning.models.base import MDMTModel, forward_in_chunks
@@ -38,9 +39,10 @@ def evaluate_split(model: MDMTModel, split: EncodedSplit, batch_size: int = 6553
         rows += n
     model.train(was_training)
     out = {key: float(value) for key, value in metrics.compute().items()}
-    out["loss"] = loss_sum / rows
+    out[keys.LOSS] = loss_sum / rows
     return out
 
 
 def finite(value: float | None) -> bool:
+    """A metric value that exists and is a real number (a group without an AUC gives NaN)."""
     return value is not None and not math.isnan(value) and not math.isinf(value)

@@ -2,45 +2,55 @@
 
 Every settings check runs here, before anything trains (and before the entry point opens an MLflow
 run): the settings that need no data first, then those that depend on the partition.
+
+A strategy's settings are declared once, as ``federated.*`` keys (``conf/federated/*.yaml``); the
+``federated.strategy`` node only names the class. :func:`build_strategy` passes the class each
+``federated.*`` setting its constructor accepts (by name), plus the run's seed.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from m3oe_lightning import metric_keys as keys
 from m3oe_lightning.config import build
 from m3oe_lightning.data.schema import EncodedSplit
-from m3oe_lightning.errors import UserInputError
+from m3oe_lightning.errors import UserInputError, check_int, check_number
 from m3oe_lightning.federated.client import MDMTClient
 from m3oe_lightning.federated.evaluation import evaluate_split
 from m3oe_lightning.federated.messages import Arrays, Metrics, get_arrays, set_arrays
-from m3oe_lightning.federated.partition import (
-    Federation,
-    check_settings,
-    concat_splits,
-    partition,
-    pooled,
-    region_keys,
-)
-from m3oe_lightning.federated.simulation import Simulation
+from m3oe_lightning.federated.partition import Federation, check_settings, partition, pooled, region_keys
+from m3oe_lightning.federated.simulation import InProcessTransport, Simulation
 from m3oe_lightning.federated.strategies.base import Strategy
-from m3oe_lightning.federated.strategies.page import PAGE
 from m3oe_lightning.models.base import MDMTModel, PersonalSlices
+from m3oe_lightning.seeds import derive_seed
 from m3oe_lightning.training.system import build_system, system_factory
+
+# Settings whose name changed when the strategy node stopped repeating them: new name → the name the
+# old strategy node had (the config hash of runs already in a store is computed with the old names).
+LEGACY_STRATEGY_NAMES = {"mu": "proximal_mu", "lam": "ditto_lambda"}
+# What is not part of a federated run's identity: where it logs and the run hooks.
+NOT_IDENTITY = ("paths", "logger", "skip_finished")
+NOT_FEDERATED_IDENTITY = ("resume", "kill_after_round")
 
 
 class ServerEvaluator:
     """Flower's ``evaluate_fn``: the global model on the pooled global test set and held-out test set."""
 
+    SUMMARY = (keys.AUC_MEAN, keys.LOGLOSS_MEAN, keys.LOSS)  # all the held-out set reports
+
     def __init__(self, model: MDMTModel, global_test: EncodedSplit, heldout_test: EncodedSplit | None,
                  batch_size: int = 65536) -> None:
         self.model = model
-        self.sets = {"global": global_test, "heldout": heldout_test}
+        self.sets = {keys.GLOBAL: global_test, keys.HELDOUT: heldout_test}
         self.batch_size = batch_size
 
     def __call__(self, server_round: int, arrays: Arrays) -> Metrics:
@@ -49,14 +59,14 @@ class ServerEvaluator:
         for prefix, split in self.sets.items():
             if split is None:
                 continue
-            for key, value in evaluate_split(self.model, split, self.batch_size).items():
-                if key in ("auc_mean", "logloss_mean", "loss") or prefix == "global":
-                    out[f"{prefix}/{key}"] = value
+            for name, value in evaluate_split(self.model, split, self.batch_size).items():
+                if name in self.SUMMARY or prefix == keys.GLOBAL:
+                    out[keys.key(prefix, name)] = value
         return out
 
 
 class SplitEvaluator:
-    """One split's evaluator with its own model copy: ``arrays -> metrics`` (PAGE's server validation set)."""
+    """One split's evaluator with its own model copy: ``arrays -> metrics`` (e.g. PAGE's server validation set)."""
 
     def __init__(self, model: MDMTModel, split: EncodedSplit, batch_size: int = 65536) -> None:
         self.model, self.split, self.batch_size = model, split, batch_size
@@ -64,14 +74,6 @@ class SplitEvaluator:
     def __call__(self, arrays: Arrays) -> Metrics:
         set_arrays(self.model, arrays)
         return evaluate_split(self.model, self.split, self.batch_size)
-
-
-def server_validation_set(federation: Federation, paper_parity: bool) -> EncodedSplit:
-    """PAGE's server set: the union of the training clients' local validation splits (Decision 1),
-    or, under ``paper_parity``, the pooled global test set (the released code's leaky variant)."""
-    if paper_parity:
-        return federation.global_test
-    return concat_splits([c.data.val for c in federation.clients])
 
 
 @dataclass
@@ -85,16 +87,9 @@ class FederatedSetup:
 
 def check_federated(fed: DictConfig) -> None:
     """Settings checks that need no data."""
-    rounds = fed.rounds
-    if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
-        raise UserInputError(f"federated.rounds={rounds!r}: use a positive integer")
-    for key in ("kill_after_round",):
-        value = fed.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise UserInputError(f"federated.{key}={value!r}: use a positive integer or null")
-    timeout = fed.get("client_timeout")
-    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
-        raise UserInputError(f"federated.client_timeout={timeout!r}: use a positive number of seconds or null")
+    check_int("federated.rounds", fed.rounds)
+    check_int("federated.kill_after_round", fed.get("kill_after_round"), optional=True)
+    check_number("federated.client_timeout", fed.get("client_timeout"), low=0, low_open=True, optional=True)
     check_settings(partition=fed.partition, num_clients=fed.num_clients, alpha=fed.alpha,
                    heldout_clients=fed.heldout_clients, local_split=list(fed.local_split))
 
@@ -110,43 +105,88 @@ def personal_slices(model: MDMTModel, personal: str | None, model_name: str) -> 
     return slices
 
 
+# ---------------------------------------------------------------------------------------- strategy
+def constructor_settings(cls: type) -> list[str]:
+    """The keyword parameters ``cls(...)`` accepts, following ``**kwargs`` up the class hierarchy."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = list(inspect.signature(vars(klass)["__init__"]).parameters.values())[1:]
+        names += [p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+                  and p.name not in names]
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return names
+
+
+def strategy_arguments(fed: Mapping[str, Any], seed: int) -> tuple[str, dict[str, Any]]:
+    """The strategy's class path and constructor arguments from the resolved ``federated`` node."""
+    target = str(fed["strategy"]["_target_"])
+    accepted = constructor_settings(hydra.utils.get_class(target))
+    arguments = {name: fed[name] for name in accepted if name in fed and name != "seed"}
+    if "seed" in accepted:
+        arguments["seed"] = seed
+    return target, arguments
+
+
+def build_strategy(fed: DictConfig, seed: int) -> Strategy:
+    """The strategy ``federated.strategy`` names, built from the ``federated.*`` settings it accepts."""
+    resolved = OmegaConf.to_container(fed, resolve=True)
+    assert isinstance(resolved, dict)
+    _, arguments = strategy_arguments(resolved, int(seed))
+    return build(fed.strategy, **arguments)
+
+
+def federated_identity(resolved: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings a resumed (or skipped) run must share with the original: the resolved ``federate``
+    config without where it logs and the run hooks.
+
+    Runs already in users' stores were hashed when ``federated.strategy`` repeated every strategy
+    setting under the constructor's old names; that node is rebuilt here from the one declaration of
+    each setting, so the same settings keep the same hash.
+    """
+    identity = {k: v for k, v in resolved.items() if k not in NOT_IDENTITY}
+    fed = {k: v for k, v in resolved["federated"].items() if k not in NOT_FEDERATED_IDENTITY}
+    target, arguments = strategy_arguments(fed, resolved["seed"])
+    fed["strategy"] = {"_target_": target, **{LEGACY_STRATEGY_NAMES.get(k, k): v for k, v in arguments.items()}}
+    identity["federated"] = fed
+    identity["client_trainer"] = {k: v for k, v in resolved.get("client_trainer", {}).items()
+                                  if k != "default_root_dir"}
+    return identity
+
+
+# -------------------------------------------------------------------------------------------- build
 def build_federated(cfg: DictConfig) -> FederatedSetup:
-    """Everything a federated run needs, from the composed ``federate`` config."""
+    """Everything a federated run needs, from the composed ``federate`` config (clients in this process:
+    :meth:`Simulation.with_transport` delivers the same run elsewhere)."""
     fed = cfg.federated
     check_federated(fed)
-    strategy: Strategy = build(fed.strategy)
+    strategy = build_strategy(fed, cfg.seed)
     datamodule, model, _ = build_system(cfg)
     dataset = datamodule.load()
-    keys = region_keys(datamodule, dataset) if fed.partition == "region" else None
+    region = region_keys(datamodule, dataset) if fed.partition == "region" else None
     federation = partition(dataset, partition=fed.partition, num_clients=fed.num_clients, alpha=fed.alpha,
                            heldout_clients=fed.heldout_clients, local_split=list(fed.local_split),
-                           seed=fed.partition_seed, region_keys=keys)
+                           seed=fed.partition_seed, region_keys=region)
     if fed.get("centralized"):  # the reference: one client holding every training client's rows
         federation = pooled(federation)
-    strategy.check(len(federation.clients))
-    if isinstance(strategy, PAGE):
-        if not strategy.paper_parity and any(len(c.data.val) == 0 for c in federation.clients):
-            raise UserInputError(f"federated=page scores on each client's validation split, but "
-                                 f"federated.local_split={list(fed.local_split)} leaves a client without "
-                                 f"validation rows; give val a larger share (or paper_parity=true)")
+    template = copy.deepcopy(model)  # the common initial weights of every client and the server
+    strategy.prepare(federation, lambda split: SplitEvaluator(copy.deepcopy(template), split,
+                                                              datamodule.eval_batch_size))
 
     trainer_fn = hydra.utils.instantiate(cfg.client_trainer, _partial_=True)
     system_fn = system_factory(cfg)
-    template = copy.deepcopy(model)  # the common initial weights of every client and the server
     personal = personal_slices(model, fed.get("personal", "none"), type(model).__name__)
     clients = {
         c.client_id: MDMTClient(c.client_id, c.data, model_fn=functools.partial(copy.deepcopy, template),
                                 system_fn=system_fn, trainer_fn=trainer_fn, batch_size=datamodule.batch_size,
-                                eval_batch_size=datamodule.eval_batch_size, seed=cfg.seed * 1_009 + k,
-                                personal_slices=personal)
-        for k, c in enumerate(federation.clients)
+                                eval_batch_size=datamodule.eval_batch_size,
+                                seed=derive_seed(cfg.seed, "client", c.client_id), personal_slices=personal)
+        for c in federation.clients
     }
     evaluator = ServerEvaluator(model, federation.global_test, federation.heldout_test, datamodule.eval_batch_size)
-    if isinstance(strategy, PAGE):
-        strategy.bind_server_evaluator(SplitEvaluator(copy.deepcopy(template),
-                                                      server_validation_set(federation, strategy.paper_parity),
-                                                      datamodule.eval_batch_size))
-    simulation = Simulation(strategy, clients, initial_arrays=get_arrays(template), evaluate_fn=evaluator,
-                            client_timeout=fed.get("client_timeout"))
+    simulation = Simulation(strategy, InProcessTransport(clients), initial_arrays=get_arrays(template),
+                            evaluate_fn=evaluator, client_timeout=fed.get("client_timeout"))
     return FederatedSetup(simulation=simulation, federation=federation, strategy=strategy, model=model,
                           rounds=int(fed.rounds))

@@ -1,7 +1,7 @@
 """What server and clients exchange, in Flower's vocabulary but without depending on ``flwr``.
 
-Each type maps one-to-one onto a Flower Message-API record, so the Flower adapter (increment 2) only
-converts at the boundary:
+Each type maps one-to-one onto a Flower Message-API record, so the Flower transport
+(:mod:`.flower.records`) only converts at the boundary:
 
 =================  =====================================================================
 here               Flower (``flwr`` Message API)
@@ -23,9 +23,20 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from m3oe_lightning import metric_keys as keys
+
 Arrays = dict[str, torch.Tensor]
 Config = dict[str, int | float | str | bool]
 Metrics = dict[str, float]
+
+TRAIN_LOSS = "train_loss"  # a fit reply's mean training loss (the runner's ``train/loss`` weights it by rows)
+
+# PAGE's scores in a fit reply (``score_split`` in the round config): the received model on the local
+# split before training (the client agent's next state) and the trained one after it (its reward).
+SCORE_RECEIVED_AUC = keys.key("score", "received_auc")
+SCORE_RECEIVED_LOGLOSS = keys.key("score", "received_logloss")
+SCORE_TRAINED_AUC = keys.key("score", "trained_auc")
+SCORE_TRAINED_LOGLOSS = keys.key("score", "trained_logloss")
 
 
 @dataclass

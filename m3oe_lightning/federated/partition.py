@@ -4,9 +4,10 @@ All rows of the dataset (its train, val and test splits, concatenated in that or
 assigned to clients, each row to exactly one client (``federated.partition``):
 
 * ``domain``: one client per domain (client id = the domain name).
-* ``region``: one client per region of the row's user (client ids ``region0`` … ``region9``): on
-  MovieLens the first character of the user's zip code (ML-100K's 18 Canadian postcodes, which start
-  with a letter, form ``region_other``); on synthetic data ``user_id mod 10``.
+* ``region``: one client per region of the row's user (client ids ``region0`` … ``region9``), as the
+  reader recorded it in :attr:`EncodedDataset.regions`: on MovieLens the first character of the user's
+  zip code (ML-100K's 18 Canadian postcodes, which start with a letter, form ``region_other``); on
+  synthetic data ``user_id mod 10``.
 * ``dirichlet``: users → ``num_clients`` clients. For each domain, client shares are drawn from
   Dirichlet(α·1); the users of that domain (a user's domain = the domain of most of its rows) are
   shuffled and cut by those shares (the usual label-Dirichlet split with the domain as the label).
@@ -23,18 +24,18 @@ held-out client's users may have embedding rows, but nothing ever trains them.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from m3oe_lightning.data.registry import region_datasets
 from m3oe_lightning.data.schema import EncodedDataset, EncodedSplit, FeatureSchema
-from m3oe_lightning.data.splits import split_indices
-from m3oe_lightning.errors import UserInputError
+from m3oe_lightning.data.splits import check_fractions, split_indices
+from m3oe_lightning.errors import UserInputError, check_int, check_number
+from m3oe_lightning.seeds import derive_seed
 
 PARTITIONS: tuple[str, ...] = ("domain", "region", "dirichlet")
 MAX_DIRICHLET_DRAWS = 100
@@ -47,10 +48,6 @@ class ClientData:
     client_id: str
     data: EncodedDataset
     rows: np.ndarray
-
-    @property
-    def num_train(self) -> int:
-        return len(self.data.train)
 
     @property
     def num_test(self) -> int:
@@ -81,18 +78,14 @@ def check_settings(*, partition: str, num_clients: int, alpha: float, heldout_cl
     if partition not in PARTITIONS:
         raise UserInputError(f"federated.partition={partition!r}: use one of {', '.join(PARTITIONS)}")
     if partition == "dirichlet":
-        if not isinstance(num_clients, int) or isinstance(num_clients, bool) or num_clients < 1:
-            raise UserInputError(f"federated.num_clients={num_clients!r}: use a positive integer")
-        if not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
-            raise UserInputError(f"federated.alpha={alpha!r}: the Dirichlet concentration must be > 0 "
-                                 f"(small = each client sees few domains, large = every client sees all)")
-    if not isinstance(heldout_clients, int) or isinstance(heldout_clients, bool) or heldout_clients < 0:
-        raise UserInputError(f"federated.heldout_clients={heldout_clients!r}: use an integer ≥ 0")
-    fractions = list(local_split)
-    if (len(fractions) != 3 or any(not isinstance(f, (int, float)) or f < 0 for f in fractions)
-            or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6) or fractions[0] <= 0 or fractions[2] <= 0):
-        raise UserInputError(f"federated.local_split={fractions}: give three fractions (train, val, test) "
-                             f"summing to 1, with train and test > 0")
+        check_int("federated.num_clients", num_clients)
+        try:
+            check_number("federated.alpha", alpha, low=0, low_open=True)
+        except UserInputError as error:
+            raise UserInputError(f"{error} (the Dirichlet concentration: small = each client sees few domains, "
+                                 f"large = every client sees all)") from None
+    check_int("federated.heldout_clients", heldout_clients, minimum=0)
+    check_fractions("federated.local_split", local_split, nonempty=("train", "test"))
 
 
 # --------------------------------------------------------------------------------------- assignment
@@ -169,7 +162,7 @@ def local_datasets(pool: EncodedSplit, schema: FeatureSchema, assignment: np.nda
     for k, (name, rows) in enumerate(zip(names, np.split(order, bounds))):
         if len(rows) == 0:
             raise UserInputError(f"federated partition leaves client {name!r} without rows")
-        parts = split_indices(len(rows), "random", seed * 1_000_003 + k, tuple(local_split))
+        parts = split_indices(len(rows), "random", derive_seed(seed, "local-split", k), tuple(local_split))
         if len(parts[0]) == 0 or len(parts[2]) == 0:
             raise UserInputError(f"client {name!r} has {len(rows)} rows: too few for federated.local_split="
                                  f"{list(local_split)} (its local train or test split would be empty); use "
@@ -211,7 +204,8 @@ def partition(dataset: EncodedDataset, *, partition: str, num_clients: int = 10,
         raise UserInputError(f"federated.heldout_clients={heldout_clients} but partition={partition} gives "
                              f"{len(names)} client(s): at least one client must train")
     clients = local_datasets(pool, schema, assignment, names, local_split, seed)
-    held = set(np.random.default_rng(seed + 1).choice(len(clients), size=heldout_clients, replace=False).tolist())
+    rng = np.random.default_rng(derive_seed(seed, "heldout"))
+    held = set(rng.choice(len(clients), size=heldout_clients, replace=False).tolist())
     training = [c for k, c in enumerate(clients) if k not in held]
     heldout = [c for k, c in enumerate(clients) if k in held]
     return Federation(
@@ -237,50 +231,13 @@ def pooled(federation: Federation) -> Federation:
 
 
 # ------------------------------------------------------------------------------------ region keys
-def _movielens_regions(datamodule: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Re-read the raw MovieLens frame (the encoded table keeps no zip strings) in pool order.
-
-    Returns (region key per pool row, age per pool row); the caller checks the ages against the
-    encoded domains, so a frame that does not line up with the encoded table is caught.
-    """
-    from m3oe_lightning.data.paths import resolve_data_root
-    from m3oe_lightning.data.readers import movielens
-    from m3oe_lightning.data.registry import FILE_DATASETS
-
-    folder = FILE_DATASETS[datamodule.name].locate(resolve_data_root(datamodule.root))
-    reader = movielens.read_movielens1m if datamodule.name == "movielens1m" else movielens.read_movielens100k
-    frame = reader(Path(folder))
-    order = np.concatenate(split_indices(len(frame), datamodule.split, datamodule.split_seed))
-    first = frame["zip"].astype(str).str[:1].to_numpy()[order]
-    keys = np.where(np.char.isdigit(first.astype(str)), first, "_other")
-    lookup = np.zeros(max(movielens.AGE_TO_DOMAIN) + 1, dtype=np.int64)
-    for code, d in movielens.AGE_TO_DOMAIN.items():
-        lookup[code] = d
-    return keys.astype(str), lookup[frame["age"].to_numpy()[order]]
-
-
-def _synthetic_regions(datamodule: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Synthetic rows have no geography: region = ``user_id mod 10`` (regenerated, cheap and seeded)."""
-    from m3oe_lightning.data.readers.synthetic import synthetic_table
-
-    table = synthetic_table(**datamodule.options)
-    order = np.concatenate(split_indices(len(table.frame), datamodule.split, datamodule.split_seed))
-    return (table.frame["user_id"].to_numpy()[order] % 10).astype(str), table.frame["domain"].to_numpy()[order]
-
-
-REGION_SOURCES = {"movielens1m": _movielens_regions, "movielens100k": _movielens_regions,
-                  "synthetic": _synthetic_regions}
-
-
 def region_keys(datamodule: Any, dataset: EncodedDataset) -> np.ndarray:
-    """One region key per pool row of ``dataset`` (loaded by ``datamodule``)."""
-    source = REGION_SOURCES.get(datamodule.name)
-    if source is None:
+    """One region key per pool row of ``dataset`` (loaded by ``datamodule``, named in the error).
+
+    The reader recorded the regions while it held the raw rows (:attr:`EncodedDataset.regions`); a
+    dataset without them cannot be partitioned by region.
+    """
+    if dataset.regions is None:
         raise UserInputError(f"federated.partition=region needs a region per row; data {datamodule.name!r} has "
-                             f"none (regions: {sorted(REGION_SOURCES)}); use partition=domain or dirichlet")
-    keys, domains = source(datamodule)
-    pool_domain = torch.cat([dataset.train.domain, dataset.val.domain, dataset.test.domain]).numpy()
-    if len(keys) != len(pool_domain) or not np.array_equal(domains, pool_domain):
-        raise UserInputError(f"the raw {datamodule.name} files do not line up with the encoded table (cached under "
-                             f"data.cache_dir); delete that cache so it is rebuilt from these files")
-    return keys
+                             f"none (regions: {region_datasets()}); use partition=domain or dirichlet")
+    return np.concatenate([dataset.regions.of(split) for split in ("train", "val", "test")])

@@ -1,45 +1,48 @@
-"""The in-process simulation runner: drives a Strategy and its Clients round by round.
+"""The federated runner: drives a Strategy round by round over a Transport that delivers its messages.
 
 Everything the server knows lives in one :class:`ServerState` (round, global arrays, metric history,
 failures, the strategy's own state such as PAGE's agents, RNG states), which saves and loads with
 ``torch.save`` / ``torch.load(weights_only=True)``. :meth:`Simulation.run` can write it atomically after
-every round (``checkpoint``) and :meth:`Simulation.restore` continues from it. Clients run one after
-another in this process. A client that raises is dropped from that round (logged, counted in
-``round/clients_failed``). ``client_timeout`` is cooperative: the runner sends it as ``deadline_s``,
-the client's local training stops at the first batch boundary past it (it cannot preempt a batch, an
-evaluation or a hung call: in-process there is no safe way to kill a running fit), and a stopped
-fit, or any reply that took longer, is discarded as late. With fewer than the strategy's
-``min_clients`` replies the round keeps the previous global model.
+every round (``checkpoint``) and :meth:`Simulation.restore` continues from it. A client that raises is
+dropped from that round (logged, counted in ``round/clients_failed``). ``client_timeout`` is
+cooperative: the runner sends it as ``deadline_s``, the client's local training stops at the first
+batch boundary past it (it cannot preempt a batch, an evaluation or a hung call: in-process there is no
+safe way to kill a running fit), and a stopped fit, or any reply that took longer, is discarded as
+late. With fewer than the strategy's ``min_clients`` replies the round keeps the previous global model.
 
-Delivering instructions to clients is the one step a transport replaces: :meth:`Simulation.fit_clients`
-and :meth:`Simulation.evaluate_clients` call the clients here, one after another; the Flower ServerApp
-(:mod:`.flower_app`) overrides just these two to send Messages through a Flower ``Grid``, so sampling,
-aggregation, evaluation, failure accounting, checkpointing and every metric below stay the same code.
+Delivering instructions to clients is the one step that differs between running in this process and
+running on Flower nodes, so it is a :class:`Transport`: :class:`InProcessTransport` calls the clients
+here, one after another; the Flower transport (:mod:`.flower.runner`) sends Messages through a Flower
+``Grid``. Sampling, aggregation, evaluation, failure accounting, checkpointing and every metric below
+are :class:`Simulation`'s code, the same for both.
 
 Per-round metrics (MLflow step = round): ``personal/auc_mean``, ``personal/auc_mean_weighted``,
 ``personal/logloss_mean``, ``client/{id}/auc_mean``, ``global/auc_mean`` (+ ``global/logloss_mean``
 and ``global/auc/{domain}/{task}``), ``heldout/auc_mean`` (+ logloss), ``train/loss``,
 ``comm/bytes_down``, ``comm/bytes_up``, ``comm/bytes_sent``, ``round/clients_*`` and
-``time/{round,fit,evaluate,other}_s``, plus the strategy's own ``round_metrics`` (PAGE: ``page/*``).
+``time/{round,fit,evaluate,other}_s``, plus the metrics the strategy's ``aggregate_train`` returns
+(PAGE: ``page/*``).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
-import os
 import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
 
+from m3oe_lightning import metric_keys as keys
 from m3oe_lightning.federated.client import ClientTimeout
 from m3oe_lightning.federated.evaluation import finite
 from m3oe_lightning.federated.messages import (
+    TRAIN_LOSS,
     Arrays,
     EvaluateIns,
     EvaluateRes,
@@ -49,20 +52,50 @@ from m3oe_lightning.federated.messages import (
     nbytes,
 )
 from m3oe_lightning.federated.strategies.base import Strategy
+from m3oe_lightning.training.checkpoint_io import write_whole
 
 log = logging.getLogger(__name__)
 
 EvaluateFn = Callable[[int, Arrays], Metrics]          # Flower's evaluate_fn(server_round, arrays)
 RoundCallback = Callable[[int, Metrics], None]
+FailureCallback = Callable[[int, str, str, str], None]  # (server_round, phase, client id, reason)
+Ins = TypeVar("Ins", FitIns, EvaluateIns)
+Res = TypeVar("Res", FitRes, EvaluateRes)
 
 
 class Client(Protocol):
-    """What the runner needs from a client (``MDMTClient`` implements it)."""
+    """What the in-process transport needs from a client (``MDMTClient`` implements it)."""
 
     def fit(self, ins: FitIns) -> FitRes: ...
     def evaluate(self, ins: EvaluateIns) -> EvaluateRes: ...
     def state_dict(self) -> dict[str, Arrays]: ...
     def load_state_dict(self, state: Mapping[str, Arrays]) -> None: ...
+
+
+class Transport(Protocol):
+    """Delivers one phase of a round to the clients and brings back their replies.
+
+    ``fit`` / ``evaluate`` return the replies by client id in ``instructions`` order, leaving out every
+    client that failed or replied later than ``timeout`` seconds (``None``: no limit of the run's own);
+    each such client is reported once through ``fail(server_round, phase, client id, reason)``.
+    """
+
+    @property
+    def client_ids(self) -> list[str]:
+        """The training clients, in the federation's order."""
+        ...
+
+    @property
+    def local_clients(self) -> Mapping[str, Client]:
+        """The clients whose persistent state lives in this process (saved with the server state);
+        empty when it lives elsewhere (Flower nodes keep it in their ``context.state``)."""
+        ...
+
+    def fit(self, server_round: int, instructions: Mapping[str, FitIns], *, timeout: float | None,
+            fail: FailureCallback) -> dict[str, FitRes]: ...
+
+    def evaluate(self, server_round: int, instructions: Mapping[str, EvaluateIns], *, timeout: float | None,
+                 fail: FailureCallback) -> dict[str, EvaluateRes]: ...
 
 
 @dataclass
@@ -89,12 +122,8 @@ class ServerState:
         """Write the state (and, in simulation, the clients' persistent states) atomically."""
         payload = {"server": self.state_dict(),
                    "clients": {cid: c.state_dict() for cid, c in (clients or {}).items()}}
-        tmp = Path(path).with_suffix(".tmp")
-        with open(tmp, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(path)  # atomic: a kill leaves either the previous state or this one
+        # atomic: a kill leaves the previous state or this one; the previous one stays as a fallback
+        write_whole(Path(path), lambda handle: torch.save(payload, handle), keep_previous=True)
 
     @classmethod
     def load(cls, path: Path, clients: Mapping[str, Client] | None = None) -> ServerState:
@@ -124,6 +153,53 @@ def set_rng_states(state: Mapping[str, Any]) -> None:
     random.setstate((version, tuple(int(x) for x in internal.tolist()), gauss))
 
 
+class InProcessTransport:
+    """The clients in this process, called one after another; a raising or late client is reported and
+    left out (a late reply is judged by its wall time against ``timeout``)."""
+
+    def __init__(self, clients: Mapping[str, Client]) -> None:
+        self.clients = dict(clients)
+
+    @property
+    def client_ids(self) -> list[str]:
+        return list(self.clients)
+
+    @property
+    def local_clients(self) -> Mapping[str, Client]:
+        return self.clients
+
+    def fit(self, server_round: int, instructions: Mapping[str, FitIns], *, timeout: float | None,
+            fail: FailureCallback) -> dict[str, FitRes]:
+        return self._deliver(server_round, "fit", instructions, lambda client, ins: client.fit(ins), timeout, fail)
+
+    def evaluate(self, server_round: int, instructions: Mapping[str, EvaluateIns], *, timeout: float | None,
+                 fail: FailureCallback) -> dict[str, EvaluateRes]:
+        return self._deliver(server_round, "evaluate", instructions, lambda client, ins: client.evaluate(ins),
+                             timeout, fail)
+
+    def _deliver(self, server_round: int, phase: str, instructions: Mapping[str, Ins],
+                 call: Callable[[Client, Ins], Res], timeout: float | None, fail: FailureCallback) -> dict[str, Res]:
+        replies: dict[str, Res] = {}
+        for cid, ins in instructions.items():
+            start = time.perf_counter()
+            try:
+                reply = call(self.clients[cid], ins)
+            except ClientTimeout:
+                seconds = time.perf_counter() - start
+                fail(server_round, phase, cid, f"late reply (stopped at the deadline after {seconds:.1f} s; "
+                                               f"client_timeout {timeout} s)")
+                continue
+            except Exception as error:  # noqa: BLE001 - any client failure drops the client, not the round
+                fail(server_round, phase, cid, f"{type(error).__name__}: {error}")
+                continue
+            seconds = time.perf_counter() - start
+            if timeout is not None and seconds > timeout:
+                fail(server_round, phase, cid, f"late reply ({seconds:.1f} s > client_timeout {timeout} s)")
+                continue
+            replies[cid] = reply
+        return replies
+
+
 def _mean_weighted(values: list[tuple[float, int]]) -> float | None:
     values = [(v, n) for v, n in values if finite(v)]
     if not values:
@@ -134,77 +210,50 @@ def _mean_weighted(values: list[tuple[float, int]]) -> float | None:
 
 
 class Simulation:
-    """Runs ``strategy`` over ``clients`` in this process.
+    """Runs ``strategy`` over the clients ``transport`` reaches.
 
     Args:
         strategy: the server-side algorithm.
-        clients: the training clients by id (held-out clients are not here: they never train).
+        transport: delivers each phase of a round (:class:`InProcessTransport` or the Flower transport);
+            its clients are the training clients (held-out clients never train).
         initial_arrays: the global model's initial weights.
         evaluate_fn: server-side evaluation of the global model (global and held-out test sets).
         client_timeout: seconds after which a client's reply counts as late and is discarded (``None``: off).
     """
 
-    def __init__(self, strategy: Strategy, clients: Mapping[str, Client], *, initial_arrays: Arrays | None,
+    def __init__(self, strategy: Strategy, transport: Transport, *, initial_arrays: Arrays | None,
                  evaluate_fn: EvaluateFn | None = None, client_timeout: float | None = None) -> None:
         self.strategy = strategy
-        self.clients = dict(clients)
-        self.client_ids: list[str] = list(self.clients)  # the training clients, in partition order
+        self.transport = transport
         self.evaluate_fn = evaluate_fn
         self.client_timeout = client_timeout
         self.state = ServerState(global_arrays=initial_arrays if strategy.has_global_model else None)
 
-    def _call(self, server_round: int, phase: str, cid: str, fn: Callable[[], Any]) -> tuple[Any, float]:
-        """Run one client call; a failure or a late reply is recorded and returns ``None``."""
-        start = time.perf_counter()
-        try:
-            reply = fn()
-        except ClientTimeout:
-            seconds = time.perf_counter() - start
-            self._fail(server_round, phase, cid, f"late reply (stopped at the deadline after {seconds:.1f} s; "
-                                                 f"client_timeout {self.client_timeout} s)")
-            return None, seconds
-        except Exception as error:  # noqa: BLE001 - any client failure drops the client, not the round
-            seconds = time.perf_counter() - start
-            self._fail(server_round, phase, cid, f"{type(error).__name__}: {error}")
-            return None, seconds
-        seconds = time.perf_counter() - start
-        if self.client_timeout is not None and seconds > self.client_timeout:
-            self._fail(server_round, phase, cid, f"late reply ({seconds:.1f} s > client_timeout "
-                                                 f"{self.client_timeout} s)")
-            return None, seconds
-        return reply, seconds
+    def with_transport(self, transport: Transport) -> Simulation:
+        """This run (strategy, server state, server evaluation, timeout) delivered through ``transport``."""
+        other = copy.copy(self)
+        other.transport = transport
+        return other
 
-    def _fail(self, server_round: int, phase: str, cid: str, reason: str) -> None:
+    @property
+    def client_ids(self) -> list[str]:
+        """The training clients, in the federation's order."""
+        return self.transport.client_ids
+
+    @property
+    def clients(self) -> Mapping[str, Client]:
+        """The clients living in this process (empty when the transport reaches them elsewhere)."""
+        return self.transport.local_clients
+
+    def record_failure(self, server_round: int, phase: str, cid: str, reason: str) -> None:
+        """A client dropped from a phase of a round: logged and kept in the server state (``failures``)."""
         log.warning("round %d: client %s failed in %s (%s); dropped from this round", server_round, cid, phase,
                     reason)
         self.state.failures.append({"round": server_round, "client": cid, "phase": phase, "error": reason})
 
-    # ------------------------------------------------------------------------------- transport
-    def _deliver(self, server_round: int, phase: str, instructions: Mapping[str, Any],
-                 call: Callable[[Client, Any], Any]) -> dict[str, Any]:
-        """``call(client, ins)`` for each instruction, in order; failed or late clients are recorded and left out."""
-        replies: dict[str, Any] = {}
-        for cid, ins in instructions.items():
-            reply, _ = self._call(server_round, phase, cid, lambda c=cid, i=ins: call(self.clients[c], i))
-            if reply is not None:
-                replies[cid] = reply
-        return replies
-
-    def fit_clients(self, server_round: int, instructions: dict[str, FitIns]) -> dict[str, FitRes]:
-        """Deliver each client its :class:`FitIns` and collect the replies (in ``instructions`` order).
-
-        A client that fails or replies late is recorded (:meth:`_fail`) and left out. Here: the clients
-        in this process, one after another; a Flower ServerApp overrides this with one ``Grid`` round trip.
-        """
-        return self._deliver(server_round, "fit", instructions, lambda client, ins: client.fit(ins))
-
-    def evaluate_clients(self, server_round: int, instructions: dict[str, EvaluateIns]) -> dict[str, EvaluateRes]:
-        """As :meth:`fit_clients`, for the evaluation instructions."""
-        return self._deliver(server_round, "evaluate", instructions, lambda client, ins: client.evaluate(ins))
-
     def run_round(self) -> Metrics:
         """One round: configure → fit → aggregate → evaluate; returns (and records) its metrics."""
-        strategy, state = self.strategy, self.state
+        strategy, state, transport = self.strategy, self.state, self.transport
         server_round = state.server_round + 1
         round_start = time.perf_counter()
         failures_before = len(state.failures)
@@ -215,33 +264,33 @@ class Simulation:
             for ins in instructions.values():
                 ins.config["deadline_s"] = float(self.client_timeout)
         fit_start = time.perf_counter()
-        replies = self.fit_clients(server_round, instructions)
+        replies = transport.fit(server_round, instructions, timeout=self.client_timeout, fail=self.record_failure)
         fit_seconds = time.perf_counter() - fit_start
         bytes_up = sum(nbytes(reply.arrays) for reply in replies.values())
 
+        new_arrays, strategy_metrics = strategy.aggregate_train(server_round, replies)
         aggregated = 0
-        if strategy.has_global_model:
-            new_arrays = strategy.aggregate_train(server_round, replies)
-            if new_arrays is None:
-                log.warning("round %d: %d of %d clients replied (min_clients=%d); the global model is unchanged",
-                            server_round, len(replies), len(instructions), strategy.min_clients)
-            else:
-                state.global_arrays, aggregated = new_arrays, 1
+        if new_arrays is not None:
+            state.global_arrays, aggregated = new_arrays, 1
+        elif strategy.has_global_model:
+            log.warning("round %d: %d of %d clients replied (min_clients=%d); the global model is unchanged",
+                        server_round, len(replies), len(instructions), strategy.min_clients)
 
         eval_start = time.perf_counter()
         eval_ins = strategy.configure_evaluate(server_round, state.global_arrays, list(replies))
         bytes_down += sum(nbytes(ins.arrays) for ins in eval_ins.values())
-        evaluations = self.evaluate_clients(server_round, eval_ins)
+        evaluations = transport.evaluate(server_round, eval_ins, timeout=self.client_timeout,
+                                         fail=self.record_failure)
         metrics: Metrics = dict(strategy.aggregate_evaluate(server_round, evaluations))
         if strategy.has_global_model and self.evaluate_fn is not None and state.global_arrays is not None:
             metrics.update(self.evaluate_fn(server_round, state.global_arrays))
         eval_seconds = time.perf_counter() - eval_start
 
-        metrics.update(strategy.round_metrics(server_round))
-        train_loss = _mean_weighted([(r.metrics.get("train_loss", float("nan")), r.num_examples)
+        metrics.update(strategy_metrics)
+        train_loss = _mean_weighted([(r.metrics.get(TRAIN_LOSS, float("nan")), r.num_examples)
                                      for r in replies.values()])
         if train_loss is not None:
-            metrics["train/loss"] = train_loss
+            metrics[keys.key("train", keys.LOSS)] = train_loss
         round_seconds = time.perf_counter() - round_start
         metrics.update({
             "comm/bytes_down": float(bytes_down), "comm/bytes_up": float(bytes_up),
@@ -257,13 +306,14 @@ class Simulation:
         return metrics
 
     def save(self, path: Path) -> None:
-        """Checkpoint the whole server (with the strategy's state and the RNG states) and the clients."""
+        """Checkpoint the whole server (with the strategy's state and the RNG states) and the clients
+        living in this process."""
         self.state.strategy_state = self.strategy.state_dict()
         self.state.rng_state = rng_states()
         self.state.save(path, self.clients)
 
     def restore(self, path: Path) -> ServerState:
-        """Continue from a checkpoint written by :meth:`save` (the clients' states are loaded too)."""
+        """Continue from a checkpoint written by :meth:`save` (the in-process clients' states are loaded too)."""
         self.state = ServerState.load(path, self.clients)
         self.strategy.load_state_dict(self.state.strategy_state)
         set_rng_states(self.state.rng_state)

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import re
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -21,12 +22,18 @@ from pathlib import Path
 from typing import IO, Any
 
 from lightning.pytorch.loggers import MLFlowLogger
-from mlflow.entities import Run
+from mlflow.data.code_dataset_source import CodeDatasetSource
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import DatasetInput, InputTag, Run
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from m3oe_lightning import metric_keys as keys
 from m3oe_lightning.errors import Interrupted, UserInputError
 from m3oe_lightning.tracking import provenance
+from m3oe_lightning.training import checkpoint_io
 
 try:
     import fcntl
@@ -46,11 +53,13 @@ def ensure_experiment(tracking_uri: str, experiment_name: str, artifact_location
         client = MlflowClient(tracking_uri)
         experiment = client.get_experiment_by_name(experiment_name)
         if experiment is not None:
+            if experiment.tags.get(EXPERIMENT_KIND[0]) is None:
+                client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
             return experiment.experiment_id
         # a tracking server keeps artifacts itself (its mlflow-artifacts: proxy); a local path is local only
         local = artifact_location and not is_remote(tracking_uri)
         location = Path(artifact_location).resolve().as_uri() if local else None
-        return client.create_experiment(experiment_name, artifact_location=location)
+        return client.create_experiment(experiment_name, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
 
 
 def unique_run_name(client: MlflowClient, experiment_id: str, base: str) -> str:
@@ -93,9 +102,17 @@ class RunHandle:
             self.lock = None
 
     def finish(self, status: str) -> None:
-        """End the MLflow run with ``status`` and record it beside the checkpoints."""
-        self.client.set_terminated(self.run_id, status)
-        self.mark(status)
+        """End the MLflow run with ``status`` and record it beside the checkpoints.
+
+        Best effort when the run already failed: a full disk must not hide the first error.
+        """
+        try:
+            self.client.set_terminated(self.run_id, status)
+            self.mark(status)
+        except (OSError, MlflowException, UserInputError) as error:
+            if status == "FINISHED":
+                raise
+            print(f"warning: could not mark run {self.run_id} {status}: {error}")
 
     def mark(self, status: str) -> None:
         """Record the run's state in its checkpoint folder (resume looks for unfinished runs)."""
@@ -110,9 +127,30 @@ def state_path(checkpoint_dir: Path) -> Path:
 
 
 def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    tmp.replace(path)
+    """The whole file or the previous one (a full disk leaves no 0-byte ``.tmp`` behind)."""
+    text = json.dumps(payload, indent=2, sort_keys=True).encode()
+    checkpoint_io.write_whole(path, lambda handle: handle.write(text))
+
+
+def check_writable(folder: Path, setting: str) -> None:
+    """Refuse, in one line and before a run exists, a folder the run could not write into."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise UserInputError(f"{setting}={folder} is not a writable folder ({error.strerror or error}); "
+                             f"point it somewhere writable") from None
+
+
+@contextlib.contextmanager
+def store_errors(tracking_uri: str) -> Iterator[None]:
+    """MLflow failures of the store itself (read-only, locked, unreachable) as one line naming it."""
+    try:
+        yield
+    except MlflowException as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserInputError(f"the MLflow store logger.tracking_uri={tracking_uri} failed: {first[:300]}") from None
 
 
 def find_resumable(checkpoint_root: Path, cfg_hash: str, artifact: str = "last.ckpt") -> tuple[str, Path] | None:
@@ -142,17 +180,19 @@ def open_run(*, tracking_uri: str, experiment_name: str, artifact_location: str 
     this file (``last.ckpt``, ``server_state.pt``); ``resumed_from`` then points at it. ``run_id``: join
     that run (DDP worker ranks join the run rank 0 created).
     """
-    experiment_id = ensure_experiment(tracking_uri, experiment_name, artifact_location)
+    check_writable(checkpoint_root, "paths.checkpoint_dir")
+    with store_errors(tracking_uri):
+        experiment_id = ensure_experiment(tracking_uri, experiment_name, artifact_location)
     client = MlflowClient(tracking_uri)
     resumed_from = None
     joining = run_id is not None  # a DDP worker joining its rank 0's run: that process holds the lock
     if run_id is None and resume_artifact is not None:
         found = find_resumable(checkpoint_root, cfg_hash, resume_artifact)
         if found is not None:
-            run_id, resumed_from = found
+            run_id, resumed_from = found[0], checkpoint_io.usable(found[1])  # damaged: the kept previous one
     lock = None
     if run_id is None:
-        with store_lock(tracking_uri):
+        with store_lock(tracking_uri), store_errors(tracking_uri):
             run_name = unique_run_name(client, experiment_id, base_name)
             run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
         run_id = run.info.run_id
@@ -163,11 +203,17 @@ def open_run(*, tracking_uri: str, experiment_name: str, artifact_location: str 
         run_name = client.get_run(run_id).info.run_name
         client.update_run(run_id, status="RUNNING")
     checkpoint_dir = checkpoint_root / run_id
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    state_file = state_path(checkpoint_dir)
-    if not state_file.exists():
-        write_json_atomic(state_file, {"run_id": run_id, "run_name": run_name, "config_hash": cfg_hash,
-                                       "status": "RUNNING"})
+    try:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        state_file = state_path(checkpoint_dir)
+        if not state_file.exists():
+            write_json_atomic(state_file, {"run_id": run_id, "run_name": run_name, "config_hash": cfg_hash,
+                                           "status": "RUNNING"})
+    except (OSError, UserInputError):
+        client.set_terminated(run_id, "FAILED")  # opened, then the disk refused: never left RUNNING
+        if lock is not None:
+            lock.close()
+        raise
     logger = MLFlowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri, run_id=run_id,
                           artifact_location=artifact_location)
     return RunHandle(logger=logger, run_id=run_id, run_name=run_name, checkpoint_dir=checkpoint_dir,
@@ -196,6 +242,8 @@ def run_lock(checkpoint_root: Path, run_id: str) -> IO[str] | None:
 
 
 REMOTE_SCHEMES = ("http", "https")
+# MLflow 3's UI opens an experiment without this tag in its GenAI view, which lists no runs or metric columns
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 STORE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "databricks", *REMOTE_SCHEMES)
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 
@@ -216,6 +264,9 @@ def check_store(tracking_uri: str) -> None:
         hint = " (MLflow's file store raises since 3.13)" if scheme in ("", "file") else ""
         raise UserInputError(f"logger.tracking_uri={tracking_uri!r}: not a store MLflow can use{hint}; use "
                              f"sqlite:///logs/mlflow.db or http://host:port of an `mlflow server`")
+    db = sqlite_path(tracking_uri)
+    if db is not None:
+        check_writable(db.parent, f"logger.tracking_uri={tracking_uri}: its folder")
     if scheme not in REMOTE_SCHEMES:
         return
     for name, default in HTTP_DEFAULTS.items():
@@ -230,6 +281,16 @@ def check_store(tracking_uri: str) -> None:
         reason = getattr(error, "reason", error)
         raise UserInputError(f"logger.tracking_uri={tracking_uri}: no MLflow server answers ({reason}); start one "
                              f"(mlflow server --host 127.0.0.1 --port …) or use the default sqlite store") from None
+
+
+def log_settings(run: RunHandle, settings: Mapping[str, Any]) -> None:
+    """Every setting as an MLflow param, each once; names MLflow refuses (a data column such as
+    ``prix (€)``) are made safe per dotted part, and the mapping is kept as ``config/param_names.json``."""
+    safe = {".".join(keys.safe(p) for p in name.split(".")): name for name in settings}
+    run.logger.log_hyperparams({name: settings[original] for name, original in safe.items()})
+    renamed = {name: original for name, original in safe.items() if name != original}
+    if renamed:
+        run.client.log_dict(run.run_id, renamed, "config/param_names.json")
 
 
 def finished_run(cfg: DictConfig, cfg_hash: str, label: str) -> Run | None:
@@ -259,7 +320,7 @@ def tracked_run(cfg: DictConfig, *, cfg_hash: str, base_name: str, tags: Mapping
                    checkpoint_root=Path(cfg.paths.checkpoint_dir), cfg_hash=cfg_hash,
                    resume_artifact=resume_artifact, run_id=run_id)
     if primary and run.resumed_from is None and run_id is None:
-        run.logger.log_hyperparams(provenance.flatten(OmegaConf.to_container(cfg, resolve=True)))
+        log_settings(run, provenance.flatten(OmegaConf.to_container(cfg, resolve=True)))
     if run.resumed_from is not None:
         print(f"resuming run {run.run_name} ({run.run_id}) from {run.resumed_from}")
     try:
@@ -275,8 +336,27 @@ def tracked_run(cfg: DictConfig, *, cfg_hash: str, base_name: str, tags: Mapping
     else:
         if primary:
             run.finish("FINISHED")
+            print(where_to_look(run, cfg.logger.tracking_uri))
     finally:
         run.release()
+
+
+def log_dataset(run: RunHandle, name: str, source: str, settings: Mapping[str, Any]) -> None:
+    """The run's data as an MLflow dataset input (name, digest of its settings, source), so the UI's
+    Dataset column says what a run was trained on."""
+    origin = CodeDatasetSource({"generator": source}) if source.startswith("generated:") else \
+        resolve_dataset_source(source)
+    dataset = MetaDataset(source=origin, name=name,
+                          digest=provenance.config_hash(settings)[:8])
+    context = InputTag(key="mlflow.data.context", value="training")
+    run.client.log_inputs(run.run_id, datasets=[DatasetInput(dataset=dataset._to_mlflow_entity(), tags=[context])])
+
+
+def where_to_look(run: RunHandle, tracking_uri: str) -> str:
+    """The closing line of a run: its name and id, the store, and how to open it."""
+    how = "make ui (http://127.0.0.1:5000)" if sqlite_path(tracking_uri) == Path("logs/mlflow.db") else \
+        f"mlflow ui --backend-store-uri {tracking_uri}" if sqlite_path(tracking_uri) else tracking_uri
+    return f"MLflow run {run.run_name} ({run.run_id}) in {tracking_uri}; open it with {how}"
 
 
 def sqlite_path(tracking_uri: str) -> Path | None:

@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
+from m3oe_lightning import metric_keys as keys
 from m3oe_lightning.tracking import provenance, runs
 
 log = logging.getLogger(__name__)
@@ -66,3 +68,19 @@ class MLflowSweepRun(Callback):
         states = [c.info.status for c in children]
         client.set_tag(run_id, "runs", f"{states.count('FINISHED')} finished / {len(states)}")  # skipped: none
         client.set_terminated(run_id, status)
+        print(summary_table(children), flush=True)
+
+
+SUMMARY_METRICS = (keys.VAL_AUC_MEAN_BEST, keys.TEST_AUC_MEAN, keys.key(keys.GLOBAL, keys.AUC_MEAN),
+                   keys.key(keys.PERSONAL, keys.AUC_MEAN))
+
+
+def summary_table(children: list[Run]) -> str:
+    """One line per job of the sweep (oldest first): name, status and the metrics that rank runs."""
+    shown = [m for m in SUMMARY_METRICS if any(m in c.data.metrics for c in children)]
+    rows = [["run", "status", *shown]]
+    for child in sorted(children, key=lambda c: c.info.start_time):
+        rows.append([child.info.run_name, child.info.status,
+                     *(f"{child.data.metrics[m]:.4f}" if m in child.data.metrics else "" for m in shown)])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)

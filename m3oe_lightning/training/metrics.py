@@ -3,7 +3,7 @@
 The metric keeps the logits, labels and domain ids of a whole evaluation pass (``cat`` states, so DDP
 ranks are gathered exactly) and computes every group at the end: no per-step host sync, and one
 update call per batch instead of one per group. A group whose labels hold a single class has no AUC:
-it is left out of the mean and not reported (never 0.0 or 0.5; DESIGN.md).
+it is left out of the mean and not reported (never 0.0 or 0.5; docs/design.md, "Single-class groups").
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""``MDMTModule``: the one LightningModule for every model (DESIGN.md, property 2).
+"""``MDMTModule``: the one LightningModule for every model (docs/design.md, property 2).
 
 It owns the loss (Σ over (domain, task) of the per-domain BCE mean), the per-(domain, task) metrics,
 the model optimiser and the AutoML step that tunes a model's architecture (fusion) parameters.
 Optimisation is manual because the AutoML step is a second optimiser on a different schedule
 (Lightning 2.x supports several optimisers only under manual optimisation).
 
-AutoML modes (``automl.mode``; m3oe-reference.md, Decisions 2–3):
+AutoML modes (``automl.mode``; docs/m3oe.md, Decisions 2–3):
 
 * ``alternate`` (paper): the model optimiser never holds architecture parameters; a second Adam
   updates only them, every ``automl.every`` (``epoch`` = once after each epoch, or every N steps), on
@@ -28,6 +28,7 @@ from m3oe_lightning import metric_keys as keys
 from m3oe_lightning.data.schema import Batch
 from m3oe_lightning.errors import UserInputError
 from m3oe_lightning.models.base import MDMTModel, forward_in_chunks
+from m3oe_lightning.training.callbacks import RUNNING_LOSS
 from m3oe_lightning.training.metrics import DomainTaskMetrics, grouped_bce_loss
 
 AutoMLMode = Literal["alternate", "joint", "off"]
@@ -66,7 +67,8 @@ class MDMTModule(L.LightningModule):
             raise UserInputError(f"automl.source={automl_source!r}: use train or val")
         if automl_every != "epoch" and (not isinstance(automl_every, int) or automl_every < 1):
             raise UserInputError(f"automl.every={automl_every!r}: use 'epoch' or a positive number of steps")
-        self.save_hyperparameters(ignore=["model"])  # plain values only: checkpoints load weights_only
+        self.save_hyperparameters(ignore=["model"], logger=False)  # in checkpoints (plain values: weights_only);
+        # not logged again: the run logs the whole resolved config once (optimizer.lr, not also lr)
         self.automatic_optimization = False
         self.model = model
         self.arch_params = model.architecture_parameters()
@@ -112,6 +114,8 @@ class MDMTModule(L.LightningModule):
         model_opt.step()
         self.log(keys.key("train", keys.LOSS), loss.detach(), on_step=False, on_epoch=True,
                  batch_size=batch["domain"].shape[0])
+        if self._trainer is not None and self.trainer.progress_bar_callback is not None:
+            self.log(RUNNING_LOSS, loss.detach(), on_step=True, on_epoch=False, logger=False, prog_bar=True)
         if self.uses_architecture_step and self._architecture_step_due(batch_idx):
             self.architecture_step(seed_offset=batch_idx)
         return loss.detach()

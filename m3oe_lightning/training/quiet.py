@@ -26,3 +26,29 @@ def quiet_lightning() -> Iterator[None]:
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
+
+
+# What every run printed that the project caused or that asks nothing of the user (issue #16):
+NOISE_WARNINGS = (
+    r".*isinstance\(treespec, LeafSpec\).*",        # Lightning 2.6 on torch 2.13, once per batch transfer
+    r".*smaller than the logging interval.*",        # we log per epoch; the step interval does not matter
+    r".*does not have many workers.*",               # data are preloaded tensors sliced in-process
+    r".*sync_dist=True.*when logging on epoch level.*",  # our epoch metrics come from synced torchmetrics
+)
+NOISE_MESSAGES = ("litlogger",  # Lightning's advert for its cloud logger, printed by every Trainer
+                  "Skipping setting a default `ModelSummary`")  # we pass our one-line summary on purpose
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in NOISE_MESSAGES)
+
+
+def silence_noise() -> None:
+    """For the rest of the process: drop the warnings and messages listed above (idempotent)."""
+    for pattern in NOISE_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        target = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in target.filters):
+            target.addFilter(_DropNoise())

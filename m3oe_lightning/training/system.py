@@ -19,7 +19,10 @@ from m3oe_lightning.config import build
 from m3oe_lightning.data.datamodule import MDMTDataModule
 from m3oe_lightning.errors import UserInputError, check_int, check_number
 from m3oe_lightning.models.base import MDMTModel
+from m3oe_lightning.training.callbacks import EpochLine, ModelLine, ProgressBar
+from m3oe_lightning.training.checkpoint_io import AtomicCheckpointIO
 from m3oe_lightning.training.module import MDMTModule
+from m3oe_lightning.training.quiet import silence_noise
 
 
 def validate(cfg: DictConfig) -> None:
@@ -77,7 +80,12 @@ def build_callbacks(cfg: DictConfig, checkpoint_dir: Path) -> list[Callback]:
 
 def build_trainer(cfg: DictConfig, checkpoint_dir: Path, logger: Logger | bool) -> L.Trainer:
     """``cfg.trainer`` with the configured callbacks (checkpoints into ``checkpoint_dir``) and ``logger``."""
-    return build(cfg.trainer, callbacks=build_callbacks(cfg, checkpoint_dir), logger=logger)
+    silence_noise()
+    shown = [ProgressBar() if cfg.trainer.get("enable_progress_bar", True) else EpochLine()]
+    if cfg.trainer.get("enable_model_summary", True):
+        shown.append(ModelLine())
+    return build(cfg.trainer, callbacks=[*build_callbacks(cfg, checkpoint_dir), *shown], logger=logger,
+                 plugins=[AtomicCheckpointIO()])
 
 
 def fit_and_test(trainer: L.Trainer, system: MDMTModule, datamodule: MDMTDataModule, *,

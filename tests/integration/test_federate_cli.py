@@ -107,11 +107,11 @@ def test_cli_federates_movielens100k_by_region(tmp_path):
 
 
 def test_centralized_reference_pools_the_training_clients_and_skip_finished_skips_it(tmp_path, capsys):
-    overrides = [*SYNTHETIC, "federated=centralized", "federated.heldout_clients=1", "federated.rounds=1",
-                 *store(tmp_path)]
+    common = [*SYNTHETIC, "federated.heldout_clients=1", "federated.rounds=1", *store(tmp_path)]
+    overrides = ["experiment=federated/centralized", *common]
     cfg = compose_train(overrides, config_name="federate")
     federated = build_federated(cfg).federation
-    separate = build_federated(compose_train([*overrides, "federated=fedavg"], config_name="federate")).federation
+    separate = build_federated(compose_train(["federated=fedavg", *common], config_name="federate")).federation
     (pooled,) = federated.clients
     assert pooled.client_id == "pooled" and len(separate.clients) == 2
     assert len(pooled.data.train) == sum(len(c.data.train) for c in separate.clients)

@@ -23,9 +23,8 @@ from flwr.simulation import run_simulation
 from mlflow.tracking import MlflowClient
 
 from m3oe_lightning.errors import UserInputError
-from m3oe_lightning.federate import SERVER_STATE, federate
+from m3oe_lightning.federate import SERVER_STATE
 from m3oe_lightning.federated.factory import build_federated
-from m3oe_lightning.federated.messages import FitIns, FitRes
 from m3oe_lightning.federated.flower.records import (
     content_to_fit_ins,
     content_to_fit_res,
@@ -34,14 +33,16 @@ from m3oe_lightning.federated.flower.records import (
     load_client_state,
     save_client_state,
 )
-from m3oe_lightning.federated.flower.runner import FlowerRunner, discover_nodes
+from m3oe_lightning.federated.flower.runner import FlowerTransport, discover_nodes
+from m3oe_lightning.federated.messages import FitIns, FitRes
 from m3oe_lightning.flower_app import RUN_CONFIG_DEFAULTS, compose_federate, make_client_app, make_server_app
+from m3oe_lightning.tracking.federation import run_federation
 from tests.helpers import REPO_ROOT, isolated
 
 EXPERIMENT = "m3oe-federated"
 SETTINGS = ["data=synthetic", "data.rows=2000", "data.batch_size=256", "model.star_dim=16", "model.bottom_dim=8",
             "model.expert_dims=[8]", "model.tower_dims=[8]", "seed=7", "threads=1",
-            "federated=page_m3oe", "federated.rounds=2", "federated.warmup=1", "federated.epochs_max=2"]
+            "experiment=federated/page_m3oe", "federated.rounds=2", "federated.warmup=1", "federated.epochs_max=2"]
 COMPARED = ["global/auc_mean", "global/logloss_mean", "personal/auc_mean", "personal/auc_mean_weighted",
             "train/loss", "comm/bytes_sent", "page/server/reward", "page/weight/d0", "page/client/d1/lr"]
 TINY = ["data=synthetic", "data.rows=1500", "data.num_users=60", "data.num_items=40", "data.batch_size=256",
@@ -76,7 +77,7 @@ def test_flower_simulation_runs_page_like_the_in_process_simulation(tmp_path, mo
     reference = tmp_path / "in_process"
     setup = build_federated(compose_federate([*SETTINGS, *store(reference)]))
     initial = {name: t.clone() for name, t in setup.simulation.state.global_arrays.items()}
-    federate(compose_federate([*SETTINGS, *store(reference)]), setup=setup)
+    run_federation(compose_federate([*SETTINGS, *store(reference)]), lambda: setup)
 
     flower = tmp_path / "flower"
     overrides = [*SETTINGS, *store(flower)]
@@ -162,13 +163,12 @@ def test_nodes_are_mapped_to_clients_and_a_lost_node_is_dropped_from_the_round(t
     setup = build_federated(compose_federate(overrides))
     # random node ids, partition ids out of order, and one node whose partition-id has no client
     grid = InProcessGrid(make_client_app(overrides), {901: 2, 17: 0, 5555: 1, 42: 3}, lost=frozenset({5555}))
-    nodes = discover_nodes(grid, setup, timeout=60)
+    nodes = discover_nodes(grid, setup.federation, timeout=60)
     assert nodes == {"d0": 17, "d1": 5555, "d2": 901}
     assert "node 42 is left out" in caplog.text and "partition-id=3" in caplog.text
 
-    sim = setup.simulation
-    runner = FlowerRunner(grid, nodes, sim.strategy, initial_arrays=sim.state.global_arrays,
-                          evaluate_fn=sim.evaluate_fn)
+    runner = setup.simulation.with_transport(FlowerTransport(grid, nodes))
+    assert runner.client_ids == ["d0", "d1", "d2"] and runner.clients == {}  # the states live on the nodes
     metrics = runner.run_round()
     assert metrics["round/clients_sampled"] == 3 and metrics["round/clients_ok"] == 2
     assert metrics["round/clients_failed"] == 1 and metrics["round/aggregated"] == 1
@@ -182,7 +182,7 @@ def test_nodes_of_a_different_run_are_refused(tmp_path, task_identity):
     setup = build_federated(compose_federate([*TINY, *store(tmp_path)]))
     other = make_client_app([*TINY, *store(tmp_path), "data.rows=1400"])  # another data set: other row counts
     with pytest.raises(UserInputError, match="composed different settings"):
-        discover_nodes(InProcessGrid(other, {1: 0}), setup, timeout=60)
+        discover_nodes(InProcessGrid(other, {1: 0}), setup.federation, timeout=60)
 
 
 def test_pyproject_declares_the_flower_app_as_the_installed_flwr_requires():

@@ -39,6 +39,8 @@ def _cached(builder, cache_dir, source, config=None):
 
 def assert_same(a, b) -> None:
     assert a.schema == b.schema and a.schema.extras == b.schema.extras
+    assert a.regions.names == b.regions.names
+    assert all(torch.equal(a.regions.codes[s], b.regions.codes[s]) for s in ("train", "val", "test"))
     for name in ("train", "val", "test"):
         for key, tensor in a.split(name).to_dict().items():
             other = b.split(name).to_dict()[key]

@@ -21,7 +21,7 @@ from m3oe_lightning.data.readers.kuairand import (
     read_kuairand_pure,
 )
 from m3oe_lightning.data.readers.open_bandit import load_open_bandit, open_bandit_settings
-from m3oe_lightning.data.registry import FILE_DATASETS, dataset_names, load_dataset
+from m3oe_lightning.data.registry import FILE_DATASETS, dataset_names, load_dataset, region_datasets
 from m3oe_lightning.errors import UserInputError
 
 SHARED = resolve_data_root(None)
@@ -241,6 +241,15 @@ def test_registry_knows_the_new_datasets_and_finds_shared_folders(tmp_path):
     first = load_dataset("open_bandit", **kwargs, campaigns=["men", "women"])
     second = load_dataset("open_bandit", **kwargs, campaigns=["men", "women"])
     assert first.schema.domains == ("men", "women") and torch.equal(first.test.sparse, second.test.sparse)
+    assert first.regions is None and second.regions is None  # Open Bandit rows have no region (also cached)
     assert len(list((tmp_path / "c").glob("open_bandit-*.pt"))) == 1
     with pytest.raises(UserInputError, match="unknown data settings for open_bandit"):
         load_dataset("open_bandit", **kwargs, campain=["men"])
+
+
+def test_datasets_that_declare_regions_are_those_whose_rows_carry_them():
+    assert region_datasets() == ["movielens100k", "movielens1m", "synthetic"]
+    assert load_dataset("synthetic", root=None, split="random", split_seed=0, download=False, cache_dir=None,
+                        rows=100, num_users=10, num_items=5).regions is not None
+    assert not any(FILE_DATASETS[name].has_regions for name in ("tabular", "kuairand_pure", "aliexpress",
+                                                                 "open_bandit"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import zipfile
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from m3oe_lightning.data import registry
 from m3oe_lightning.data.readers import movielens
 from m3oe_lightning.data.readers.movielens import download_movielens1m, load_movielens1m, read_movielens1m
 from m3oe_lightning.errors import UserInputError
@@ -87,3 +89,21 @@ def test_load_with_download_fetches_only_when_missing(tmp_path, monkeypatch):
 def test_default_source_is_grouplens_with_a_pinned_sha256():
     assert re.fullmatch(r"[0-9a-f]{64}", movielens.ML1M_SHA256)
     assert movielens.GROUPLENS_URL == "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
+
+
+def test_load_dataset_downloads_through_the_dataset_entry(tmp_path, monkeypatch):
+    """The registry calls the entry's own ``download`` (no reader named there), only when files are absent."""
+    url, sha = make_zip(tmp_path)
+    calls: list[Path] = []
+
+    def fake_download(dest: Path) -> None:
+        calls.append(dest)
+        download_movielens1m(dest, url=url, sha256=sha)
+
+    entry = dataclasses.replace(registry.FILE_DATASETS["movielens1m"], download=fake_download)
+    monkeypatch.setitem(registry.FILE_DATASETS, "movielens1m", entry)
+    kwargs = dict(root=str(tmp_path / "root"), split="ordered", split_seed=0, download=True, cache_dir=None)
+    first = registry.load_dataset("movielens1m", **kwargs)
+    registry.load_dataset("movielens1m", **kwargs)
+    assert calls == [tmp_path / "root" / "movielens-1m"]
+    assert len(first.train) + len(first.val) + len(first.test) == 4 and first.regions is not None

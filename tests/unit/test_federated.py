@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from m3oe_lightning.config import CONF_DIR, build
+from m3oe_lightning.config import CONF_DIR
 from m3oe_lightning.data.datamodule import MDMTDataModule
 from m3oe_lightning.data.readers.synthetic import make_synthetic
 from m3oe_lightning.errors import UserInputError
-from m3oe_lightning.federated.factory import build_federated
+from m3oe_lightning.federated.factory import build_federated, build_strategy, constructor_settings
 from m3oe_lightning.federated.messages import FitRes, nbytes, overlay, weighted_average
 from m3oe_lightning.federated.partition import partition, pool_of, region_keys
 from m3oe_lightning.federated.simulation import ServerState
@@ -37,19 +37,33 @@ def setup_for(tmp_path, *overrides: str):
 
 
 # ----------------------------------------------------------------------------------------------- configs
-def test_every_federated_option_composes_and_builds_its_strategy():
+def test_every_federated_option_and_preset_composes_and_builds_its_strategy():
     expected = {"fedavg": FedAvg, "fedprox": FedProx, "ditto": Ditto, "local": Local, "page": PAGE}
-    variants = {"fedavg_m3oe": "fedavg", "page_m3oe": "page", "centralized": "fedavg"}  # option -> strategy
-    options = sorted(p.stem for p in (Path(CONF_DIR) / "federated").glob("*.yaml"))
-    assert set(expected) | set(variants) == set(options)
-    for option in options:
-        cfg = compose_train([f"federated={option}"], config_name="federate")
-        strategy = build(cfg.federated.strategy)
-        name = variants.get(option, option)
+    presets = {"fedavg_m3oe": "fedavg", "page_m3oe": "page", "centralized": "fedavg"}  # preset -> strategy
+    assert set(expected) == {p.stem for p in (Path(CONF_DIR) / "federated").glob("*.yaml")}
+    assert set(presets) == {p.stem for p in (Path(CONF_DIR) / "experiment" / "federated").glob("*.yaml")}
+    choices = [(f"federated={o}", o, o) for o in expected] + [(f"experiment=federated/{p}", p, s)
+                                                             for p, s in presets.items()]
+    for override, option, name in choices:
+        cfg = compose_train([override], config_name="federate")
+        strategy = build_strategy(cfg.federated, cfg.seed)
         assert type(strategy) is expected[name] and strategy.name == cfg.federated.name == name
         assert (cfg.federated.personal == "domain_experts") == option.endswith("_m3oe")
         assert cfg.federated.centralized == (option == "centralized")
         assert cfg.optimizer.lr == strategy.client_lr and cfg.logger.experiment_name == "m3oe-federated"
+        assert set(cfg.federated.strategy) == {"_target_"}  # each setting is declared once, as federated.*
+        assert set(constructor_settings(type(strategy))) - {"seed"} <= set(cfg.federated)
+
+
+def test_strategy_settings_reach_the_constructor_and_the_round_config_under_one_name():
+    prox = build_strategy(compose_train(["federated=fedprox", "federated.mu=0.25", "seed=3"],
+                                        config_name="federate").federated, 3)
+    assert prox.mu == 0.25 and prox.fit_config(1)["mu"] == 0.25 and prox.seed == 3
+    ditto = build_strategy(compose_train(["federated=ditto", "federated.lam=0.5", "federated.personal_epochs=2"],
+                                         config_name="federate").federated, 0)
+    assert ditto.fit_config(1)["lam"] == 0.5 and ditto.fit_config(1)["personal_epochs"] == 2
+    assert constructor_settings(Ditto) == ["lam", "personal_epochs", "local_epochs", "client_lr", "fraction_train",
+                                           "min_clients", "seed"]
 
 
 # ------------------------------------------------------------------------------------------ aggregation
@@ -58,15 +72,15 @@ def test_fedavg_of_identical_clients_leaves_weights_unchanged(tmp_path):
     arrays = setup.simulation.state.global_arrays
     replies = {f"c{k}": FitRes(arrays={n: t.clone() for n, t in arrays.items()}, num_examples=n)
                for k, n in enumerate((3, 17, 1000))}
-    out = FedAvg().aggregate_train(1, replies)
-    assert out.keys() == arrays.keys()
+    out, metrics = FedAvg().aggregate_train(1, replies)
+    assert metrics == {} and out.keys() == arrays.keys()
     assert all(torch.equal(out[n], arrays[n]) and out[n].dtype == arrays[n].dtype for n in arrays)
 
 
 def test_aggregation_weights_are_respected():
     a = {"w": torch.zeros(3), "steps": torch.tensor(1)}
     b = {"w": torch.ones(3), "steps": torch.tensor(9)}
-    out = FedAvg().aggregate_train(1, {"a": FitRes(a, 1), "b": FitRes(b, 3)})
+    out, _ = FedAvg().aggregate_train(1, {"a": FitRes(a, 1), "b": FitRes(b, 3)})
     assert torch.allclose(out["w"], torch.full((3,), 0.75))
     assert int(out["steps"]) == 9  # a non-float entry comes from the heaviest reply
     assert torch.allclose(weighted_average([(a, 2.0), (b, 2.0)])["w"], torch.full((3,), 0.5))
@@ -178,7 +192,7 @@ def test_fedprox_with_mu_zero_equals_fedavg_and_mu_pulls_towards_the_global_mode
         start = {n: t.clone() for n, t in setup.simulation.state.global_arrays.items()}
         setup.simulation.run_round()
         results[name] = (start, setup.simulation.state.global_arrays)
-    assert FedProx(proximal_mu=0.0).fit_config(1)["proximal_mu"] == 0.0
+    assert FedProx(mu=0.0).fit_config(1)["mu"] == 0.0
     avg, prox0, prox = (results[k][1] for k in ("fedavg", "prox0", "prox"))
     assert all(torch.equal(avg[n], prox0[n]) for n in avg)
 

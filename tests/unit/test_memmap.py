@@ -148,3 +148,17 @@ def test_train_end_to_end_on_a_memmap_table(tmp_path):
     metrics = train(cfg)
     assert 0.0 < metrics["test/auc_mean"] < 1.0
     assert [p.name.startswith("synthetic-memmap-") for p in (tmp_path / "cache").iterdir()] == [True]
+
+
+@pytest.mark.parametrize("setting", ["batch_size", "eval_batch_size", "chunk_rows", "block_rows"])
+def test_datamodule_sizes_must_be_positive_integers(setting):
+    with pytest.raises(UserInputError, match=rf"^data\.{setting}=0: use a positive integer$"):
+        MDMTDataModule("synthetic", **{setting: 0})
+
+
+def test_block_order_is_seeded_by_seed_and_epoch():
+    def order(seed, epoch):
+        plan = memmap.BlockPlan(n_rows=10_000, block_rows=100, seed=seed, epoch=epoch, shuffle=True)
+        return plan.blocks(), plan.row_order(3).tolist()
+    assert order(1, 2) == order(1, 2)
+    assert order(1, 2) != order(1, 3) and order(1, 2) != order(2, 2)

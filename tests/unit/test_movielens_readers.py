@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -22,6 +23,7 @@ from m3oe_lightning.data.readers.movielens import (
     movielens100k_source_files,
     read_movielens1m,
     read_movielens100k,
+    zip_regions,
 )
 from m3oe_lightning.errors import UserInputError
 
@@ -256,6 +258,14 @@ def test_load_movielens1m_domains_labels_and_schema(tmp_path):
     assert labels.dtype == torch.float32 and labels.shape == (10, 2)
     assert labels[:, 0].tolist() == click.tolist() and labels[:, 1].tolist() == like.tolist()
     assert ds.train.dense.min() == 0.0 and ds.train.dense.max() == 1.0  # age 1..56 min-max on train
+    regions = np.concatenate([ds.regions.of(s) for s in ("train", "val", "test")])
+    # users' zips 48067, 70072, 55117, 02460, 55455 -> regions 4, 7, 5, 0, 5 (ratings in file order)
+    assert regions.tolist() == ["4", "4", "5", "4", "7", "7", "0", "5", "5", "0"]
+
+
+def test_zip_regions_are_the_first_digit_or_other():
+    zips = pd.Series(["48067", "T8H1N", "02460", "", "V3N4P", "98101-1234", None], dtype=object)
+    assert list(zip_regions(zips)) == ["4", "_other", "0", "_other", "_other", "9", "_other"]
 
 
 def test_unknown_split_kind_names_the_setting(tmp_path):

@@ -7,10 +7,15 @@ import copy
 import pytest
 import torch
 
+from m3oe_lightning.data.readers.synthetic import make_synthetic
+from m3oe_lightning.errors import UserInputError
+from m3oe_lightning.federated.factory import build_strategy
 from m3oe_lightning.federated.messages import FitRes
+from m3oe_lightning.federated.partition import partition
 from m3oe_lightning.federated.simulation import ServerState
 from m3oe_lightning.federated.strategies import PAGE
 from m3oe_lightning.federated.strategies.page_agents import Actor, DDPGAgent, OUNoise, ReplayBuffer, soft_update
+from tests.helpers import compose_train
 
 CLIENTS = ["c0", "c1", "c2"]
 
@@ -119,7 +124,7 @@ def replies_for(instructions, server_round, drop=()):
 def play(page: PAGE, rounds: range, arrays, drop=()):
     for r in rounds:
         instructions = page.configure_train(r, arrays, CLIENTS)
-        new = page.aggregate_train(r, replies_for(instructions, r, drop))
+        new, _ = page.aggregate_train(r, replies_for(instructions, r, drop))
         arrays = new if new is not None else arrays
     return arrays
 
@@ -133,8 +138,7 @@ def test_page_weights_are_a_distribution_over_the_clients_that_replied():
         weights = page.aggregation_weights(r, replies)
         assert set(weights) == {"c0", "c2"} and sum(weights.values()) == pytest.approx(1.0)
         assert all(w > 0 for w in weights.values())
-        arrays = page.aggregate_train(r, replies)
-        metrics = page.round_metrics(r)
+        arrays, metrics = page.aggregate_train(r, replies)
         assert "page/weight/c1" not in metrics and "page/client/c1/reward" not in metrics
         assert metrics["page/weight/c0"] + metrics["page/weight/c2"] == pytest.approx(1.0)
     assert len(page.client_agents["c1"].buffer) == 0 and len(page.client_agents["c0"].buffer) == 3
@@ -149,7 +153,7 @@ def test_page_actions_are_in_range_and_buffers_hold_raw_actions():
         eps = page.client_agents["c0"].epsilon if page.client_agents else 1.0
         instructions = page.configure_train(r, arrays, CLIENTS)
         if r <= 2:  # warm-up: random actions, the actor (and ε) untouched
-            assert page.client_agents["c0"].epsilon == eps and page.round_metrics(r)["page/warmup"] == 1.0
+            assert page.client_agents["c0"].epsilon == eps
         for cid, ins in instructions.items():
             assert 1e-3 <= ins.config["lr"] <= 2e-2 and 1 <= ins.config["local_epochs"] <= 4
             assert ins.config["score_split"] == "val"
@@ -157,7 +161,9 @@ def test_page_actions_are_in_range_and_buffers_hold_raw_actions():
             state, raw = page._pending[cid]
             assert raw.shape == (2,) and raw.abs().max() <= 1
             assert page.map_client_action(raw) == (ins.config["lr"], ins.config["local_epochs"])
-        arrays = page.aggregate_train(r, replies_for(instructions, r))
+        arrays, metrics = page.aggregate_train(r, replies_for(instructions, r))
+        assert metrics["page/warmup"] == float(r <= 2)  # chosen at configure time, returned with the round's
+        assert metrics["page/client/c0/lr"] == instructions["c0"].config["lr"]
         buffer = page.client_agents["c0"].buffer
         stored = buffer.actions[(buffer.position - 1) % buffer.capacity]
         assert torch.equal(stored, page._pending["c0"][1])  # the raw action, not (lr, epochs)
@@ -190,9 +196,9 @@ def test_page_state_round_trips_through_the_saved_server_state(tmp_path):
         a, b = page.configure_train(r, arrays, CLIENTS), restored.configure_train(r, arrays, CLIENTS)
         assert {c: i.config for c, i in a.items()} == {c: i.config for c, i in b.items()}
         assert torch.equal(page._server_action, restored._server_action)
-        new_a = page.aggregate_train(r, replies_for(a, r))
-        new_b = restored.aggregate_train(r, replies_for(b, r))
-        assert torch.equal(new_a["w"], new_b["w"]) and page.round_metrics(r) == restored.round_metrics(r)
+        new_a, metrics_a = page.aggregate_train(r, replies_for(a, r))
+        new_b, metrics_b = restored.aggregate_train(r, replies_for(b, r))
+        assert torch.equal(new_a["w"], new_b["w"]) and metrics_a == metrics_b
         arrays = new_a
     for cid in CLIENTS:
         assert torch.equal(page.client_agents[cid].buffer.actions, restored.client_agents[cid].buffer.actions)
@@ -200,12 +206,8 @@ def test_page_state_round_trips_through_the_saved_server_state(tmp_path):
 
 
 def test_page_config_composes_and_bad_settings_fail_with_one_clear_error():
-    from m3oe_lightning.config import build
-    from m3oe_lightning.errors import UserInputError
-    from tests.helpers import compose_train
-
     cfg = compose_train(["federated=page"], config_name="federate")
-    page = build(cfg.federated.strategy)
+    page = build_strategy(cfg.federated, cfg.seed)
     assert type(page) is PAGE and page.name == cfg.federated.name == "page" and cfg.federated.rounds == 20
     assert (page.warmup, page.epochs_max, page.lr_max, page.server_noise) == (3, 3, 2e-2, False)
     assert page.agent_settings["epsilon_decay"] == 20 and cfg.federated.local_split[1] > 0
@@ -213,4 +215,31 @@ def test_page_config_composes_and_bad_settings_fail_with_one_clear_error():
            ("federated.lr_scale=cubic", "lr_scale='cubic'"), ("federated.epochs_max=0", "epochs_max=0"))
     for override, message in bad:
         with pytest.raises(UserInputError, match=message):
-            build(compose_train(["federated=page", override], config_name="federate").federated.strategy)
+            build_strategy(compose_train(["federated=page", override], config_name="federate").federated, 0)
+
+
+def test_page_prepare_checks_validation_rows_binds_its_server_set_and_tags_parity_runs():
+    dataset = make_synthetic(split="random", split_seed=0, rows=900, num_users=30, num_items=20, seed=0)
+    no_val = partition(dataset, partition="domain", local_split=[0.8, 0.0, 0.2])
+    bound = []
+
+    def evaluator_of(split):
+        bound.append(len(split))
+        return fake_score
+
+    with pytest.raises(UserInputError, match="without validation rows"):
+        PAGE(warmup=1).prepare(no_val, evaluator_of)
+    leaky = PAGE(paper_parity=True)
+    leaky.prepare(no_val, evaluator_of)  # the released code's variant scores on the test sets instead
+    assert bound == [len(no_val.global_test)] and leaky.server_evaluate is fake_score
+    assert leaky.run_tags() == {"page_parity": "true: PAGE's states and rewards come from the TEST splits "
+                                               "(leaky, as the released code)"}
+    assert len(leaky.notices()) == 1 and "paper_parity=true" in leaky.notices()[0]
+
+    federation = partition(dataset, partition="domain")
+    page = PAGE()
+    page.prepare(federation, evaluator_of)
+    assert bound[-1] == sum(len(c.data.val) for c in federation.clients)  # the union of the clients' val splits
+    assert page.run_tags() == {} and page.notices() == []
+    with pytest.raises(UserInputError, match="min_clients=5 but only 3"):
+        PAGE(min_clients=5).prepare(federation, evaluator_of)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from m3oe_lightning.data.splits import split_indices
+from m3oe_lightning.data.splits import check_fractions, split_indices
 from m3oe_lightning.errors import UserInputError
 
 ML1M_ROWS = 1_000_209
@@ -48,3 +48,15 @@ def test_custom_fractions():
 def test_unknown_kind_names_the_setting():
     with pytest.raises(UserInputError, match=r"data\.split='sideways'.*random, ordered"):
         split_indices(10, "sideways", seed=0)
+
+
+@pytest.mark.parametrize("value", [[0.5, 0.5], [0.5, 0.6, -0.1], [0.5, "x", 0.5], [True, 0.0, 0.0], 3, [0.5, 0.5, 0.1]])
+def test_bad_fractions_name_the_setting(value):
+    with pytest.raises(UserInputError, match=r"^data\.split_fractions=.*: give three non-negative numbers"):
+        check_fractions("data.split_fractions", value)
+
+
+def test_fractions_that_must_not_be_empty():
+    assert check_fractions("f", (0.7, 0.0, 0.3), nonempty=("train", "test")) == [0.7, 0.0, 0.3]
+    with pytest.raises(UserInputError, match=r"f=\[0\.5, 0\.5, 0\.0\]: .* with train and test > 0"):
+        check_fractions("f", [0.5, 0.5, 0.0], nonempty=("train", "test"))

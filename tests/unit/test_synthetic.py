@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from m3oe_lightning.data.readers.synthetic import make_synthetic, synthetic_table
+from m3oe_lightning.data.splits import split_indices
 from m3oe_lightning.errors import UserInputError
 
 
@@ -17,6 +18,14 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     pos = labels == 1
     n_pos, n_neg = pos.sum(), (~pos).sum()
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def test_regions_are_the_users_mod_ten_in_row_order():
+    settings = {"rows": 500, "num_users": 37, "num_items": 10, "seed": 4}
+    data, raw = make_synthetic(split="random", split_seed=1, **settings), synthetic_table(**settings).frame
+    train, val, test = split_indices(len(raw), "random", 1)
+    for name, rows in (("train", train), ("val", val), ("test", test)):
+        assert data.regions.of(name).tolist() == (raw["user_id"].to_numpy()[rows] % 10).astype(str).tolist()
 
 
 def test_same_seed_same_tensors_other_seed_differs():

@@ -27,7 +27,7 @@ from m3oe_lightning.data.encode import check_dense_scaling
 from m3oe_lightning.data.readers.tabular import DomainAssignment, TaskRule, encode_frame, read_checked, reject_unknown
 from m3oe_lightning.data.schema import EncodedDataset
 from m3oe_lightning.data.splits import check_split_kind
-from m3oe_lightning.errors import UserInputError
+from m3oe_lightning.errors import UserInputError, check_number
 
 COUNTRIES: tuple[str, ...] = ("NL", "ES", "FR", "US", "RU")
 SPARSE: tuple[str, ...] = tuple(f"categorical_{i}" for i in range(1, 17))
@@ -50,8 +50,7 @@ def aliexpress_settings(**options: Any) -> dict[str, Any]:
         raise UserInputError(f"data.countries={s['countries']!r}: give distinct country codes from "
                              f"{', '.join(COUNTRIES)}")
     val = s["val_fraction"]
-    if not isinstance(val, (int, float)) or isinstance(val, bool) or not 0 <= val < 1 or math.isnan(val):
-        raise UserInputError(f"data.val_fraction={val!r}: give a number in [0, 1)")
+    check_number("data.val_fraction", val, low=0, high=1, high_open=True)
     scaling = check_dense_scaling(s["dense_scaling"], "numerical_*", "data.dense_scaling")
     return {"countries": list(countries), "val_fraction": float(val), "dense_scaling": scaling}
 

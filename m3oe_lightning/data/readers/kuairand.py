@@ -6,7 +6,7 @@ The official KuaiRand-Pure layout (https://kuairand.com, Zenodo record 10439422)
     user_features_pure.csv               video_features_basic_pure.csv
 
 The M3oE setting (paper §3.1, Table 1): three domains from the log's ``tab`` field (which three is not
-stated; ``data.tabs`` defaults to 0, 1, 2 -- the hypothesis in m3oe-reference.md §2.2, with tab 1 the
+stated; ``data.tabs`` defaults to 0, 1, 2 -- the hypothesis in docs/m3oe.md §2.2, with tab 1 the
 dominant domain), tasks ``click`` (``is_click``) and ``long_view`` (``long_view``), an 8:1:1 split. Rows of
 other tabs are dropped (the count is printed). Which logs are read is ``data.logs`` (a glob in the folder;
 the standard logs by default).
@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from m3oe_lightning.data.readers.frames import lookup_rows, require_unique, shown
 from m3oe_lightning.data.readers.tabular import (
     RowOrigins,
     TableColumns,
@@ -146,25 +147,15 @@ def _lookup(ids: np.ndarray, table: TableColumns, id_column: str, *, logs: RowOr
             feature_file: Path) -> np.ndarray:
     """Row of each log id in the (unique-id) feature table; an unknown id is an error at its log line."""
     table_ids = table.numbers[id_column].astype(np.int64)
-    duplicated = pd.Series(table_ids).duplicated().to_numpy()
-    if duplicated.any():
-        pos = int(np.flatnonzero(duplicated)[0])
-        raise UserInputError(f"{table.origins.where(pos)}: {id_column} {table_ids[pos]} appears twice")
-    rows = pd.Index(table_ids).get_indexer(ids)
-    bad = np.flatnonzero(rows < 0)
-    if bad.size:
-        first = int(bad[0])
-        raise UserInputError(f"{logs.where(first)}: {id_column} {ids[first]} is not in {feature_file} "
-                             f"({bad.size:,} log row(s) reference unknown {id_column}s)")
-    return rows
+    require_unique(table_ids, table.origins.where, id_column)
+    return lookup_rows(ids, table_ids, logs.where, column=id_column, table=feature_file, rows_are="log")
 
 
 def _integers(values: np.ndarray, origins: RowOrigins, column: str) -> np.ndarray:
     bad = np.flatnonzero(np.isnan(values) | (values != np.round(values)))
     if bad.size:
         pos = int(bad[0])
-        got = "an empty field" if np.isnan(values[pos]) else f"{values[pos]:g}"
-        raise UserInputError(f"{origins.where(pos)}: {column} must be an integer, got {got}")
+        raise UserInputError(f"{origins.where(pos)}: {column} must be an integer, got {shown(values[pos])}")
     return values.astype(np.int64)
 
 

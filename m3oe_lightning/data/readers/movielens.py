@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from m3oe_lightning.data.encode import TableSpec, encode_table
+from m3oe_lightning.data.readers.frames import Where, lookup_rows, require_unique
 from m3oe_lightning.data.schema import EncodedDataset
 from m3oe_lightning.data.splits import check_split_kind, split_indices
 from m3oe_lightning.data.textio import (
@@ -162,12 +163,9 @@ def movielens100k_source_files(root: Path) -> list[Path]:
 # --- shared validation helpers ------------------------------------------------------------------------
 
 
-def _require_unique(ids: np.ndarray, path: Path, column: str) -> None:
-    """A duplicated id would make the join ambiguous; report the line of the second occurrence."""
-    dup = pd.Series(ids).duplicated().to_numpy()
-    if dup.any():
-        pos = int(np.flatnonzero(dup)[0])
-        raise UserInputError(f"{path}, line {pos + 1}: {column} {ids[pos]} appears twice")
+def _lines(path: Path, header_lines: int = 0) -> Where:
+    """Row -> ``<path>, line N`` (1-based, after ``header_lines`` header lines)."""
+    return lambda row: f"{path}, line {row + 1 + header_lines}"
 
 
 def _labels_from_rating(rating: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -187,14 +185,14 @@ def read_ml1m_users(path: Path) -> pd.DataFrame:
         pos = int(bad[0])
         raise UserInputError(f"{path}, line {pos + 1}: age {df['age'].iloc[pos]} is not an ML-1M age code "
                              f"(one of {', '.join(map(str, ML1M_AGE_CODES))})")
-    _require_unique(df["user_id"].to_numpy(), path, "user_id")
+    require_unique(df["user_id"].to_numpy(), _lines(path), "user_id")
     return df
 
 
 def read_ml1m_movies(path: Path) -> pd.DataFrame:
     """``movies.dat`` (latin-1) -> ``movie_id, genre`` where genre is the first of the listed genres."""
     df = read_separated(path, sep="::", names=["movie_id", "title", "genres"], int_columns=["movie_id"])
-    _require_unique(df["movie_id"].to_numpy(), path, "movie_id")
+    require_unique(df["movie_id"].to_numpy(), _lines(path), "movie_id")
     genre = df["genres"].str.split("|", n=1).str[0]
     return pd.DataFrame({"movie_id": df["movie_id"], "genre": genre})
 
@@ -257,20 +255,6 @@ def read_ml1m_ratings_reconstructed(path: Path) -> pd.DataFrame:
 # --- joining ratings with users and movies ------------------------------------------------------------
 
 
-def _lookup(ids: np.ndarray, table_ids: np.ndarray, *, ratings_path: Path, header_lines: int,
-            column: str, table_path: Path) -> np.ndarray:
-    """Row of each id in the (unique) table; an id the table lacks is an error at its ratings line."""
-    pos = pd.Index(table_ids).get_indexer(ids)
-    bad = np.flatnonzero(pos < 0)
-    if bad.size:
-        first = int(bad[0])
-        raise UserInputError(
-            f"{ratings_path}, line {first + 1 + header_lines}: {column} {ids[first]} is not in {table_path} "
-            f"({bad.size} rating(s) reference unknown {column}s)"
-        )
-    return pos
-
-
 def _take(column: pd.Series, rows: np.ndarray) -> pd.Series | np.ndarray:
     """Broadcast a small per-user/per-movie column to ratings: strings as a categorical (cheap codes)."""
     if column.dtype.kind in "iuf":
@@ -292,10 +276,11 @@ def join_ratings(
     """One frame in ratings order with :data:`RAW_COLUMNS` (user and movie attributes attached)."""
     user_ids = ratings["user_id"].to_numpy(np.int64)
     movie_ids = ratings["movie_id"].to_numpy(np.int64)
-    urow = _lookup(user_ids, users["user_id"].to_numpy(), ratings_path=ratings_path,
-                   header_lines=header_lines, column="user_id", table_path=users_path)
-    mrow = _lookup(movie_ids, movies["movie_id"].to_numpy(), ratings_path=ratings_path,
-                   header_lines=header_lines, column="movie_id", table_path=movies_path)
+    where = _lines(ratings_path, header_lines)
+    urow = lookup_rows(user_ids, users["user_id"].to_numpy(), where, column="user_id", table=users_path,
+                       rows_are="rating")
+    mrow = lookup_rows(movie_ids, movies["movie_id"].to_numpy(), where, column="movie_id", table=movies_path,
+                       rows_are="rating")
     return pd.DataFrame({
         "user_id": user_ids,
         "movie_id": movie_ids,
@@ -351,7 +336,7 @@ def read_ml100k_items(path: Path, genres: list[str]) -> pd.DataFrame:
     matrix = df[flags].to_numpy(np.int64)
     for j in range(len(flags)):
         require_in_range(matrix[:, j], 0, 1, path, f"genre flag {genres[j]!r}", header_lines=0)
-    _require_unique(df["movie_id"].to_numpy(), path, "movie_id")
+    require_unique(df["movie_id"].to_numpy(), _lines(path), "movie_id")
     names = np.asarray(genres, dtype=object)
     first = np.where(matrix.any(axis=1), names[matrix.argmax(axis=1)], "unknown")
     return pd.DataFrame({"movie_id": df["movie_id"], "genre": first.astype(str)})
@@ -362,7 +347,7 @@ def read_ml100k_users(path: Path) -> pd.DataFrame:
     df = read_separated(path, sep="|", names=["user_id", "age", "gender", "occupation", "zip"],
                         int_columns=["user_id", "age"])
     require_in_range(df["age"].to_numpy(), 1, 120, path, "age", header_lines=0)
-    _require_unique(df["user_id"].to_numpy(), path, "user_id")
+    require_unique(df["user_id"].to_numpy(), _lines(path), "user_id")
     df["age"] = ml100k_age_code(df["age"].to_numpy())
     return df[["user_id", "gender", "age", "occupation", "zip"]]
 
@@ -383,13 +368,27 @@ def read_movielens100k(root: Path) -> pd.DataFrame:
 # --- public builders ----------------------------------------------------------------------------------
 
 
+OTHER_REGION = "_other"
+
+
+def zip_regions(zips: pd.Series) -> pd.Categorical:
+    """Region of each row: the zip code's first character when it is a digit (a US zip prefix), else
+    :data:`OTHER_REGION` (ML-100K's Canadian postcodes start with a letter). Works on the distinct zips."""
+    zips = pd.Categorical(zips)
+    per_zip = [first if (first := str(z)[:1]).isdigit() else OTHER_REGION for z in zips.categories]
+    names, of_zip = np.unique(np.asarray([*per_zip, OTHER_REGION], dtype=str), return_inverse=True)
+    codes = np.where(zips.codes < 0, len(per_zip), zips.codes)  # a missing zip has no digit either
+    return pd.Categorical.from_codes(of_zip[codes], names)
+
+
 def _spec(name: str, **extras: object) -> TableSpec:
     return TableSpec(name=name, sparse=SPARSE_COLUMNS, dense=DENSE_COLUMNS, tasks=TASKS, domains=DOMAINS,
-                     domain_column="age", domain_of_value=AGE_TO_DOMAIN, extras=extras)
+                     domain_column="age", domain_of_value=AGE_TO_DOMAIN, extras=extras, region_column="region")
 
 
 def _encode(frame: pd.DataFrame, name: str, split: str, split_seed: int, **extras: object) -> EncodedDataset:
     train, val, test = split_indices(len(frame), split, split_seed)
+    frame = frame.assign(region=zip_regions(frame["zip"]))
     return encode_table(frame, train, val, test, _spec(name, split=split, split_seed=split_seed, **extras))
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from m3oe_lightning.data.readers.frames import lookup_rows, require_unique
 from m3oe_lightning.data.readers.tabular import (
     DomainAssignment,
     RowOrigins,
@@ -111,9 +112,7 @@ def _read_items(path: Path) -> tuple[pd.DataFrame, Any]:
     frame, locator = read_table(path, list(needed), category_columns=ITEM_FEATURES)
     ids = numeric_column(frame, "item_id", locator, "item id", allow_missing=False)
     price = numeric_column(frame, "item_feature_0", locator, "an item feature")
-    if pd.Series(ids).duplicated().any():
-        pos = int(np.flatnonzero(pd.Series(ids).duplicated().to_numpy())[0])
-        raise UserInputError(f"{locator.where(pos)}: item_id {ids[pos]:g} appears twice")
+    require_unique(ids, locator.where, "item_id")
     return pd.DataFrame({"item_id": ids.astype(np.int64), "item_feature_0": price,
                          **{c: frame[c] for c in ITEM_FEATURES}}), locator
 
@@ -138,10 +137,8 @@ def load_open_bandit(folder: Path, *, split: str = "random", split_seed: int = 2
         frame, locator = read_table(log_path, list(needed), category_columns=["position", *USER_FEATURES])
         n = len(frame)
         item_ids = numeric_column(frame, "item_id", locator, "item id", allow_missing=False)
-        rows = pd.Index(items["item_id"]).get_indexer(item_ids)
-        bad = np.flatnonzero(rows < 0)
-        if bad.size:
-            raise UserInputError(f"{locator.where(int(bad[0]))}: item_id {item_ids[bad[0]]:g} is not in {items_path}")
+        rows = lookup_rows(item_ids, items["item_id"].to_numpy(), locator.where, column="item_id", table=items_path,
+                           rows_are="log")
         clicks.append(binary_labels(numeric_column(frame, "click", locator, "the label"), locator, "click",
                                     "the click label"))
         hour, stamp = _times(frame["timestamp"], locator)

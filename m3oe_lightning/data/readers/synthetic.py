@@ -30,9 +30,10 @@ import pandas as pd
 from m3oe_lightning.data.encode import TableSpec, encode_table
 from m3oe_lightning.data.schema import EncodedDataset
 from m3oe_lightning.data.splits import check_split_kind, split_indices
-from m3oe_lightning.errors import UserInputError
+from m3oe_lightning.errors import UserInputError, check_int, check_number
 
 LATENT_DIM = 8
+REGIONS = 10  # the region of a row is ``user_id mod REGIONS`` (federated.partition=region)
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,8 @@ def _check_args(num_domains: int, num_tasks: int, rows: int, num_users: int, num
                 noise: float) -> None:
     for name, value, low in (("num_domains", num_domains, 1), ("num_tasks", num_tasks, 1), ("rows", rows, 10),
                              ("num_users", num_users, 1), ("num_items", num_items, 1)):
-        if value < low:
-            raise UserInputError(f"data.{name}={value} must be at least {low}")
-    if noise < 0:
-        raise UserInputError(f"data.noise={noise} must be >= 0")
+        check_int(f"data.{name}", value, minimum=low)
+    check_number("data.noise", noise, low=0)
 
 
 def synthetic_table(
@@ -116,7 +115,8 @@ def synthetic_table(
 
 def make_synthetic(*, split: str = "random", split_seed: int = 0, **generator: Any) -> EncodedDataset:
     """Synthetic rows encoded like a real dataset: sparse ``user_id, item_id, domain``, dense ``x0, x1``,
-    domains ``d0..``, tasks ``t0..``. ``generator`` holds :func:`synthetic_table`'s settings."""
+    domains ``d0..``, tasks ``t0..``, regions ``user_id mod 10``. ``generator`` holds
+    :func:`synthetic_table`'s settings."""
     check_split_kind(split)
     try:
         table = synthetic_table(**generator)
@@ -132,9 +132,11 @@ def make_synthetic(*, split: str = "random", split_seed: int = 0, **generator: A
         domain_column="domain",
         domain_of_value={k: k for k in range(num_domains)},
         extras={"split": split, "split_seed": split_seed, "seed": seed},
+        region_column="region",
     )
     train, val, test = split_indices(rows, split, split_seed)
-    return encode_table(table.frame, train, val, test, spec)
+    frame = table.frame.assign(region=table.frame["user_id"] % REGIONS)  # no geography: regions of users
+    return encode_table(frame, train, val, test, spec)
 
 
 # ------------------------------------------------------------------------------ streaming generator
@@ -191,9 +193,8 @@ class SyntheticStream:
                  split_seed: int = 0, gen_block: int = STREAM_BLOCK) -> None:
         _check_args(num_domains, num_tasks, rows, num_users, num_items, noise)
         check_split_kind(split)
-        if seed < 0 or split_seed < 0:
-            raise UserInputError(f"data.seed={seed} / data.split_seed={split_seed} must be >= 0 for the "
-                                 "streaming generator")
+        check_int("data.seed", seed, minimum=0)  # numpy's per-block seeds [seed, block] must be >= 0
+        check_int("data.split_seed", split_seed, minimum=0)
         self.num_domains, self.num_tasks, self.rows = num_domains, num_tasks, rows
         self.num_users, self.num_items = num_users, num_items
         self.signals = (shared_signal, domain_signal, task_signal)
@@ -369,8 +370,7 @@ def write_stream(stream: SyntheticStream, folder: Path, *, chunk_rows: int = 262
     from m3oe_lightning.data import memmap
     from m3oe_lightning.data.schema import DenseFeature, FeatureSchema, SparseFeature
 
-    if chunk_rows < 1:
-        raise UserInputError(f"data.chunk_rows={chunk_rows} must be >= 1")
+    check_int("data.chunk_rows", chunk_rows)
     blocks_per_chunk = max(1, -(-chunk_rows // stream.gen_block))
     seen = [np.zeros(stream.num_users, bool), np.zeros(stream.num_items, bool), np.zeros(stream.num_domains, bool)]
     low, high = np.full(2, np.inf), np.full(2, -np.inf)

@@ -34,8 +34,9 @@ import numpy as np
 import pandas as pd
 
 from m3oe_lightning.data.encode import DENSE_SCALINGS, TableSpec, check_dense_scaling, encode_table
+from m3oe_lightning.data.readers.frames import shown
 from m3oe_lightning.data.schema import EncodedDataset
-from m3oe_lightning.data.splits import check_split_kind, split_indices
+from m3oe_lightning.data.splits import check_fractions, check_split_kind, split_indices
 from m3oe_lightning.data.textio import (
     RowLocator,
     as_numbers,
@@ -45,7 +46,7 @@ from m3oe_lightning.data.textio import (
     require_table_columns,
     table_format,
 )
-from m3oe_lightning.errors import UserInputError
+from m3oe_lightning.errors import UserInputError, check_int
 
 DOMAIN_COLUMN = "__domain__"  # the encoded frame's domain index column (never a user column name)
 RESERVED_NAMES = ("domain", DOMAIN_COLUMN)  # "domain" is the sparse feature encode_table appends
@@ -158,17 +159,6 @@ def dense_scalings(value: Any, setting: str = "data.dense_features") -> dict[str
     return {column: "minmax" for column in _string_list(value, setting)}
 
 
-def _fractions(value: Any) -> list[float]:
-    try:
-        fractions = [float(v) for v in value]
-    except (TypeError, ValueError):
-        fractions = []
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
-        raise UserInputError(f"data.split_fractions={value!r}: give three non-negative numbers (train, val, test) "
-                             f"summing to 1")
-    return fractions
-
-
 def tabular_settings(**options: Any) -> dict[str, Any]:
     """Check ``data.*`` settings of ``data=tabular`` and return them complete and canonical (this dict also
     keys the cache). Fails before any file is opened."""
@@ -209,8 +199,7 @@ def tabular_settings(**options: Any) -> dict[str, Any]:
     if not isinstance(delimiter, str) or len(delimiter) != 1:
         raise UserInputError(f"data.delimiter={delimiter!r}: give one character, e.g. ',' or '\\t'")
     embed_dim = s["embed_dim"]
-    if not isinstance(embed_dim, int) or isinstance(embed_dim, bool) or embed_dim < 1:
-        raise UserInputError(f"data.embed_dim={embed_dim!r}: give a positive integer")
+    check_int("data.embed_dim", embed_dim)
     return {
         "path": s["path"],
         "domain_column": s["domain_column"],
@@ -220,7 +209,7 @@ def tabular_settings(**options: Any) -> dict[str, Any]:
         "domains": domains,
         "strict": bool(s["strict"]),
         "delimiter": delimiter,
-        "split_fractions": _fractions(s["split_fractions"]),
+        "split_fractions": check_fractions("data.split_fractions", s["split_fractions"]),
         "embed_dim": embed_dim,
     }
 
@@ -308,8 +297,7 @@ def binary_labels(values: np.ndarray, locator: RowLocator, column: str, why: str
     bad = np.flatnonzero(~np.isin(values, (0.0, 1.0)))
     if bad.size:
         pos = int(bad[0])
-        got = "an empty field" if np.isnan(values[pos]) else f"{values[pos]:g}"
-        raise UserInputError(f"{locator.where(pos)}: label {column} ({why}) must be 0 or 1, got {got}")
+        raise UserInputError(f"{locator.where(pos)}: label {column} ({why}) must be 0 or 1, got {shown(values[pos])}")
     return values.astype(np.int8)
 
 

@@ -11,7 +11,6 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from m3oe_lightning.errors import UserInputError
-from m3oe_lightning.federated.factory import FederatedSetup
 from m3oe_lightning.federated.flower.records import (
     CONFIG,
     INFO,
@@ -21,80 +20,88 @@ from m3oe_lightning.federated.flower.records import (
     evaluate_ins_to_content,
     fit_ins_to_content,
 )
-from m3oe_lightning.federated.messages import Arrays, EvaluateIns, EvaluateRes, FitIns, FitRes
-from m3oe_lightning.federated.simulation import EvaluateFn, Simulation
-from m3oe_lightning.federated.strategies.base import Strategy
+from m3oe_lightning.federated.messages import EvaluateIns, EvaluateRes, FitIns, FitRes
+from m3oe_lightning.federated.partition import Federation
+from m3oe_lightning.federated.simulation import Client, FailureCallback
 
 log = logging.getLogger(__name__)
 Reply = TypeVar("Reply", FitRes, EvaluateRes)
 ROUND_TIMEOUT_S = 3600.0  # seconds to wait for a round's replies when federated.client_timeout is null
 
-class FlowerRunner(Simulation):
-    """A :class:`Simulation` whose clients are Flower nodes: each phase of a round is one
-    ``Grid.send_and_receive`` (all sampled nodes work in parallel); the rest is the simulation's code.
+
+class FlowerTransport:
+    """A :class:`~m3oe_lightning.federated.simulation.Transport` whose clients are Flower nodes: each phase
+    of a round is one ``Grid.send_and_receive`` (all sampled nodes work in parallel).
 
     Args:
         grid: the ServerApp's grid.
         nodes: client id → Flower node id, in the federation's client order (:func:`discover_nodes`).
-        round_timeout: seconds to wait for the replies of one phase when ``client_timeout`` is ``None``.
-        Others: :class:`Simulation` (``client_timeout``: replies later than this are dropped; it is also
-        sent as ``deadline_s`` so a client stops its local training in time).
+        round_timeout: seconds to wait for the replies of one phase when the run has no ``client_timeout``
+            (with one, replies later than it are dropped: it is also sent as ``deadline_s`` so a client
+            stops its local training in time).
     """
 
-    def __init__(self, grid: Grid, nodes: Mapping[str, int], strategy: Strategy, *, initial_arrays: Arrays | None,
-                 evaluate_fn: EvaluateFn | None = None, client_timeout: float | None = None,
-                 round_timeout: float = ROUND_TIMEOUT_S) -> None:
-        super().__init__(strategy, {}, initial_arrays=initial_arrays, evaluate_fn=evaluate_fn,
-                         client_timeout=client_timeout)
+    def __init__(self, grid: Grid, nodes: Mapping[str, int], *, round_timeout: float = ROUND_TIMEOUT_S) -> None:
         self.grid = grid
         self.nodes = dict(nodes)
-        self.client_ids = list(self.nodes)
-        self.timeout = float(client_timeout) if client_timeout is not None else float(round_timeout)
+        self.round_timeout = float(round_timeout)
 
-    def _round_trip(self, server_round: int, phase: str, message_type: str,
-                    contents: Mapping[str, RecordDict]) -> dict[str, RecordDict]:
-        """Send each client its content; the replies' contents by client id (failures recorded)."""
+    @property
+    def client_ids(self) -> list[str]:
+        return list(self.nodes)
+
+    @property
+    def local_clients(self) -> Mapping[str, Client]:
+        return {}  # the clients' persistent states live in the nodes' context.state
+
+    def fit(self, server_round: int, instructions: Mapping[str, FitIns], *, timeout: float | None,
+            fail: FailureCallback) -> dict[str, FitRes]:
+        contents = {cid: fit_ins_to_content(ins) for cid, ins in instructions.items()}
+        replies = self._round_trip(server_round, "fit", MessageType.TRAIN, contents, timeout, fail)
+        return self._convert(server_round, "fit", replies, content_to_fit_res, fail)
+
+    def evaluate(self, server_round: int, instructions: Mapping[str, EvaluateIns], *, timeout: float | None,
+                 fail: FailureCallback) -> dict[str, EvaluateRes]:
+        contents = {cid: evaluate_ins_to_content(ins) for cid, ins in instructions.items()}
+        replies = self._round_trip(server_round, "evaluate", MessageType.EVALUATE, contents, timeout, fail)
+        return self._convert(server_round, "evaluate", replies, content_to_evaluate_res, fail)
+
+    def _round_trip(self, server_round: int, phase: str, message_type: str, contents: Mapping[str, RecordDict],
+                    timeout: float | None, fail: FailureCallback) -> dict[str, RecordDict]:
+        """Send each client its content; the replies' contents by client id (failures reported)."""
+        wait = float(timeout) if timeout is not None else self.round_timeout
         messages = [Message(content, dst_node_id=self.nodes[cid], message_type=message_type,
                             group_id=str(server_round)) for cid, content in contents.items()]
         client_of = {node: cid for cid, node in self.nodes.items()}
         received: dict[str, RecordDict] = {}
         failed: set[str] = set()
-        for reply in self.grid.send_and_receive(messages, timeout=self.timeout):
+        for reply in self.grid.send_and_receive(messages, timeout=wait):
             cid = client_of.get(reply.metadata.src_node_id)
             if cid is None or cid not in contents:
                 continue
             if reply.has_error():
-                self._fail(server_round, phase, cid, f"node {self.nodes[cid]}: {reply.error.reason}")
+                fail(server_round, phase, cid, f"node {self.nodes[cid]}: {reply.error.reason}")
                 failed.add(cid)
             else:
                 received[cid] = reply.content
         for cid in contents:
             if cid not in received and cid not in failed:
-                self._fail(server_round, phase, cid, f"no reply within {self.timeout:g} s")
+                fail(server_round, phase, cid, f"no reply within {wait:g} s")
         return {cid: received[cid] for cid in contents if cid in received}  # instruction order, as in-process
 
-    def _convert(self, server_round: int, phase: str, contents: Mapping[str, RecordDict],
-                 convert: Callable[[RecordDict], Reply]) -> dict[str, Reply]:
+    @staticmethod
+    def _convert(server_round: int, phase: str, contents: Mapping[str, RecordDict],
+                 convert: Callable[[RecordDict], Reply], fail: FailureCallback) -> dict[str, Reply]:
         out: dict[str, Reply] = {}
         for cid, content in contents.items():
             try:
                 out[cid] = convert(content)
             except Exception as error:  # noqa: BLE001 - a malformed reply drops that client, not the round
-                self._fail(server_round, phase, cid, f"malformed reply ({type(error).__name__}: {error})")
+                fail(server_round, phase, cid, f"malformed reply ({type(error).__name__}: {error})")
         return out
 
-    def fit_clients(self, server_round: int, instructions: dict[str, FitIns]) -> dict[str, FitRes]:
-        contents = {cid: fit_ins_to_content(ins) for cid, ins in instructions.items()}
-        replies = self._round_trip(server_round, "fit", MessageType.TRAIN, contents)
-        return self._convert(server_round, "fit", replies, content_to_fit_res)
 
-    def evaluate_clients(self, server_round: int, instructions: dict[str, EvaluateIns]) -> dict[str, EvaluateRes]:
-        contents = {cid: evaluate_ins_to_content(ins) for cid, ins in instructions.items()}
-        replies = self._round_trip(server_round, "evaluate", MessageType.EVALUATE, contents)
-        return self._convert(server_round, "evaluate", replies, content_to_evaluate_res)
-
-
-def discover_nodes(grid: Grid, setup: FederatedSetup, timeout: float) -> dict[str, int]:
+def discover_nodes(grid: Grid, federation: Federation, timeout: float) -> dict[str, int]:
     """Client id → node id for every training client, asking each node which client it is.
 
     Node ids are random; only a node knows its ``partition-id``. Nodes that join late are asked when
@@ -102,8 +109,8 @@ def discover_nodes(grid: Grid, setup: FederatedSetup, timeout: float) -> dict[st
     count differs from the server's federation composed a different run (other data, seed or
     partition settings): that is an error, not something to train on.
     """
-    client_ids = list(setup.simulation.clients)
-    rows = {c.client_id: len(c.data.train) for c in setup.federation.clients}
+    client_ids = [c.client_id for c in federation.clients]
+    rows = {c.client_id: len(c.data.train) for c in federation.clients}
     deadline = time.monotonic() + timeout
     nodes: dict[str, int] = {}
     asked: set[int] = set()

@@ -1,4 +1,5 @@
-"""Server-side algorithms (``conf/federated/*.yaml`` ↔ these classes)."""
+"""Server-side algorithms (``conf/federated/*.yaml`` ↔ these classes; each YAML setting is a constructor
+parameter of the same name)."""
 
 from m3oe_lightning.federated.strategies.base import Strategy
 from m3oe_lightning.federated.strategies.ditto import Ditto

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from m3oe_lightning.federated.messages import Arrays, FitRes, weighted_average
+from m3oe_lightning.federated.messages import Arrays, FitRes, Metrics, weighted_average
 from m3oe_lightning.federated.strategies.base import Strategy
 
 
@@ -15,9 +15,9 @@ class FedAvg(Strategy):
         """Weight of each reply (the hook PAGE's server agent overrides)."""
         return {cid: float(r.num_examples) for cid, r in replies.items()}
 
-    def aggregate_train(self, server_round: int, replies: dict[str, FitRes]) -> Arrays | None:
+    def aggregate_train(self, server_round: int, replies: dict[str, FitRes]) -> tuple[Arrays | None, Metrics]:
         replies = {cid: r for cid, r in replies.items() if r.arrays is not None}
         if len(replies) < self.min_clients:
-            return None
+            return None, {}
         weights = self.aggregation_weights(server_round, replies)
-        return weighted_average((replies[cid].arrays, weights[cid]) for cid in sorted(replies))
+        return weighted_average((replies[cid].arrays, weights[cid]) for cid in sorted(replies)), {}

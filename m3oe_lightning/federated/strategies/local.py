@@ -6,7 +6,7 @@ held-out metrics; each client's model starts from the federation's common initia
 
 from __future__ import annotations
 
-from m3oe_lightning.federated.messages import Arrays, Config, FitIns, FitRes
+from m3oe_lightning.federated.messages import Arrays, Config, FitIns, FitRes, Metrics
 from m3oe_lightning.federated.strategies.base import Strategy
 
 
@@ -22,5 +22,5 @@ class Local(Strategy):
     def configure_train(self, server_round: int, arrays: Arrays | None, client_ids: list[str]) -> dict[str, FitIns]:
         return super().configure_train(server_round, None, client_ids)
 
-    def aggregate_train(self, server_round: int, replies: dict[str, FitRes]) -> Arrays | None:
-        return None
+    def aggregate_train(self, server_round: int, replies: dict[str, FitRes]) -> tuple[Arrays | None, Metrics]:
+        return None, {}

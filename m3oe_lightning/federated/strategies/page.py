@@ -1,29 +1,31 @@
-"""PAGE (Chen et al., WWW 2024) as the released code implements it (docs page-reference.md §1).
+"""PAGE (Chen et al., WWW 2024) as the released code implements it (docs/page.md, §1).
 
 One DDPG agent per client chooses that client's learning rate and local epochs; one server agent
 chooses the aggregation weights. Both learn online, interleaved with FL (the whole run is one
-episode). All agents live on the server (page-reference.md §6, option b: as the released code), so
-the lr and epochs travel in each client's round config. Our decisions (page-reference.md, Decisions):
+episode). All agents live on the server (docs/page.md, §6, option b: as the released code), so
+the lr and epochs travel in each client's round config. Our decisions (docs/page.md, Decisions 1-3):
 
 * **Client agent** — state (1-d): the AUC of the global model the client received, on its local
   **validation** split (measured by the client before training: the released code's one-round lag,
-  §1.6 item 1, is kept). Action (2-d, raw tanh space): ``[lr, epochs]``. Reward:
+  docs/page.md, §1.6 item 1, is kept). Action (2-d, raw tanh space): ``[lr, epochs]``. Reward:
   ``c_reward_weight / (logloss(local model after training, local val) + loss_eps)``.
 * **Server agent** — state (N-d, one entry per training client, in client order): the AUC of each
   client's fresh local model on the **server validation set** (a client that did not reply this
   round keeps its previous entry; the first state is the initial global model's AUC, repeated).
   Action (N-d): the aggregation weights. Reward:
   ``s_reward_weight / (logloss(aggregated model, server val) + loss_eps)``.
-* The server validation set is built by the factory: the union of the training clients' local
-  validation splits (disjoint from every test split used for reporting). ``paper_parity: true``
-  switches both sides to the released code's leaky variant (local **test** splits and the pooled
-  global **test** set); reports from such runs must say so (the run gets the tag ``page_parity``).
+* The server validation set (:func:`server_validation_set`, bound in :meth:`PAGE.prepare`): the union of
+  the training clients' local validation splits (disjoint from every test split used for reporting;
+  docs/page.md, Decision 1). ``paper_parity: true`` switches both sides to the released code's leaky
+  variant (local **test** splits and the pooled global **test** set); reports from such runs must say
+  so (:meth:`PAGE.run_tags` gives the run the tag ``page_parity``).
 * Metrics are AUC / logloss (mean over (domain, task) groups), replacing accuracy / cross-entropy; a
   missing AUC (one label class) counts as 0.5 in a state.
 * Warm-up (``round ≤ warmup``): uniform random raw actions in [-1, 1]; no agent updates. After it:
   client actions ``clip(actor(s) + ε·OU, −1, 1)`` with ε decaying; server actions ``actor(S)`` without
-  noise (released code, §1.6 item 3; ``server_noise: true`` adds it); one DDPG update per agent per round.
-* Decision 2: the replay buffers store the raw actions. They are mapped only when applied:
+  noise (released code, docs/page.md, §1.6 item 3; ``server_noise: true`` adds it); one DDPG update per
+  agent per round.
+* docs/page.md, Decision 2: the replay buffers store the raw actions. They are mapped only when applied:
   ``u = (a + 1)/2``; ``lr = lr_min + u·(lr_max − lr_min)`` (``lr_scale: log``: geometric);
   ``epochs = 1 + round(u·(epochs_max − 1))``; weights ``u_i + 1e-6`` normalised over the clients that
   replied (a dropped client gets no weight). The released code instead clips ``(a + 1)/2`` into
@@ -31,27 +33,59 @@ the lr and epochs travel in each client's round config. Our decisions (page-refe
   ``int(epoch_max / lr_max)``; we map the whole range affinely.
 * Ablations: ``learn_lr`` / ``learn_epochs`` / ``learn_weights`` off → ``lr_max`` / ``epochs_max`` /
   uniform weights (the released ``--is_lr`` / ``--is_epoch`` / ``--is_p``). The agents still act and learn.
+* Round metrics (``page/*``: each client's lr, epochs and reward, the weights, the server's reward and
+  validation AUC, critic losses, ε, the warm-up flag) are returned by :meth:`PAGE.aggregate_train`; the
+  actions' part is recorded when :meth:`PAGE.configure_train` chooses them.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from m3oe_lightning.errors import UserInputError
+from m3oe_lightning import metric_keys as keys
+from m3oe_lightning.data.schema import EncodedSplit
+from m3oe_lightning.errors import UserInputError, check_int, check_number
 from m3oe_lightning.federated.evaluation import finite
-from m3oe_lightning.federated.messages import Arrays, FitIns, FitRes, Metrics, weighted_average
+from m3oe_lightning.federated.messages import (
+    SCORE_RECEIVED_AUC,
+    SCORE_TRAINED_LOGLOSS,
+    Arrays,
+    FitIns,
+    FitRes,
+    Metrics,
+    weighted_average,
+)
+from m3oe_lightning.federated.partition import Federation, concat_splits
+from m3oe_lightning.federated.strategies.base import SplitEvaluatorFactory, SplitScore
 from m3oe_lightning.federated.strategies.fedavg import FedAvg
 from m3oe_lightning.federated.strategies.page_agents import DDPGAgent
+from m3oe_lightning.seeds import derive_seed
 
-ServerEvaluate = Callable[[Arrays], Metrics]  # arrays -> {"auc_mean", "logloss_mean", ...} on the server val set
+PARITY_TAG = "page_parity"
+PARITY_TAG_VALUE = "true: PAGE's states and rewards come from the TEST splits (leaky, as the released code)"
+PARITY_NOTICE = ("federated.paper_parity=true: PAGE's states and rewards use the TEST splits "
+                 "(the released code's leaky variant); say so in any report of this run")
+
+
+def page_key(*parts: str) -> str:
+    """PAGE's own round metrics: ``page/...``."""
+    return keys.key("page", *parts)
 
 
 def _auc_or_half(value: float | None) -> float:
     return float(value) if finite(value) else 0.5
+
+
+def server_validation_set(federation: Federation, paper_parity: bool) -> EncodedSplit:
+    """PAGE's server set: the union of the training clients' local validation splits (docs/page.md,
+    Decision 1), or, under ``paper_parity``, the pooled global test set (the released code's leaky variant)."""
+    if paper_parity:
+        return federation.global_test
+    return concat_splits([c.data.val for c in federation.clients])
 
 
 class PAGE(FedAvg):
@@ -79,14 +113,14 @@ class PAGE(FedAvg):
                  c_reward_weight: float = 1.0, s_reward_weight: float = 1.0, loss_eps: float = 1e-5,
                  paper_parity: bool = False, server_noise: bool = False, agent: Mapping[str, Any] | None = None,
                  **kwargs: Any) -> None:
-        if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
-            raise UserInputError(f"federated.warmup={warmup!r}: use an integer ≥ 0")
-        if not (isinstance(lr_min, (int, float)) and isinstance(lr_max, (int, float)) and 0 < lr_min <= lr_max):
+        check_int("federated.warmup", warmup, minimum=0)
+        check_number("federated.lr_min", lr_min, low=0, low_open=True)
+        check_number("federated.lr_max", lr_max, low=0, low_open=True)
+        if lr_min > lr_max:
             raise UserInputError(f"federated.lr_min={lr_min!r}, lr_max={lr_max!r}: use 0 < lr_min ≤ lr_max")
         if lr_scale not in ("linear", "log"):
             raise UserInputError(f"federated.lr_scale={lr_scale!r}: use linear or log")
-        if not isinstance(epochs_max, int) or isinstance(epochs_max, bool) or epochs_max < 1:
-            raise UserInputError(f"federated.epochs_max={epochs_max!r}: use a positive integer")
+        check_int("federated.epochs_max", epochs_max)
         super().__init__(**kwargs)  # after our checks: local_epochs / client_lr interpolate ours in page.yaml
         self.warmup, self.lr_min, self.lr_max, self.lr_scale = warmup, float(lr_min), float(lr_max), lr_scale
         self.epochs_max = epochs_max
@@ -96,28 +130,49 @@ class PAGE(FedAvg):
         self.paper_parity, self.server_noise = bool(paper_parity), bool(server_noise)
         self.agent_settings = dict(agent or {})
         DDPGAgent(1, 2, **self.agent_settings)  # fail on a bad agent setting now, not in round 1
-        self.server_evaluate: ServerEvaluate | None = None
+        self.server_evaluate: SplitScore | None = None
         self.client_ids: list[str] = []
         self.client_agents: dict[str, DDPGAgent] = {}
         self.server_agent: DDPGAgent | None = None
         self.client_states: dict[str, torch.Tensor] = {}   # last observed state per client (1-d)
         self.server_state: torch.Tensor | None = None        # last observed server state (N-d)
+        # this round, from configure_train to aggregate_train: each sampled client's (state, raw action),
+        # the server's raw action, and the metrics of the chosen actions
         self._pending: dict[str, tuple[torch.Tensor | None, torch.Tensor]] = {}
         self._server_action: torch.Tensor | None = None
-        self._metrics: Metrics = {}
+        self._action_metrics: Metrics = {}
 
     @property
     def score_split(self) -> str:
         """The local split clients score on (``val``; ``test`` under ``paper_parity``)."""
         return "test" if self.paper_parity else "val"
 
-    def bind_server_evaluator(self, evaluate: ServerEvaluate) -> None:
-        """The server validation set's evaluator (the factory binds it; Flower: the ServerApp's data)."""
+    # ------------------------------------------------------------------------------ run-level hooks
+    def prepare(self, federation: Federation, make_split_evaluator: SplitEvaluatorFactory) -> None:
+        """Every client must have validation rows to score on (unless ``paper_parity``); bind the
+        server validation set's evaluator."""
+        super().prepare(federation, make_split_evaluator)
+        if not self.paper_parity:
+            empty = [c.client_id for c in federation.clients if len(c.data.val) == 0]
+            if empty:
+                raise UserInputError(f"federated=page scores on each client's validation split, but "
+                                     f"federated.local_split leaves client(s) {empty} without validation rows; "
+                                     f"give val a larger share (or paper_parity=true)")
+        self.bind_server_evaluator(make_split_evaluator(server_validation_set(federation, self.paper_parity)))
+
+    def bind_server_evaluator(self, evaluate: SplitScore) -> None:
+        """The server validation set's evaluator (:meth:`prepare` binds it; tests bind a stand-in)."""
         self.server_evaluate = evaluate
 
+    def run_tags(self) -> dict[str, str]:
+        return {PARITY_TAG: PARITY_TAG_VALUE} if self.paper_parity else {}
+
+    def notices(self) -> list[str]:
+        return [PARITY_NOTICE] if self.paper_parity else []
+
     # --------------------------------------------------------------------------------------- agents
-    def _agent_seed(self, index: int) -> int:
-        return (self.seed * 1_000_003 + 7_919 * (index + 1)) % (2**31)
+    def _agent_seed(self, *agent: str | int) -> int:
+        return derive_seed(self.seed, "page-agent", *agent)
 
     def _ensure_agents(self, client_ids: list[str]) -> None:
         if self.server_agent is not None:
@@ -125,14 +180,14 @@ class PAGE(FedAvg):
                 raise ValueError(f"PAGE: the training clients changed from {self.client_ids} to {client_ids}")
             return
         self.client_ids = list(client_ids)
-        self.client_agents = {cid: DDPGAgent(1, 2, **{**self.agent_settings, "seed": self._agent_seed(k)})
+        self.client_agents = {cid: DDPGAgent(1, 2, **{**self.agent_settings, "seed": self._agent_seed("client", k)})
                               for k, cid in enumerate(self.client_ids)}
         n = len(self.client_ids)
-        self.server_agent = DDPGAgent(n, n, **{**self.agent_settings, "seed": self._agent_seed(-1)})
+        self.server_agent = DDPGAgent(n, n, **{**self.agent_settings, "seed": self._agent_seed("server")})
 
     def _server_score(self, arrays: Arrays) -> Metrics:
         if self.server_evaluate is None:
-            raise RuntimeError("PAGE needs a server validation set: call bind_server_evaluator first")
+            raise RuntimeError("PAGE needs a server validation set: call prepare (or bind_server_evaluator) first")
         return self.server_evaluate(arrays)
 
     # ------------------------------------------------------------------------------------- mapping
@@ -164,24 +219,24 @@ class PAGE(FedAvg):
     def configure_train(self, server_round: int, arrays: Arrays | None, client_ids: list[str]) -> dict[str, FitIns]:
         self._ensure_agents(client_ids)
         if self.server_state is None:  # reset: the initial global model's score, once per client
-            auc = _auc_or_half(self._server_score(arrays).get("auc_mean")) if arrays is not None else 0.5
+            auc = _auc_or_half(self._server_score(arrays).get(keys.AUC_MEAN)) if arrays is not None else 0.5
             self.server_state = torch.full((len(self.client_ids),), auc)
         warm = server_round <= self.warmup
-        self._pending, self._metrics = {}, {}
+        self._pending, self._action_metrics = {}, {}
         out: dict[str, FitIns] = {}
         for cid in self.sample(server_round, client_ids):
             agent, state = self.client_agents[cid], self.client_states.get(cid)
             raw = agent.random_action() if warm or state is None else agent.select_action(state)
             lr, epochs = self.map_client_action(raw)
             self._pending[cid] = (state, raw)
-            self._metrics[f"page/client/{cid}/lr"] = lr
-            self._metrics[f"page/client/{cid}/epochs"] = float(epochs)
+            self._action_metrics[page_key("client", cid, "lr")] = lr
+            self._action_metrics[page_key("client", cid, "epochs")] = float(epochs)
             out[cid] = FitIns(arrays=arrays, config={"server_round": server_round, "local_epochs": epochs, "lr": lr,
                                                      "score_split": self.score_split})
         assert self.server_agent is not None
         self._server_action = (self.server_agent.random_action() if warm else
                                self.server_agent.select_action(self.server_state, explore=self.server_noise))
-        self._metrics["page/warmup"] = float(warm)
+        self._action_metrics[page_key("warmup")] = float(warm)
         return out
 
     def aggregation_weights(self, server_round: int, replies: dict[str, FitRes]) -> dict[str, float]:
@@ -190,51 +245,51 @@ class PAGE(FedAvg):
             raise RuntimeError("PAGE.aggregation_weights before configure_train")
         return self.map_server_action(self._server_action, sorted(replies))
 
-    def aggregate_train(self, server_round: int, replies: dict[str, FitRes]) -> Arrays | None:
+    def aggregate_train(self, server_round: int, replies: dict[str, FitRes]) -> tuple[Arrays | None, Metrics]:
+        """Agents observe and learn, the server agent's weights aggregate; the round's ``page/*`` metrics
+        (the actions chosen at configure time included; non-finite values left out)."""
         replies = {cid: r for cid, r in replies.items() if r.arrays is not None}
         assert self.server_agent is not None and self.server_state is not None
+        metrics: Metrics = dict(self._action_metrics)
         # client transitions (s, a_raw, r, s'): only clients that replied with a score
         for cid, (state, raw) in self._pending.items():
             reply = replies.get(cid)
-            if reply is None or not finite(reply.metrics.get("score/trained_logloss")):
+            if reply is None or not finite(reply.metrics.get(SCORE_TRAINED_LOGLOSS)):
                 continue
-            next_state = torch.tensor([_auc_or_half(reply.metrics.get("score/received_auc"))])
-            reward = self.c_reward_weight / (reply.metrics["score/trained_logloss"] + self.loss_eps)
+            next_state = torch.tensor([_auc_or_half(reply.metrics.get(SCORE_RECEIVED_AUC))])
+            reward = self.c_reward_weight / (reply.metrics[SCORE_TRAINED_LOGLOSS] + self.loss_eps)
             self.client_agents[cid].observe(state if state is not None else next_state, raw, reward, next_state)
             self.client_states[cid] = next_state
-            self._metrics[f"page/client/{cid}/reward"] = reward
+            metrics[page_key("client", cid, "reward")] = reward
         # the server's next state: each fresh local model on the server validation set
         next_server = self.server_state.clone()
         for cid in sorted(replies):
             score = self._server_score(replies[cid].arrays)
-            next_server[self.client_ids.index(cid)] = _auc_or_half(score.get("auc_mean"))
+            next_server[self.client_ids.index(cid)] = _auc_or_half(score.get(keys.AUC_MEAN))
         new = None
         if len(replies) >= self.min_clients:
             weights = self.aggregation_weights(server_round, replies)
             new = weighted_average((replies[cid].arrays, weights[cid]) for cid in sorted(replies))
             for cid, w in weights.items():
-                self._metrics[f"page/weight/{cid}"] = w
+                metrics[page_key("weight", cid)] = w
             score = self._server_score(new)
-            if finite(score.get("logloss_mean")):
-                reward = self.s_reward_weight / (score["logloss_mean"] + self.loss_eps)
+            if finite(score.get(keys.LOGLOSS_MEAN)):
+                reward = self.s_reward_weight / (score[keys.LOGLOSS_MEAN] + self.loss_eps)
                 self.server_agent.observe(self.server_state, self._server_action, reward, next_server)
-                self._metrics["page/server/reward"] = reward
-                self._metrics["page/server/val_auc"] = _auc_or_half(score.get("auc_mean"))
+                metrics[page_key("server", "reward")] = reward
+                metrics[page_key("server", "val_auc")] = _auc_or_half(score.get(keys.AUC_MEAN))
         self.server_state = next_server
         if server_round > self.warmup:  # one DDPG step per agent per round after warm-up
             losses = [agent.update()[0] for agent in self.client_agents.values() if len(agent.buffer)]
             if losses:
-                self._metrics["page/client/critic_loss_mean"] = float(sum(losses) / len(losses))
+                metrics[page_key("client", "critic_loss_mean")] = float(sum(losses) / len(losses))
             if len(self.server_agent.buffer):
-                self._metrics["page/server/critic_loss"] = self.server_agent.update()[0]
-        self._metrics["page/client/epsilon_mean"] = float(
+                metrics[page_key("server", "critic_loss")] = self.server_agent.update()[0]
+        metrics[page_key("client", "epsilon_mean")] = float(
             sum(a.epsilon for a in self.client_agents.values()) / max(1, len(self.client_agents)))
-        return new
+        return new, {k: float(v) for k, v in metrics.items() if finite(v)}
 
-    # ------------------------------------------------------------------------------- metrics, state
-    def round_metrics(self, server_round: int) -> Metrics:
-        return {k: float(v) for k, v in self._metrics.items() if finite(v)}
-
+    # ---------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         if self.server_agent is None:
             return {}
@@ -255,9 +310,3 @@ class PAGE(FedAvg):
         self.server_agent.load_state_dict(state["server_agent"])
         self.client_states = {cid: s.clone() for cid, s in state["client_states"].items()}
         self.server_state = None if state["server_state"] is None else state["server_state"].clone()
-
-    def summary(self) -> dict[str, float | int | str]:
-        return {"name": self.name, "warmup": self.warmup, "lr_min": self.lr_min, "lr_max": self.lr_max,
-                "epochs_max": self.epochs_max, "learn_lr": int(self.learn_lr), "learn_epochs": int(self.learn_epochs),
-                "learn_weights": int(self.learn_weights), "paper_parity": int(self.paper_parity),
-                "fraction_train": self.fraction_train, "min_clients": self.min_clients}

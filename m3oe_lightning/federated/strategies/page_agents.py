@@ -1,9 +1,9 @@
 """PAGE's agents: plain-torch DDPG (Lillicrap et al., 2016) as in PAGE's released code.
 
 The released code (``ivy-hjq/PAGE``, ``PAGE&baseline(Dap-FL)/utils`` and ``ddpg_page.py``, in the style
-of the ``pytorch-ddpg`` code) is the specification (docs page-reference.md §1.1, §1.5); the one
-intended difference is Decision 2: the replay buffer stores the **raw** actor output (tanh output plus
-exploration noise, clipped to [-1, 1]), never the learning rate / epochs / weights it is mapped to.
+of the ``pytorch-ddpg`` code) is the specification (docs/page.md, §1.1 and §1.5); the one intended
+difference is docs/page.md, Decision 2: the replay buffer stores the **raw** actor output (tanh output
+plus exploration noise, clipped to [-1, 1]), never the learning rate / epochs / weights it is mapped to.
 
 * :class:`Actor`: state → 40 → 30 → action, ReLU between layers, tanh on the output;
 * :class:`Critic`: state → 40, concatenated with the action → 30 → 1;
@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from m3oe_lightning.seeds import derive_seed
 
 HIDDEN = (40, 30)
 
@@ -82,7 +84,8 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
 
 
 class ReplayBuffer:
-    """Ring buffer of transitions ``(state, raw action, reward, next state)`` (Decision 2: raw actions)."""
+    """Ring buffer of transitions ``(state, raw action, reward, next state)`` (docs/page.md, Decision 2:
+    raw actions)."""
 
     def __init__(self, capacity: int, state_dim: int, action_dim: int) -> None:
         if capacity < 1:
@@ -136,9 +139,6 @@ class OUNoise:
         self.generator = torch.Generator().manual_seed(int(seed))
         self.x = torch.zeros(self.size)
 
-    def reset(self) -> None:
-        self.x = torch.zeros(self.size)
-
     def sample(self) -> torch.Tensor:
         gauss = torch.randn(self.size, generator=self.generator)
         self.x = self.x + self.theta * (self.mu - self.x) * self.dt + self.sigma * math.sqrt(self.dt) * gauss
@@ -187,8 +187,9 @@ class DDPGAgent:
         self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=actor_lr)
         self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=critic_lr)
         self.buffer = ReplayBuffer(capacity, self.state_dim, self.action_dim)
-        self.noise = OUNoise(self.action_dim, theta=ou_theta, sigma=ou_sigma, mu=ou_mu, seed=int(seed) + 1)
-        self.generator = torch.Generator().manual_seed(int(seed) + 2)  # random actions, buffer sampling
+        self.noise = OUNoise(self.action_dim, theta=ou_theta, sigma=ou_sigma, mu=ou_mu,
+                             seed=derive_seed(seed, "noise"))
+        self.generator = torch.Generator().manual_seed(derive_seed(seed, "actions"))  # random actions, buffer sampling
         self.updates = 0
 
     # ----------------------------------------------------------------------------------- acting

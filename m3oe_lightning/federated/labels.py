@@ -1,0 +1,15 @@
+"""Names a federated run is known by: its algorithm label and its server-state file (light to import)."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+SERVER_STATE = "server_state.pt"  # <checkpoint_dir>/<run_id>/server_state.pt, written after every round
+
+
+def algorithm_label(fed: DictConfig) -> str:
+    """What a report calls the run: ``centralized``, the strategy, or ``{strategy}+{personal}``."""
+    if fed.get("centralized"):
+        return "centralized"
+    personal = str(fed.get("personal", "none"))
+    return str(fed.name) if personal == "none" else f"{fed.name}+{personal}"
