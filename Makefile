@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install train test bench bench-scaling ui movielens movielens-report reproduce reproduce-quick report diagnose \
-	federated federated-report bench-reproduce clean clean-logs
+	federated federated-report bench-reproduce clean clean-logs clean-checkpoints
 
 # Table 2/3 of the M3oE paper: every row of conf/experiment/paper/ (Hydra's glob() does not expand the
 # options of a subfolder, so the list is built here) × SEEDS, as one Hydra multirun.
@@ -56,19 +56,19 @@ movielens-report: $(STAMP) ## experiments/movielens/presets.md (+ PNG) from the 
 	$(BIN)/python -m m3oe_lightning.reports.presets --study movielens --out experiments/movielens --name presets.md --readme README.md
 
 reproduce: $(STAMP) ## Table 2 + 3 (MovieLens-1M): every paper row × SEEDS, resumable (finished runs are skipped), then the report
-	$(PAPER_SWEEP) seed=$(SEEDS) skip_finished=true +logger.tags.study=paper \
+	$(PAPER_SWEEP) seed=$(SEEDS) skip_finished=true \
 		hydra.callbacks.mlflow_sweep.name=reproduce $(ARGS); status=$$?; \
 	$(MAKE) report && exit $$status
 
 reproduce-quick: $(STAMP) ## smoke: every paper row once (seed 2022, QUICK_EPOCHS epochs), report → QUICK_OUT
-	$(PAPER_SWEEP) seed=2022 trainer.max_epochs=$(QUICK_EPOCHS) +logger.tags.study=paper-quick \
+	$(PAPER_SWEEP) seed=2022 trainer.max_epochs=$(QUICK_EPOCHS) logger.tags.study=paper-quick \
 		hydra.callbacks.mlflow_sweep.name=reproduce-quick $(ARGS); status=$$?; \
 	$(MAKE) report REPORT_STUDY=paper-quick REPORT_OUT=$(QUICK_OUT) REPORT_COMMAND="make reproduce-quick" && exit $$status
 
 diagnose: $(STAMP) ## our M3oE diagnostics (e.g. w/o STAR layer) × DIAGNOSE_SEEDS, resumable, then the report
 	$(BIN)/python -m m3oe_lightning.train -m experiment=$(DIAGNOSE_ROWS) seed=$(DIAGNOSE_SEEDS) $(LAUNCHER) \
 		trainer.enable_progress_bar=false trainer.enable_model_summary=false skip_finished=true \
-		+logger.tags.study=paper hydra.callbacks.mlflow_sweep.name=diagnose $(ARGS); status=$$?; \
+		hydra.callbacks.mlflow_sweep.name=diagnose $(ARGS); status=$$?; \
 	$(MAKE) report && exit $$status
 
 REPORT_STUDY ?= paper
@@ -108,6 +108,10 @@ bench-scaling: $(STAMP) ## memmap data path at 1M/10M/50M synthetic rows → exp
 
 ui: $(STAMP) ## MLflow UI for logs/mlflow.db on http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///logs/mlflow.db --default-artifact-root logs/mlflow/artifacts --host 127.0.0.1 --port 5000
+
+APPLY ?=
+clean-checkpoints: $(STAMP) ## keep the best checkpoint of FINISHED runs, list the rest (APPLY=1 deletes it)
+	$(BIN)/python -m m3oe_lightning.tracking.clean --checkpoint-dir logs/checkpoints $(if $(APPLY),--apply)
 
 clean-logs: ## delete logs/ (MLflow store, checkpoints, Hydra outputs)
 	rm -rf logs outputs multirun
