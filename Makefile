@@ -50,15 +50,18 @@ test: $(STAMP) ## run the whole test suite
 movielens: $(STAMP) ## M3oE paper + released presets × random + ordered splits on ML-1M, then the report
 	$(BIN)/python -m m3oe_lightning.train -m experiment=m3oe_paper,m3oe_released data.split=random,ordered \
 		+logger.tags.study=movielens trainer.enable_progress_bar=false $(ARGS)
-	$(MAKE) movielens-report
+	$(MAKE) movielens-report PRESETS_OUT=experiments/movielens
 
-movielens-report: $(STAMP) ## experiments/movielens/presets.md (+ PNG) from the MLflow store
-	$(BIN)/python -m m3oe_lightning.reports.presets --study movielens --out experiments/movielens --name presets.md --readme README.md
+# the committed one, experiments/movielens/presets.md (and its README summary), is written by make movielens
+PRESETS_OUT ?= logs/reports/movielens
+movielens-report: $(STAMP) ## presets.md (+ PNG) → PRESETS_OUT from the MLflow store
+	$(BIN)/python -m m3oe_lightning.reports.presets --study movielens --out $(PRESETS_OUT) --name presets.md \
+		$(if $(filter experiments/%,$(PRESETS_OUT)),--readme README.md)
 
 reproduce: $(STAMP) ## Table 2 + 3 (MovieLens-1M): every paper row × SEEDS, resumable (finished runs are skipped), then the report
 	$(PAPER_SWEEP) seed=$(SEEDS) skip_finished=true \
 		hydra.callbacks.mlflow_sweep.name=reproduce $(ARGS); status=$$?; \
-	$(MAKE) report && exit $$status
+	$(MAKE) report REPORT_OUT=experiments/movielens && exit $$status
 
 reproduce-quick: $(STAMP) ## smoke: every paper row once (seed 2022, QUICK_EPOCHS epochs), report → QUICK_OUT
 	$(PAPER_SWEEP) seed=2022 trainer.max_epochs=$(QUICK_EPOCHS) logger.tags.study=paper-quick \
@@ -69,10 +72,11 @@ diagnose: $(STAMP) ## our M3oE diagnostics (e.g. w/o STAR layer) × DIAGNOSE_SEE
 	$(BIN)/python -m m3oe_lightning.train -m experiment=$(DIAGNOSE_ROWS) seed=$(DIAGNOSE_SEEDS) $(LAUNCHER) \
 		trainer.enable_progress_bar=false trainer.enable_model_summary=false skip_finished=true \
 		hydra.callbacks.mlflow_sweep.name=diagnose $(ARGS); status=$$?; \
-	$(MAKE) report && exit $$status
+	$(MAKE) report REPORT_OUT=experiments/movielens && exit $$status
 
 REPORT_STUDY ?= paper
-REPORT_OUT ?= experiments/movielens
+# the committed report, experiments/movielens, is written by make reproduce / make diagnose
+REPORT_OUT ?= logs/reports/movielens
 REPORT_COMMAND ?= make reproduce
 report: $(STAMP) ## README.md + results.csv + PNGs (Table 2/3 against the paper) in REPORT_OUT from the MLflow store
 	$(BIN)/python -m m3oe_lightning.reports.paper --study $(REPORT_STUDY) --out $(REPORT_OUT) --command "$(REPORT_COMMAND)"
@@ -89,10 +93,12 @@ FED_SWEEP = $(BIN)/python -m m3oe_lightning.federate -m data=movielens1m model=m
 	+logger.tags.study=federated hydra.callbacks.mlflow_sweep.name=federated $(ARGS)
 federated: $(STAMP) ## federated comparison (local/fedavg/fedprox/ditto/page/federated M3oE/centralized × FED_SEEDS), then its report
 	$(FED_SWEEP) federated=$(FED_ALGORITHMS) && $(FED_SWEEP) experiment=$(FED_VARIANTS); \
-		status=$$?; $(MAKE) federated-report && exit $$status
+		status=$$?; $(MAKE) federated-report FED_REPORT_OUT=experiments/federated && exit $$status
 
-federated-report: $(STAMP) ## experiments/federated/{README.md,results.csv,*.png} from the MLflow store
-	$(BIN)/python -m m3oe_lightning.reports.federated --study federated --out experiments/federated --command "make federated"
+# the committed report, experiments/federated, is written by make federated
+FED_REPORT_OUT ?= logs/reports/federated
+federated-report: $(STAMP) ## the federated report → FED_REPORT_OUT from the MLflow store
+	$(BIN)/python -m m3oe_lightning.reports.federated --study federated --out $(FED_REPORT_OUT) --command "make federated"
 
 # every preset of m3oe_lightning/bench/throughput.py (M3oE paper/released, MMoE, STAR, bf16 autocast) at both batch sizes
 BENCH_ARGS ?= --batch-sizes 4096 40960

@@ -26,14 +26,9 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import shlex
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -42,13 +37,14 @@ from typing import Any
 
 import psutil
 
+from m3oe_lightning.bench import common
+
+MODULE = "m3oe_lightning.bench.scaling"
 DEFAULT_SIZES = (1_000_000, 10_000_000, 50_000_000)
-DEFAULT_OUT = "experiments/bench"
 WARMUP_BATCHES = 10
 TARGET_TRAIN_DROP = 0.15  # train samples/s at the largest size within 15 % of the smallest's
 TARGET_RSS_RATIO = 2.0    # peak RSS at the largest size below 2x the smallest's
 TARGET_LINEAR = 0.25      # encode seconds per row at every size within 25 % of the linear fit's slope
-MB = 1024 * 1024
 
 
 # ------------------------------------------------------------------------------------------ worker
@@ -58,25 +54,24 @@ def measure(rows: int, *, batches: int, batch_size: int, work_dir: Path, chunk_r
     import lightning as L
     import torch
 
-    from m3oe_lightning.bench import throughput as bench
     from m3oe_lightning.config import build
     from m3oe_lightning.training.system import build_system
 
-    bench.QUIET.enter_context(bench.quiet_lightning())
-    load_before = os.getloadavg()
-    busy0, cpu0 = bench._system_busy_seconds(), bench._process_cpu_seconds()
+    common.quiet_for_this_process()
+    load_before = common.load_average()
+    busy0, cpu0 = common.system_busy_seconds(), common.process_cpu_seconds()
     wall0 = time.perf_counter()
     table_dir = Path(tempfile.mkdtemp(prefix="m3oe-scaling-", dir=work_dir))
     try:
-        cfg = bench.compose_preset("paper", "synthetic", [
-            f"data.rows={rows}", "data.storage=memmap", f"data.memmap_dir={table_dir}",
+        cfg = common.compose_train([  # the paper preset: the default config
+            "data=synthetic", f"data.rows={rows}", "data.storage=memmap", f"data.memmap_dir={table_dir}",
             f"data.batch_size={batch_size}", f"data.chunk_rows={chunk_rows}", *overrides,
         ], default_root_dir=str(table_dir / "run"))
         datamodule = build(cfg.data)
         start = time.perf_counter()
         datamodule.load()
         encode_seconds = time.perf_counter() - start
-        encode_peak = bench.peak_rss_mb()
+        encode_peak = common.peak_rss_mb()
         table_bytes = sum(p.stat().st_size for p in table_dir.rglob("*.npy"))
 
         datamodule, model, system = build_system(cfg)  # reopens the finished table (no second encode)
@@ -88,19 +83,19 @@ def measure(rows: int, *, batches: int, batch_size: int, work_dir: Path, chunk_r
             seen += int(batch["domain"].shape[0])
         loader_seconds = time.perf_counter() - start
 
-        timer = bench.StepTimer()
-        trainer = bench._bench_trainer(cfg, timer, max_epochs=1, limit_train_batches=batches, limit_val_batches=0)
+        timer = common.StepTimer()
+        trainer = common.bench_trainer(cfg, timer, max_epochs=1, limit_train_batches=batches, limit_val_batches=0)
         trainer.fit(system, datamodule=datamodule)
         steady = [w + s for w, s in zip(timer.waits[WARMUP_BATCHES:], timer.steps[WARMUP_BATCHES:])]
         epoch_seconds = sum(timer.epoch_seconds)
         dataset = datamodule.load()
         wall = time.perf_counter() - wall0
-        busy = bench._system_busy_seconds() - busy0
-        cpu = bench._process_cpu_seconds() - cpu0
+        busy = common.system_busy_seconds() - busy0
+        cpu = common.process_cpu_seconds() - cpu0
         return {
             "rows": rows,
             "train_rows_in_split": len(dataset.train),
-            "table_mb": table_bytes / MB,
+            "table_mb": table_bytes / common.MB,
             "encode_seconds": encode_seconds,
             "encode_us_per_row": 1e6 * encode_seconds / rows,
             "encode_peak_rss_mb": encode_peak,
@@ -111,9 +106,9 @@ def measure(rows: int, *, batches: int, batch_size: int, work_dir: Path, chunk_r
             "median_step_ms": 1000 * statistics.median(timer.steps) if timer.steps else float("nan"),
             "median_wait_ms": 1000 * statistics.median(timer.waits) if timer.waits else float("nan"),
             "loader_samples_per_s": seen / loader_seconds if loader_seconds > 0 else float("nan"),
-            "peak_rss_mb": bench.peak_rss_mb(),
-            "load_before": list(load_before),
-            "load_after": list(os.getloadavg()),
+            "peak_rss_mb": common.peak_rss_mb(),
+            "load_before": load_before,
+            "load_after": common.load_average(),
             "other_cpu_cores": max(0.0, busy - cpu) / wall if wall > 0 else float("nan"),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
@@ -171,8 +166,8 @@ def render_markdown(results: Sequence[dict[str, Any]], meta: dict[str, Any], v: 
         f"- machine: {machine['cpu']}, {machine['usable_cores']} usable of {machine['cores']} cores, "
         f"{machine['memory_gb']} GB RAM; {meta['threads']} torch threads; torch {meta['torch']}, "
         f"Lightning {meta['lightning']}",
-        f"- load average (1/5/15 min) at start: {', '.join(f'{x:.2f}' for x in meta['load_start'])}; at end: "
-        f"{', '.join(f'{x:.2f}' for x in meta['load_end'])} — the machine is shared, so absolute rates move "
+        f"- load average (1/5/15 min) at start: {common.format_load(meta['load_start'])}; at end: "
+        f"{common.format_load(meta['load_end'])} — the machine is shared, so absolute rates move "
         "with other users' work (the last column is their CPU use during each size's run)",
         f"- each size: a fresh process; `data=synthetic data.storage=memmap`, paper preset (M3oE, batch "
         f"{meta['batch_size']:,}), {meta['batches']} training batches at every size; tables under "
@@ -257,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--chunk-rows", type=int, default=262_144)
     parser.add_argument("--work-dir", default=tempfile.gettempdir(), help="where the tables are written")
-    parser.add_argument("--out", default=DEFAULT_OUT)
+    parser.add_argument("--out", default=common.DEFAULT_OUT)
     parser.add_argument("--render", help="only re-render scaling.md/.png from this scaling.json")
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)  # internal: one size, in this process
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides")
@@ -272,32 +267,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if args.worker_out:
         (size,) = sizes
-        Path(args.worker_out).write_text(json.dumps(measure(size, **settings)))
+        Path(args.worker_out).write_text(json.dumps(measure(size, **settings)))  # NaN kept for the parent
         return
 
-    from m3oe_lightning.bench import throughput as bench
-
-    command = "python -m m3oe_lightning.bench.scaling " + shlex.join(sys.argv[1:] if argv is None else argv)
-    load_start = os.getloadavg()
+    context = common.run_context(common.command_line(MODULE, argv))
     results = []
     for size in sizes:
-        with tempfile.TemporaryDirectory(prefix="m3oe-scaling-") as tmp:
-            out = Path(tmp) / "result.json"
-            worker = [sys.executable, "-m", "m3oe_lightning.bench.scaling", "--sizes", str(size),
-                      "--batches", str(args.batches), "--batch-size", str(args.batch_size),
-                      "--chunk-rows", str(args.chunk_rows), "--work-dir", str(work_dir), "--worker-out", str(out),
-                      *args.overrides]
-            completed = subprocess.run(worker)
-            if completed.returncode != 0:
-                raise SystemExit(completed.returncode)
-            results.append(json.loads(out.read_text()))
+        results.append(common.run_in_fresh_process(MODULE, [
+            "--sizes", str(size), "--batches", str(args.batches), "--batch-size", str(args.batch_size),
+            "--chunk-rows", str(args.chunk_rows), "--work-dir", str(work_dir), *args.overrides]))
         r = results[-1]
         print(f"{size:>12,} rows: encode {r['encode_seconds']:.1f} s, train {r['train_samples_per_s']:,.0f} "
               f"samples/s, loader {r['loader_samples_per_s']:,.0f} samples/s, peak RSS {r['peak_rss_mb']:,.0f} MB, "
               f"load {r['load_before'][0]:.2f}→{r['load_after'][0]:.2f}", flush=True)
-    meta = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": command,
-            "git": bench.git_state(), "machine": bench.machine_info(), "load_start": list(load_start),
-            "load_end": list(os.getloadavg()), "cpu_count": psutil.cpu_count(), "batches": args.batches,
+    meta = {"date": common.utc_now("%Y-%m-%d %H:%M UTC"), "command": context["command"],
+            "git": context["git_commit"], "machine": context["machine"], "load_start": context["load_before"],
+            "load_end": common.load_average(), "cpu_count": psutil.cpu_count(), "batches": args.batches,
             "batch_size": args.batch_size, "work_dir": str(work_dir), "threads": results[0]["threads"],
             "torch": results[0]["torch"], "lightning": results[0]["lightning"]}
     write_report(results, meta, Path(args.out))
@@ -305,13 +290,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def write_report(results: Sequence[dict[str, Any]], meta: dict[str, Any], out_dir: Path) -> None:
     """``scaling.json`` (figures + verdicts), ``scaling.md`` and ``scaling.png`` under ``out_dir``."""
-    from m3oe_lightning.bench import throughput as bench
-
     v = verdicts(results)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "scaling.json").write_text(json.dumps(bench._json_safe(
-        {"meta": meta, "results": results, "targets": v}), indent=2) + "\n")
-    (out_dir / "scaling.md").write_text(render_markdown(results, meta, v))
+    common.write_outputs(out_dir, {"scaling.json": {"meta": meta, "results": results, "targets": v},
+                                   "scaling.md": render_markdown(results, meta, v)})
     plot(results, out_dir / "scaling.png")
     print(f"wrote {out_dir / 'scaling.md'}, scaling.json, scaling.png", flush=True)
 

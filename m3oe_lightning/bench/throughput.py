@@ -25,18 +25,11 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime as dt
 import functools
 import json
 import math
 import os
-import platform
-import resource
-import shlex
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -48,14 +41,12 @@ import psutil
 import torch
 from omegaconf import DictConfig
 
-from m3oe_lightning.bench import flops
-from m3oe_lightning.config import build, compose, report_user_errors
-from m3oe_lightning.errors import UserInputError
-from m3oe_lightning.models import base as models_base
+from m3oe_lightning.bench import common, flops
+from m3oe_lightning.bench.common import MB, StepTimer, bench_trainer
+from m3oe_lightning.config import report_user_errors
+from m3oe_lightning.errors import UserInputError, check_int
 from m3oe_lightning.models.m3oe_reference import reference_forward
-from m3oe_lightning.tracking import provenance
 from m3oe_lightning.training.module import count_parameters
-from m3oe_lightning.training.quiet import quiet_lightning
 from m3oe_lightning.training.system import build_system
 
 PRESETS: dict[str, list[str]] = {
@@ -67,7 +58,8 @@ PRESETS: dict[str, list[str]] = {
     "released-bf16": ["experiment=m3oe_released", "trainer.precision=bf16-mixed"],
     "paper-compile": ["callbacks=compile"],      # torch.compile (minutes of compiling: not in the default run)
     "paper-reference": [],                       # the paper preset through m3oe_reference (the "before")
-    "paper-unchunked-eval": [],                  # evaluation forwards whole eval batches (the "before")
+    # evaluation forwards whole eval batches (the "before"); a run setting, outside the run's identity
+    "paper-unchunked-eval": ["++eval_chunk_rows=${data.eval_batch_size}"],
 }
 REFERENCE_PRESETS = {"paper-reference"}  # forward = models/m3oe_reference.py, the literal equations
 DEFAULT_PRESETS = [name for name in PRESETS if not name.endswith(("-compile", "-reference", "-unchunked-eval"))]
@@ -80,81 +72,10 @@ TARGET_BF16_SPEEDUP = 2.0       # bf16 autocast ≥ 2× the fp32 throughput of t
 TARGET_TRAIN = {("released", 40960): 25_000, ("paper", 4096): 40_000}  # samples/s
 TARGET_MFU = {("released", 40960): 0.50}
 BUSY_OTHER_CORES = 0.25        # other processes' mean CPU use above which the README warns
-DEFAULT_OUT = "experiments/bench"
-QUIET = contextlib.ExitStack()  # quiet_lightning() entered once, left when the process ends
-MB = 1024 * 1024
+MODULE = "m3oe_lightning.bench.throughput"
 
 
 # ------------------------------------------------------------------------------------ measuring
-class StepTimer(L.Callback):
-    """Timestamps the training hooks: batch wait, step, and the step's forward / backward / rest."""
-
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-        self.steps: list[float] = []
-        self.forward: list[float] = []   # batch start → first on_before_backward (forward, loss, zero_grad)
-        self.backward: list[float] = []  # first on_before_backward → on_after_backward
-        self.rest: list[float] = []      # → batch end (optimiser step, self.log, the AutoML step when due)
-        self.optimizer: list[float] = []  # the model optimiser's step() (inside rest)
-        self.rows = 0
-        self.epoch_seconds: list[float] = []
-        self.iterator_seconds = 0.0      # time inside the loader's next() (set by TimedLoader)
-        self.cpu_seconds = 0.0           # this process's CPU time during the epochs
-        self.system_busy_seconds = 0.0   # every process's CPU time during the epochs (whole machine)
-        self.steal_seconds = 0.0         # CPU time the hypervisor took away during the epochs
-        self._last_end = self._start = self._epoch_start = self._cpu0 = self._busy0 = self._steal0 = 0.0
-        self._marks: dict[str, float] = {}
-        self._hooked = False
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Time the model optimiser's ``step()`` with torch's optimizer hooks (Lightning has no after-step hook)."""
-        if self._hooked or not trainer.optimizers:
-            return
-        optimizer = trainer.optimizers[0]  # the model's (the AutoML optimiser, when there is one, is second)
-        optimizer.register_step_pre_hook(lambda *_: self._marks.__setitem__("opt_start", time.perf_counter()))
-        optimizer.register_step_post_hook(lambda *_: self._marks.__setitem__("opt_end", time.perf_counter()))
-        self._hooked = True
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._cpu0, self._busy0 = _process_cpu_seconds(), _system_busy_seconds()
-        self._steal0 = _steal_seconds()
-        self._epoch_start = self._last_end = time.perf_counter()
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
-        now = time.perf_counter()
-        self.waits.append(now - self._last_end)
-        self._start = now
-        self._marks = {}
-
-    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule,
-                           loss: torch.Tensor) -> None:
-        self._marks.setdefault("before_backward", time.perf_counter())  # first backward only (not AutoML's)
-
-    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._marks.setdefault("after_backward", time.perf_counter())
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        now = time.perf_counter()
-        self.steps.append(now - self._start)
-        self.rows += int(batch["domain"].shape[0])
-        if "before_backward" in self._marks and "after_backward" in self._marks:
-            before, after = self._marks["before_backward"], self._marks["after_backward"]
-            self.forward.append(before - self._start)
-            self.backward.append(after - before)
-            self.rest.append(now - after)
-            if "opt_start" in self._marks and "opt_end" in self._marks:
-                self.optimizer.append(self._marks["opt_end"] - self._marks["opt_start"])
-        self._last_end = now
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.epoch_seconds.append(time.perf_counter() - self._epoch_start)
-        self.cpu_seconds += _process_cpu_seconds() - self._cpu0
-        self.system_busy_seconds += _system_busy_seconds() - self._busy0
-        self.steal_seconds += _steal_seconds() - self._steal0
-
-
 class RowCounter(L.Callback):
     """Counts the rows of the validation batches (what ``Trainer.validate`` actually evaluated)."""
 
@@ -193,37 +114,6 @@ class TimedLoader:
             yield batch
 
 
-def _process_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _system_busy_seconds() -> float:
-    """CPU seconds every process on the machine has used (guest time is inside user/nice on Linux)."""
-    times = psutil.cpu_times()
-    return sum(getattr(times, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq"))
-
-
-def _steal_seconds() -> float:
-    """CPU seconds the hypervisor gave to other machines while this one wanted to run (Linux VMs)."""
-    return getattr(psutil.cpu_times(), "steal", 0.0)
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / MB if sys.platform == "darwin" else peak / 1024
-
-
-def reset_peak_rss() -> bool:
-    """Restart the peak-RSS count (Linux ``clear_refs``, resets ``ru_maxrss`` too); False if unsupported."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 def _median_ms(values: Sequence[float]) -> float:
     return 1000 * statistics.median(values) if values else float("nan")
 
@@ -234,19 +124,12 @@ def compose_preset(preset: str, data: str | None = None, overrides: Sequence[str
     """The config ``python -m m3oe_lightning.train <preset overrides> [data=<data>] <overrides>`` runs."""
     if preset not in PRESETS:
         raise UserInputError(f"unknown preset {preset!r}: use {', '.join(PRESETS)}")
-    all_overrides = [*PRESETS[preset], *([f"data={data}"] if data else []), *overrides]
-    if default_root_dir is not None:  # replaces ${hydra:runtime.output_dir}, unset outside @hydra.main
-        all_overrides.append(f"trainer.default_root_dir={default_root_dir}")
-    return compose("train", all_overrides)
+    return common.compose_train(preset_overrides(preset, data, overrides), default_root_dir)
 
 
-def _bench_trainer(cfg: DictConfig, callback: L.Callback, **settings: Any) -> L.Trainer:
-    """``cfg.trainer`` (accelerator, devices ...) without logger, checkpoints, bars or sanity checks; of the
-    configured callbacks only ``compile`` (it changes the speed, the others only what is saved)."""
-    compile_node = (cfg.get("callbacks") or {}).get("compile")
-    extra = [build(compile_node)] if compile_node is not None else []
-    return build(cfg.trainer, callbacks=[callback, *extra], logger=False, enable_checkpointing=False,
-                 enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, **settings)
+def preset_overrides(preset: str, data: str | None = None, overrides: Sequence[str] = ()) -> list[str]:
+    """The preset's own overrides, then ``data=<data>``, then the caller's."""
+    return [*PRESETS[preset], *([f"data={data}"] if data else []), *overrides]
 
 
 # ----------------------------------------------------------------------------------- one preset
@@ -257,9 +140,9 @@ def run_preset(preset: str, *, data: str | None = None, overrides: Sequence[str]
     ``reset_peak``: restart the peak-RSS count first (for several presets in one process); a fresh
     process (the default of :func:`main`) reports its whole-life peak instead.
     """
-    QUIET.enter_context(quiet_lightning())  # for the rest of this bench process
-    load_before = os.getloadavg()
-    peak_scope = "since preset start" if reset_peak and reset_peak_rss() else "whole process"
+    common.quiet_for_this_process()
+    load_before = common.load_average()
+    peak_scope = "since preset start" if reset_peak and common.reset_peak_rss() else "whole process"
     rss_start = psutil.Process().memory_info().rss / MB
     with tempfile.TemporaryDirectory(prefix="m3oe-bench-") as root:
         cfg = compose_preset(preset, data, overrides, default_root_dir=root)
@@ -268,28 +151,23 @@ def run_preset(preset: str, *, data: str | None = None, overrides: Sequence[str]
         build_seconds = time.perf_counter() - start
         if preset in REFERENCE_PRESETS:  # same weights and training system, the straightforward forward
             model.forward = functools.partial(reference_forward, model)  # type: ignore[method-assign]
-        chunk_rows = models_base.EVAL_FORWARD_ROWS
-        if preset == "paper-unchunked-eval":  # one forward per eval batch (data.eval_batch_size rows)
-            models_base.EVAL_FORWARD_ROWS = 2**62
 
         timer = StepTimer()
         train_loader = datamodule.train_dataloader
         datamodule.train_dataloader = (  # type: ignore[method-assign]
             lambda: TimedLoader(train_loader(), timer))
         limit = {} if limit_batches is None else {"limit_train_batches": limit_batches}
-        trainer = _bench_trainer(cfg, timer, max_epochs=epochs, limit_val_batches=0, **limit)
+        trainer = bench_trainer(cfg, timer, max_epochs=epochs, limit_val_batches=0, **limit)
         start = time.perf_counter()
         trainer.fit(system, datamodule=datamodule)
         fit_seconds = time.perf_counter() - start
         datamodule.train_dataloader = train_loader  # type: ignore[method-assign]
 
         counter = RowCounter()
-        evaluator = _bench_trainer(cfg, counter,
-                                   limit_val_batches=1.0 if limit_batches is None else limit_batches)
+        evaluator = bench_trainer(cfg, counter, limit_val_batches=1.0 if limit_batches is None else limit_batches)
         start = time.perf_counter()
         evaluator.validate(system, datamodule=datamodule, verbose=False)
         eval_seconds = time.perf_counter() - start
-        models_base.EVAL_FORWARD_ROWS = chunk_rows
 
         if preset in REFERENCE_PRESETS:  # MFU counts the useful FLOPs: those of the optimized forward
             del model.forward
@@ -303,7 +181,7 @@ def run_preset(preset: str, *, data: str | None = None, overrides: Sequence[str]
         "preset": preset,
         "model": type(model).__name__,
         "precision": str(trainer.precision),
-        "overrides": [*PRESETS[preset], *([f"data={data}"] if data else []), *overrides],
+        "overrides": preset_overrides(preset, data, overrides),
         "data": str(cfg.data.name),
         "batch_size": int(cfg.data.batch_size),
         "eval_batch_size": int(cfg.data.eval_batch_size),
@@ -347,7 +225,7 @@ def run_preset(preset: str, *, data: str | None = None, overrides: Sequence[str]
         "max_step_ms": 1000 * max(timer.steps) if timer.steps else float("nan"),
         "build_seconds": build_seconds,
         "fit_seconds": fit_seconds,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": common.peak_rss_mb(),
         "peak_rss_scope": peak_scope,
         "rss_at_start_mb": rss_start,
         "process_cpu_cores": timer.cpu_seconds / epoch_seconds if epoch_seconds > 0 else float("nan"),
@@ -355,7 +233,7 @@ def run_preset(preset: str, *, data: str | None = None, overrides: Sequence[str]
         if epoch_seconds > 0 else float("nan"),
         "steal_cpu_cores": timer.steal_seconds / epoch_seconds if epoch_seconds > 0 else float("nan"),
         "load_before": list(load_before),
-        "load_after": list(os.getloadavg()),
+        "load_after": common.load_average(),
         "parameters": count_parameters(model),
         **utilisation,
         "mfu": utilisation["flops_per_sample"] * timer.rows / epoch_seconds / utilisation["matmul_flops_per_s"]
@@ -389,60 +267,15 @@ def model_flop_utilisation(system: Any, datamodule: Any, batch_size: int) -> dic
 def _run_isolated(preset: str, *, data: str | None, overrides: Sequence[str], epochs: int,
                   limit_batches: int | None) -> dict[str, Any]:
     """:func:`run_preset` in a fresh ``python -m m3oe_lightning.bench.throughput`` process (its own peak RSS)."""
-    with tempfile.TemporaryDirectory(prefix="m3oe-bench-") as tmp:
-        result_path = Path(tmp) / "result.json"
-        command = [sys.executable, "-m", "m3oe_lightning.bench.throughput", "--presets", preset, "--epochs", str(epochs),
-                   "--worker-out", str(result_path)]
-        if limit_batches is not None:
-            command += ["--limit-batches", str(limit_batches)]
-        if data:
-            command += ["--data", data]
-        completed = subprocess.run([*command, *overrides])
-        if completed.returncode != 0:
-            raise SystemExit(completed.returncode)
-        return json.loads(result_path.read_text())
+    args = ["--presets", preset, "--epochs", str(epochs)]
+    if limit_batches is not None:
+        args += ["--limit-batches", str(limit_batches)]
+    if data:
+        args += ["--data", data]
+    return common.run_in_fresh_process(MODULE, [*args, *overrides])
 
 
 # ------------------------------------------------------------------------------------- reporting
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count() or 0
-    return {"cpu": cpu, "cores": os.cpu_count() or 0, "usable_cores": usable,
-            "memory_gb": round(psutil.virtual_memory().total / 1024**3, 1),
-            "platform": platform.platform(), "python": platform.python_version()}
-
-
-def git_state() -> str:
-    commit = provenance.git_commit()
-    try:
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, check=True, cwd=Path(__file__).resolve().parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return commit
-    return f"{commit} (+ uncommitted changes)" if dirty else commit
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN/inf (a figure that could not be measured) become ``null``: results.json stays strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def _fmt(value: float, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
@@ -623,30 +456,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="train and evaluate on at most N batches (quick runs and tests)")
     parser.add_argument("--data", default=None, help="data config to use instead of movielens1m "
                                                      "(e.g. movielens100k, synthetic)")
-    parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    parser.add_argument("--out", default=common.DEFAULT_OUT, help=f"output folder (default {common.DEFAULT_OUT})")
     parser.add_argument("--in-process", action="store_true",
                         help="run every preset in this process (faster start; peak RSS reset per preset "
                              "where Linux allows it) instead of one fresh process per preset")
     parser.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)  # a preset's child process
     parser.add_argument("overrides", nargs="*",
                         help="extra Hydra overrides for every preset, e.g. threads=1 data.rows=4000")
-    args = parser.parse_args(argv)
-    if args.epochs < 1:
-        parser.error("--epochs must be at least 1")
-    if args.batch_sizes is not None and min(args.batch_sizes) < 1:
-        parser.error("--batch-sizes must be positive")
-    if args.limit_batches is not None and args.limit_batches < 1:
-        parser.error("--limit-batches must be at least 1")
-    return args
+    return parser.parse_args(argv)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """The counts must be positive (a :class:`UserInputError` naming the option otherwise)."""
+    check_int("--epochs", args.epochs)
+    for batch_size in args.batch_sizes or []:
+        check_int("--batch-sizes", batch_size)
+    check_int("--limit-batches", args.limit_batches, optional=True)
 
 
 def run_bench(args: argparse.Namespace, command: str) -> list[dict[str, Any]]:
     """Run the presets, write ``results.json`` and ``README.md`` into ``args.out``, print the table."""
-    out = Path(args.out)
-    meta = {"command": command, "cwd": os.getcwd(),
-            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-            "git_commit": git_state(), "machine": machine_info(), "load_before": list(os.getloadavg()),
-            "epochs": args.epochs, "isolated": not args.in_process}
+    meta = {**common.run_context(command), "cwd": os.getcwd(), "epochs": args.epochs,
+            "isolated": not args.in_process}
     results = []
     for preset in args.presets:
         for batch_size in args.batch_sizes or [None]:
@@ -662,10 +493,8 @@ def run_bench(args: argparse.Namespace, command: str) -> list[dict[str, Any]]:
               "bench_load_before": meta["load_before"], "isolated_process": meta["isolated"],
               "target_batch_share": TARGET_BATCH_SHARE, "target_log_share": TARGET_LOG_SHARE,
               "target_eval_ratio": TARGET_EVAL_RATIO, "target_peak_rss_mb": TARGET_PEAK_RSS_MB}
-    records = _json_safe([{**r, **shared} for r in results])
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(records, indent=2, allow_nan=False) + "\n")
-    (out / "README.md").write_text(render_readme(results, meta))
+    records = common.json_safe([{**r, **shared} for r in results])
+    out = common.write_outputs(args.out, {"results.json": records, "README.md": render_readme(results, meta)})
     print(results_table(results))
     print(f"bench: wrote {out / 'README.md'} and {out / 'results.json'}")
     return records
@@ -674,16 +503,15 @@ def run_bench(args: argparse.Namespace, command: str) -> list[dict[str, Any]]:
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """CLI entry; returns the records written to ``results.json``. Bad input: one line, exit code 2."""
     args = parse_args(argv)
-    command = shlex.join(sys.orig_argv) if argv is None else shlex.join(
-        ["python", "-m", "m3oe_lightning.bench.throughput", *argv])
-    return report_user_errors(lambda a: _main(a, command), args)
+    return report_user_errors(lambda a: _main(a, common.command_line(MODULE, argv)), args)
 
 
 def _main(args: argparse.Namespace, command: str) -> list[dict[str, Any]]:
+    check_args(args)
     if args.worker_out:  # child process of _run_isolated: one preset, its figures to a file
         result = run_preset(args.presets[0], data=args.data, overrides=args.overrides, epochs=args.epochs,
                             limit_batches=args.limit_batches, reset_peak=False)
-        Path(args.worker_out).write_text(json.dumps(result))
+        Path(args.worker_out).write_text(json.dumps(result))  # NaN kept: the parent renders these figures
         return [result]
     return run_bench(args, command)
 

@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from m3oe_lightning.data.schema import Batch, FeatureSchema
-from m3oe_lightning.errors import UserInputError
-from m3oe_lightning.models.base import MDMTModel
+from m3oe_lightning.errors import UserInputError, check_int
+from m3oe_lightning.models.base import MDMTModel, check_domains_tasks
 from m3oe_lightning.models.layers import (
     DomainTaskTowers,
     FeatureEmbedding,
@@ -38,7 +38,6 @@ from m3oe_lightning.models.layers import (
     domain_slices,
     sort_by_domain,
 )
-from m3oe_lightning.models.m3oe import check_domains_tasks
 
 
 class _FusionLevel(nn.Module):
@@ -113,9 +112,8 @@ class AdaTT(MDMTModel):
         super().__init__(schema)
         check_domains_tasks(schema, num_domains, num_tasks, "AdaTT")
         check_level_dims(expert_dims)
-        if num_task_experts < 1 or num_shared_experts < 0:
-            raise UserInputError(f"model.num_task_experts={num_task_experts} (≥ 1), model.num_shared_experts="
-                                 f"{num_shared_experts} (≥ 0; 0 = AdaTT-sp)")
+        check_int("model.num_task_experts", num_task_experts)
+        check_int("model.num_shared_experts", num_shared_experts, minimum=0)  # 0 = AdaTT-sp
         D, T = self.num_domains, self.num_tasks
         self.num_objectives = G = D * T
         self.num_task_experts, self.num_shared_experts = num_task_experts, num_shared_experts

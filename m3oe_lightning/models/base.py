@@ -1,10 +1,11 @@
-"""The one interface every model implements (DESIGN.md, property 1).
+"""The one interface every model implements (docs/design.md, property 1).
 
 A model is built from a :class:`FeatureSchema`; ``forward(batch)`` returns logits of shape ``[B, T]``:
 one logit per task for the row's own domain. Nothing outside a model branches on its type: the
 training system only asks for :meth:`architecture_parameters` (possibly empty), which the AutoML
 step optimises separately, and :meth:`architecture_weights` for logging. Federated personalisation
-asks :meth:`personal_slices` which entries of the state dict a client keeps to itself.
+asks :meth:`personal_slices` which entries of the state dict a client keeps to itself. Evaluation
+forwards a batch :attr:`MDMTModel.eval_chunk_rows` rows at a time (:func:`forward_in_chunks`).
 """
 
 from __future__ import annotations
@@ -13,25 +14,51 @@ import torch
 from torch import nn
 
 from m3oe_lightning.data.schema import Batch, FeatureSchema
+from m3oe_lightning.errors import UserInputError, check_int
 
-# Rows per forward pass in evaluation. Inference is memory-bound past a few thousand rows (each layer's
-# activations leave the cache): on this 2-core machine, Trainer.validate over MovieLens-1M's 100k val rows
-# ran at ~20k rows/s with 65,536-row forwards and ~100k rows/s with 4,096-row ones (paper and released
+# Rows per forward pass in evaluation, by default. Inference is memory-bound past a few thousand rows (each
+# layer's activations leave the cache): on this 2-core machine, Trainer.validate over MovieLens-1M's 100k val
+# rows ran at ~20k rows/s with 65,536-row forwards and ~100k rows/s with 4,096-row ones (paper and released
 # presets), so evaluation batches (data.eval_batch_size: rows per metric update) are forwarded in chunks.
-EVAL_FORWARD_ROWS = 4096
+DEFAULT_EVAL_CHUNK_ROWS = 4096
 
 # state-dict key -> the part a client keeps local: ``None`` = the whole tensor, a slice = those rows of dim 0
 PersonalSlices = dict[str, slice | None]
 
 
+def check_domains_tasks(schema: FeatureSchema, num_domains: int | None, num_tasks: int | None,
+                        model_name: str) -> None:
+    """Fail before training when a model was configured for a different D or T than the data has."""
+    for setting, wanted, actual in (("num_domains", num_domains, schema.num_domains),
+                                    ("num_tasks", num_tasks, schema.num_tasks)):
+        if wanted is not None and wanted != actual:
+            raise UserInputError(
+                f"model.{setting}={wanted} but the data has {actual} "
+                f"({', '.join(schema.domains if setting == 'num_domains' else schema.tasks)}); "
+                f"set model.{setting}={actual} or null (= take it from the data) for {model_name}"
+            )
+
+
 class MDMTModel(nn.Module):
-    """Base class: holds the schema, exposes the architecture (fusion) parameters."""
+    """Base class: holds the schema, exposes the architecture (fusion) parameters.
+
+    ``eval_chunk_rows`` (rows per evaluation forward) is how the model is run, not what it computes: it is
+    no constructor argument (so not part of ``conf/model``, whose settings identify a run) but set after
+    building with :meth:`set_eval_chunk_rows`.
+    """
 
     def __init__(self, schema: FeatureSchema) -> None:
         super().__init__()
         self.schema = schema
         self.num_domains = schema.num_domains
         self.num_tasks = schema.num_tasks
+        self.eval_chunk_rows = DEFAULT_EVAL_CHUNK_ROWS
+
+    def set_eval_chunk_rows(self, rows: int | None) -> None:
+        """Rows per forward pass in evaluation (``None``: :data:`DEFAULT_EVAL_CHUNK_ROWS`); the logits do
+        not depend on it, only the speed and the memory of evaluation do."""
+        check_int("eval_chunk_rows", rows, optional=True)
+        self.eval_chunk_rows = DEFAULT_EVAL_CHUNK_ROWS if rows is None else rows
 
     def forward(self, batch: Batch) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -42,11 +69,6 @@ class MDMTModel(nn.Module):
         Setting them to 0 fixes every weight at 0.5 (the paper's "w/o AutoML" ablation).
         """
         return []
-
-    def model_parameters(self) -> list[nn.Parameter]:
-        """Every parameter that is not an architecture parameter."""
-        arch = {id(p) for p in self.architecture_parameters()}
-        return [p for p in self.parameters() if id(p) not in arch]
 
     def architecture_weights(self) -> dict[str, float]:
         """Current fusion weights (after the sigmoid) by name, for logging."""
@@ -60,10 +82,10 @@ class MDMTModel(nn.Module):
         return None
 
 
-def forward_in_chunks(model: nn.Module, batch: Batch, rows: int | None = None) -> torch.Tensor:
-    """``model(batch)`` computed ``rows`` (default :data:`EVAL_FORWARD_ROWS`) rows at a time (the same
-    logits: every model's rows are independent in eval mode; tested per model)."""
-    rows = EVAL_FORWARD_ROWS if rows is None else rows
+def forward_in_chunks(model: MDMTModel, batch: Batch, rows: int | None = None) -> torch.Tensor:
+    """``model(batch)`` computed ``rows`` (default: the model's :attr:`~MDMTModel.eval_chunk_rows`) rows at a
+    time (the same logits: every model's rows are independent in eval mode; tested per model)."""
+    rows = model.eval_chunk_rows if rows is None else rows
     size = int(batch["domain"].shape[0])
     if size <= rows:
         return model(batch)

@@ -30,10 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from m3oe_lightning.data.schema import Batch, FeatureSchema
-from m3oe_lightning.errors import UserInputError
-from m3oe_lightning.models.base import MDMTModel
+from m3oe_lightning.errors import UserInputError, check_int
+from m3oe_lightning.models.base import MDMTModel, check_domains_tasks
 from m3oe_lightning.models.layers import FeatureEmbedding, GroupedMLP, domain_slices, sort_by_domain
-from m3oe_lightning.models.m3oe import check_domains_tasks
 
 LEAK = 0.1  # LeakyReLU slope of the meta units
 
@@ -75,8 +74,7 @@ class M2M(MDMTModel):
     ) -> None:
         super().__init__(schema)
         check_domains_tasks(schema, num_domains, num_tasks, "M2M")
-        if num_experts < 2:
-            raise UserInputError(f"model.num_experts={num_experts}: M2M's meta attention needs at least 2 experts")
+        check_int("model.num_experts", num_experts, minimum=2)  # the meta attention weighs at least 2 experts
         if not expert_dims:
             raise UserInputError("model.expert_dims is empty: give at least one expert width")
         D, T = self.num_domains, self.num_tasks

@@ -1,6 +1,6 @@
 """M3oE: Multi-Domain Multi-Task Mixture-of-Experts (Zhang et al., SIGIR'24, arXiv 2404.18465).
 
-Layers, bottom to top (equation numbers from the paper; see ``../shared/docs/m3oe-reference.md``):
+Layers, bottom to top (equation numbers from the paper; see docs/m3oe.md):
 
 1. Domain representation (STAR-style, Eq. 1–2): ``f_DR(x) = x (W_d ⊙ W_sh) + b_d + b_sh`` for the
    row's own domain d, then ``h = W_c f_DR(x) + b_c + f_DA(x)`` with a skip path ``f_DA``.
@@ -33,26 +33,13 @@ import torch
 from torch import nn
 
 from m3oe_lightning.data.schema import Batch, FeatureSchema
-from m3oe_lightning.errors import UserInputError
-from m3oe_lightning.models.base import MDMTModel, PersonalSlices
+from m3oe_lightning.errors import UserInputError, check_int
+from m3oe_lightning.models.base import MDMTModel, PersonalSlices, check_domains_tasks
 from m3oe_lightning.models.layers import FeatureEmbedding, GroupedLinear, GroupedMLP, mlp_blocks, sort_by_domain
 
 Granularity = Literal["scalar", "per_domain", "per_task"]
 Fusion = Literal["add", "concat", "gated"]
 FUSION_WEIGHTS = ("alpha_d", "alpha_t", "beta_d", "beta_t")
-
-
-def check_domains_tasks(schema: FeatureSchema, num_domains: int | None, num_tasks: int | None,
-                        model_name: str) -> None:
-    """Fail before training when a model was configured for a different D or T than the data has."""
-    for setting, wanted, actual in (("num_domains", num_domains, schema.num_domains),
-                                    ("num_tasks", num_tasks, schema.num_tasks)):
-        if wanted is not None and wanted != actual:
-            raise UserInputError(
-                f"model.{setting}={wanted} but the data has {actual} "
-                f"({', '.join(schema.domains if setting == 'num_domains' else schema.tasks)}); "
-                f"set model.{setting}={actual} or null (= take it from the data) for {model_name}"
-            )
 
 
 class M3oE(MDMTModel):
@@ -105,8 +92,7 @@ class M3oE(MDMTModel):
     ) -> None:
         super().__init__(schema)
         check_domains_tasks(schema, num_domains, num_tasks, "M3oE")
-        if num_shared_experts < 1:
-            raise UserInputError(f"model.num_shared_experts={num_shared_experts}: need at least 1")
+        check_int("model.num_shared_experts", num_shared_experts)
         if fusion_granularity not in ("scalar", "per_domain", "per_task"):
             raise UserInputError(
                 f"model.fusion_granularity={fusion_granularity!r}: use scalar, per_domain or per_task")

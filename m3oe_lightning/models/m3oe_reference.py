@@ -13,7 +13,6 @@ within float tolerance in value and gradient (``tests/unit/test_m3oe.py``), and 
 from __future__ import annotations
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from m3oe_lightning.data.schema import Batch
@@ -63,13 +62,3 @@ def reference_forward(model: M3oE, batch: Batch) -> torch.Tensor:
             logits[:, t] = torch.where(batch["domain"] == d, out, logits[:, t])
     return logits
 
-
-class ReferenceM3oE(nn.Module):
-    """Wraps an M3oE so that calling it runs :func:`reference_forward` (same parameters, same state dict)."""
-
-    def __init__(self, model: M3oE) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, batch: Batch) -> torch.Tensor:
-        return reference_forward(self.model, batch)

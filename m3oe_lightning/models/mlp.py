@@ -13,9 +13,8 @@ from collections.abc import Sequence
 import torch
 
 from m3oe_lightning.data.schema import Batch, FeatureSchema
-from m3oe_lightning.models.base import MDMTModel
+from m3oe_lightning.models.base import MDMTModel, check_domains_tasks
 from m3oe_lightning.models.layers import FeatureEmbedding, GroupedMLP
-from m3oe_lightning.models.m3oe import check_domains_tasks
 
 
 class MLP(MDMTModel):

@@ -3,7 +3,7 @@ with Multi-gate Mixture-of-Experts", KDD'18), as the M3oE paper's MMOE-MDMT base
 
 N shared experts; one softmax gate per (domain, task) objective on the feature embeddings (Eq. 5–6 of
 Ma et al.: ``f^k(x) = Σ_i g^k(x)_i f_i(x)``, ``g^k(x) = softmax(W_gk x)``); D×T towers. The structure
-follows the M3oE authors' compiled MMOE-MDMT baseline (m3oe-reference.md §1.2): experts are MLP_N
+follows the M3oE authors' compiled MMOE-MDMT baseline (docs/m3oe.md §1.2): experts are MLP_N
 stacks (``Linear + LayerNorm + ReLU`` blocks) on the embedding, gates ``Linear(input_dim → N) +
 Softmax`` on the raw embedding, towers ``Linear + LayerNorm + ReLU + Linear``. Only the row's own
 domain's T gates and towers are evaluated. "-MTL" (D = 1: T gates) and "-MDL" (T = 1: D gates) wrap it in
@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import torch
 
 from m3oe_lightning.data.schema import Batch, FeatureSchema
-from m3oe_lightning.errors import UserInputError
-from m3oe_lightning.models.base import MDMTModel
+from m3oe_lightning.errors import check_int
+from m3oe_lightning.models.base import MDMTModel, check_domains_tasks
 from m3oe_lightning.models.layers import (
     DomainTaskTowers,
     FeatureEmbedding,
@@ -27,7 +27,6 @@ from m3oe_lightning.models.layers import (
     domain_slices,
     sort_by_domain,
 )
-from m3oe_lightning.models.m3oe import check_domains_tasks
 
 
 class MMoE(MDMTModel):
@@ -59,8 +58,7 @@ class MMoE(MDMTModel):
     ) -> None:
         super().__init__(schema)
         check_domains_tasks(schema, num_domains, num_tasks, "MMoE")
-        if num_experts < 2:
-            raise UserInputError(f"model.num_experts={num_experts}: MMoE needs at least 2 experts to gate")
+        check_int("model.num_experts", num_experts, minimum=2)  # with one expert the softmax gate is constant
         D, T = self.num_domains, self.num_tasks
         self.num_experts = num_experts
         self.embedding = FeatureEmbedding(schema, init_std=embedding_init_std)

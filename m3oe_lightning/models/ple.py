@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from m3oe_lightning.data.schema import Batch, FeatureSchema
-from m3oe_lightning.errors import UserInputError
-from m3oe_lightning.models.base import MDMTModel
+from m3oe_lightning.errors import check_int
+from m3oe_lightning.models.base import MDMTModel, check_domains_tasks
 from m3oe_lightning.models.layers import (
     DomainTaskTowers,
     FeatureEmbedding,
@@ -32,7 +32,6 @@ from m3oe_lightning.models.layers import (
     domain_slices,
     sort_by_domain,
 )
-from m3oe_lightning.models.m3oe import check_domains_tasks
 
 
 class _ExtractionLevel(nn.Module):
@@ -82,9 +81,8 @@ class PLE(MDMTModel):
         super().__init__(schema)
         check_domains_tasks(schema, num_domains, num_tasks, "PLE")
         check_level_dims(expert_dims)
-        if num_specific_experts < 1 or num_shared_experts < 1:
-            raise UserInputError(f"model.num_specific_experts={num_specific_experts}, model.num_shared_experts="
-                                 f"{num_shared_experts}: PLE needs at least one of each")
+        check_int("model.num_specific_experts", num_specific_experts)
+        check_int("model.num_shared_experts", num_shared_experts)
         D, T = self.num_domains, self.num_tasks
         self.num_objectives = G = D * T
         self.num_specific, self.num_shared = num_specific_experts, num_shared_experts

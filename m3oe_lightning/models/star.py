@@ -29,9 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from m3oe_lightning.data.schema import Batch, FeatureSchema
-from m3oe_lightning.models.base import MDMTModel
+from m3oe_lightning.models.base import MDMTModel, check_domains_tasks
 from m3oe_lightning.models.layers import FeatureEmbedding, domain_slices, mlp_blocks, sort_by_domain
-from m3oe_lightning.models.m3oe import check_domains_tasks
 
 
 class PartitionedNorm(nn.Module):

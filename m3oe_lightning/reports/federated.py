@@ -27,19 +27,23 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from m3oe_lightning.reports.paper import describe, fmt, fmt_p, mean_std, welch_p  # noqa: E402
-from m3oe_lightning.reports.presets import write_atomic, write_csv_atomic  # noqa: E402
+from m3oe_lightning import metric_keys as keys  # noqa: E402
+from m3oe_lightning.reports import common  # noqa: E402
+from m3oe_lightning.reports.common import describe, fmt, fmt_p, mean_std, table_head, table_row, welch_p  # noqa: E402
 from m3oe_lightning.tracking.provenance import git_commit  # noqa: E402
 
 # the report's row order; algorithms not listed follow in name order
 ORDER = ("centralized", "local", "fedavg", "fedprox", "ditto", "page", "fedavg+domain_experts",
          "page+domain_experts")
-FINAL = ("personal/auc_mean", "personal/auc_mean_weighted", "global/auc_mean", "heldout/auc_mean")
-CURVES = ("global/auc_mean", "personal/auc_mean")
-TIMES = ("time/round_s", "time/fit_s")
+PERSONAL_AUC, GLOBAL_AUC = keys.key(keys.PERSONAL, keys.AUC_MEAN), keys.key(keys.GLOBAL, keys.AUC_MEAN)
+FINAL = (PERSONAL_AUC, keys.key(keys.PERSONAL, keys.AUC_MEAN_WEIGHTED), GLOBAL_AUC,
+         keys.key(keys.HELDOUT, keys.AUC_MEAN))
+CURVES = (GLOBAL_AUC, PERSONAL_AUC)
+ROUND_SECONDS, FIT_SECONDS = "time/round_s", "time/fit_s"  # the simulation's timing of each round
+TIMES = (ROUND_SECONDS, FIT_SECONDS)
+BYTES_SENT = "comm/bytes_sent"
 CSV_COLUMNS = ("algorithm", "model", "partition", "seed", "rounds", *FINAL, "seconds", "run_id")
 
 
@@ -73,30 +77,25 @@ class FederatedRun:
 
 def load_runs(tracking_uri: str, experiment: str, study: str | None) -> list[FederatedRun]:
     """The newest finished run of each (algorithm, seed) among runs tagged ``study`` (any, when None)."""
-    mlflow.set_tracking_uri(tracking_uri)
-    where = ["attributes.status = 'FINISHED'"] + ([f"tags.study = '{study}'"] if study else [])
-    try:
-        found = mlflow.search_runs(experiment_names=[experiment], output_format="list",
-                                   filter_string=" and ".join(where), order_by=["attributes.start_time ASC"])
-    except mlflow.exceptions.MlflowException:
-        return []
-    latest = {}
-    for run in found:
-        tags = run.data.tags
-        if tags.get("task") == "federate" and tags.get("algorithm"):
-            latest[(tags["algorithm"], tags.get("seed", "?"))] = run
+    latest = common.newest_finished_runs(tracking_uri, experiment, lambda run: run_key(run.data.tags),
+                                         tags={"study": study})
     client = MlflowClient(tracking_uri)
     runs = []
     for (algorithm, seed), run in latest.items():
         info, tags = run.info, run.data.tags
-        history = {key: [m.value for m in sorted(client.get_metric_history(info.run_id, key), key=lambda m: m.step)]
-                   for key in (*CURVES, *TIMES, "comm/bytes_sent") if key in run.data.metrics}
+        history = {key: common.metric_history(client, info.run_id, key)
+                   for key in (*CURVES, *TIMES, BYTES_SENT) if key in run.data.metrics}
         runs.append(FederatedRun(
             algorithm=algorithm, seed=seed, run_id=info.run_id, metrics=dict(run.data.metrics),
             model=tags.get("model", "?"), partition=tags.get("partition", "?"), data=tags.get("data", "?"),
-            commit=tags.get("git_commit", "")[:10],
-            seconds=(info.end_time - info.start_time) / 1000 if info.end_time else math.nan, history=history))
+            commit=common.short_commit(run), seconds=common.run_seconds(run), history=history))
     return sorted(runs, key=lambda r: (algorithm_order(r.algorithm), r.seed))
+
+
+def run_key(tags: dict[str, str]) -> tuple[str, str] | None:
+    """(algorithm, seed) of a federated run; None for any other run."""
+    return (tags["algorithm"], tags.get("seed", "?")) if tags.get("task") == "federate" and tags.get("algorithm") \
+        else None
 
 
 def algorithm_order(name: str) -> tuple[int, str]:
@@ -114,8 +113,8 @@ def final_values(runs: Sequence[FederatedRun], algorithm: str, metric: str) -> l
 
 def fit_share(run: FederatedRun) -> float:
     """Share of the run's round time spent in the clients' local fits."""
-    total = sum(run.history.get("time/round_s", []))
-    return sum(run.history.get("time/fit_s", [])) / total if total > 0 else math.nan
+    total = sum(run.history.get(ROUND_SECONDS, []))
+    return sum(run.history.get(FIT_SECONDS, [])) / total if total > 0 else math.nan
 
 
 def cell(xs: Sequence[float]) -> str:
@@ -127,17 +126,17 @@ def average(xs: Sequence[float], pattern: str) -> str:
 
 
 def results_table(runs: Sequence[FederatedRun]) -> list[str]:
-    lines = ["| algorithm | seeds | personal AUC | personal AUC (weighted) | global AUC | held-out AUC | "
-             "rounds to 99% of final global AUC | seconds per run | local fits share of a round |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = table_head(["algorithm", "seeds", "personal AUC", "personal AUC (weighted)", "global AUC",
+                        "held-out AUC", "rounds to 99% of final global AUC", "seconds per run",
+                        "local fits share of a round"])
     for name in algorithms(runs):
         mine = [r for r in runs if r.algorithm == name]
-        to99 = [r.rounds_to("global/auc_mean") for r in mine if "global/auc_mean" in r.history]
+        to99 = [r.rounds_to(GLOBAL_AUC) for r in mine if GLOBAL_AUC in r.history]
         seconds = [r.seconds for r in mine if math.isfinite(r.seconds)]
         shares = [s for s in (fit_share(r) for r in mine) if math.isfinite(s)]
         cells = [cell(final_values(runs, name, m)) for m in FINAL]
         cells += [average(to99, "{:.1f}"), average(seconds, "{:.0f}"), average([100 * s for s in shares], "{:.0f}%")]
-        lines.append(f"| {name} | {len(mine)} | " + " | ".join(cells) + " |")
+        lines.append(table_row([name, str(len(mine)), *cells]))
     return lines
 
 
@@ -146,8 +145,7 @@ def comparison_table(runs: Sequence[FederatedRun], reference: str = "fedavg") ->
     names = [n for n in algorithms(runs) if n not in (reference, "centralized")]
     if reference not in algorithms(runs) or not names:
         return [f"(Needs {reference} runs and at least one other algorithm.)"]
-    lines = [f"| vs {reference} | " + " | ".join(f"Δ {m} (p)" for m in FINAL) + " | Δ seconds per run |",
-             "|---|" + "---|" * (len(FINAL) + 1)]
+    lines = table_head([f"vs {reference}", *[f"Δ {m} (p)" for m in FINAL], "Δ seconds per run"])
     for name in names:
         row = []
         for metric in FINAL:
@@ -160,7 +158,7 @@ def comparison_table(runs: Sequence[FederatedRun], reference: str = "fedavg") ->
         secs = [[r.seconds for r in runs if r.algorithm == n and math.isfinite(r.seconds)] for n in (name, reference)]
         time_cell = (f"{statistics.fmean(secs[0]) - statistics.fmean(secs[1]):+.0f} s "
                      f"(×{statistics.fmean(secs[0]) / statistics.fmean(secs[1]):.2f})" if all(secs) else "–")
-        lines.append(f"| {name} | " + " | ".join(row) + f" | {time_cell} |")
+        lines.append(table_row([name, *row, time_cell]))
     return lines
 
 
@@ -187,7 +185,7 @@ def curves_plot(runs: Sequence[FederatedRun], path: Path) -> None:
 
 
 def write_csv(runs: Sequence[FederatedRun], path: Path) -> None:
-    write_csv_atomic(path, CSV_COLUMNS, (
+    common.write_csv_atomic(path, CSV_COLUMNS, (
         [r.algorithm, r.model, r.partition, r.seed, r.rounds,
          *(f"{r.metrics[m]:.6f}" if m in r.metrics else "" for m in FINAL), f"{r.seconds:.1f}", r.run_id]
         for r in runs))
@@ -224,11 +222,9 @@ def markdown(runs: Sequence[FederatedRun], *, command: str, source: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tracking-uri", default="sqlite:///logs/mlflow.db")
-    parser.add_argument("--experiment", default="m3oe-federated")
-    parser.add_argument("--study", default="federated", help="value of the runs' `study` tag ('' = any federated run)")
-    parser.add_argument("--out", type=Path, default=Path("experiments/federated"))
-    parser.add_argument("--command", default="make federated", help="the command to print as the generator")
+    common.add_store_arguments(parser, experiment="m3oe-federated", study="federated",
+                               study_help="value of the runs' `study` tag ('' = any federated run)",
+                               out="logs/reports/federated", command="make federated")
     args = parser.parse_args(argv)
 
     runs = load_runs(args.tracking_uri, args.experiment, args.study or None)
@@ -238,8 +234,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     curves_plot(runs, args.out / "federated_curves.png")
     write_csv(runs, args.out / "results.csv")
-    source = f"the MLflow store `{args.tracking_uri}` (experiment `{args.experiment}`, study `{args.study or 'any'}`)"
-    write_atomic(args.out / "README.md", markdown(runs, command=args.command, source=source))
+    source = common.store_source(args)
+    common.write_atomic(args.out / "README.md", markdown(runs, command=args.command, source=source))
     print(f"wrote {args.out / 'README.md'} and results.csv ({len(runs)} runs, {len(algorithms(runs))} algorithms)")
 
 

@@ -20,6 +20,7 @@ import argparse
 import datetime as dt
 import math
 import statistics
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,18 +29,29 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
-from scipy import stats as scipy_stats  # noqa: E402
 
-from m3oe_lightning.reports.presets import MOVIELENS_DOMAINS, MOVIELENS_TASKS, write_atomic, write_csv_atomic  # noqa: E402
+from m3oe_lightning import metric_keys as keys  # noqa: E402
+from m3oe_lightning.reports import common  # noqa: E402
+from m3oe_lightning.reports.common import (  # noqa: E402
+    MOVIELENS_DOMAINS,
+    MOVIELENS_TASKS,
+    describe,
+    fmt,
+    fmt_p,
+    mean_std,
+    metric_history,
+    table_head,
+    table_row,
+    welch_p,
+)
 from m3oe_lightning.tracking.provenance import git_commit  # noqa: E402
 
 OURS = "M3oE"
 # ---------------------------------------------------------------------------------------------------------
 # THE PAPER'S NUMBERS, not ours: M3oE paper (SIGIR'24), Table 2 (MovieLens) and Table 3 (MovieLens column),
-# AUC and logloss ×10⁻², typed from docs/m3oe-reference.md §4. Columns d1t1 … d3t2: domains age {1,18},
+# AUC and logloss ×10⁻², typed from docs/m3oe.md §4. Columns d1t1 … d3t2: domains age {1,18},
 # {25}, {35+} (our age_1-18, age_25, age_35plus) × tasks t1 = click, t2 = like. Keys are the rows' `row` tags.
 PAPER_COLUMNS = ("d1t1", "d1t2", "d2t1", "d2t2", "d3t1", "d3t2")
 PAPER_TABLE2: dict[str, tuple[str, tuple[float, ...], float, float]] = {
@@ -75,8 +87,9 @@ OUR_DIAGNOSTICS: dict[str, str] = {
     "w/o STAR layer": "no domain-specific STAR layer or W_c: h = f_DA(x) (ours, not in the paper)",
 }
 VARIANTS = (set(PAPER_TABLE3) | set(OUR_DIAGNOSTICS)) - {OURS}  # rows that are M3oE changed, not baselines
-OVERALL_AUC, OVERALL_LOGLOSS = "test/auc_mean", "test/logloss_mean"
-VAL_AUC = "val/auc_mean_best"  # best mean validation AUC over epochs: the checkpoint the test metrics come from
+OVERALL_AUC, OVERALL_LOGLOSS = keys.TEST_AUC_MEAN, keys.key("test", keys.LOGLOSS_MEAN)
+VAL_AUC = keys.VAL_AUC_MEAN_BEST  # best mean validation AUC over epochs: the checkpoint the test metrics come from
+ARCH_PREFIX = "arch/"  # the fusion weights the training system logs after each epoch
 
 
 @dataclass
@@ -102,37 +115,29 @@ class RunRecord:
 
 def load_runs(tracking_uri: str, experiment: str, study: str | None, split: str | None = None) -> list[RunRecord]:
     """The newest finished run of each (row, split, seed) among runs tagged ``study`` (any, when None)."""
-    mlflow.set_tracking_uri(tracking_uri)
-    where = ["attributes.status = 'FINISHED'"] + ([f"tags.study = '{study}'"] if study else []) + (
-        [f"tags.split = '{split}'"] if split else [])
-    runs = mlflow.search_runs(experiment_names=[experiment], output_format="list", filter_string=" and ".join(where),
-                              order_by=["attributes.start_time ASC"])
-    latest = {}
-    for run in runs:
-        tags = run.data.tags
-        if tags.get("row"):
-            latest[(tags["row"], tags.get("split", "?"), tags.get("seed", "?"))] = run
+    latest = common.newest_finished_runs(
+        tracking_uri, experiment, lambda run: run_key(run.data.tags), tags={"study": study, "split": split})
     client = MlflowClient(tracking_uri)
     records = []
     for (row, run_split, seed), run in latest.items():
         info, data = run.info, run.data
         arch = {key: metric_history(client, info.run_id, key) for key in sorted(data.metrics)
-                if key.startswith("arch/")}
-        val_curve = metric_history(client, info.run_id, "val/auc_mean")
+                if key.startswith(ARCH_PREFIX)}
+        val_curve = metric_history(client, info.run_id, keys.VAL_AUC_MEAN)
         records.append(RunRecord(
             row=row, seed=seed, split=run_split, run_id=info.run_id, metrics=dict(data.metrics),
             epochs=len(val_curve), val_curve=val_curve,
             max_epochs=data.params.get("trainer.max_epochs", "?"),
-            train_seconds=(info.end_time - info.start_time) / 1000 if info.end_time else math.nan,
-            data=data.tags.get("data", "?"), commit=data.tags.get("git_commit", "")[:10],
+            train_seconds=common.run_seconds(run),
+            data=data.tags.get("data", "?"), commit=common.short_commit(run),
             command=data.tags.get("command", ""), arch=arch, lr=data.params.get("optimizer.lr", "?"),
             batch_size=data.params.get("data.batch_size", "?")))
     return sorted(records, key=lambda r: (row_order(r.row), r.split, r.seed))
 
 
-def metric_history(client: MlflowClient, run_id: str, key: str) -> list[float]:
-    """A metric's logged values in step order (one per epoch for ``val/*`` and ``arch/*``)."""
-    return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+def run_key(tags: dict[str, str]) -> tuple[str, str, str] | None:
+    """(row, split, seed) of a run with a ``row`` tag; None for any other run."""
+    return (tags["row"], tags.get("split", "?"), tags.get("seed", "?")) if tags.get("row") else None
 
 
 def table2_rows(records: Sequence[RunRecord]) -> list[str]:
@@ -145,10 +150,16 @@ def row_order(row: str) -> tuple[int, str]:
     return (order.index(row), "") if row in order else (len(order), row)
 
 
+def test_group(metric: str, domain: str, task: str) -> str:
+    """``test/{metric}/{domain}/{task}``: one (domain, task) group's test metric."""
+    return keys.key("test", keys.group(metric, domain, task))
+
+
 def groups_of(records: Sequence[RunRecord]) -> list[tuple[str, str]]:
     """The (domain, task) pairs with a ``test/auc/{d}/{t}`` metric; MovieLens order first."""
+    prefix = keys.key("test", keys.AUC, "")
     pairs = {tuple(k.split("/")[2:4]) for r in records for k in r.metrics
-             if k.startswith("test/auc/") and k.count("/") == 3}
+             if k.startswith(prefix) and k.count("/") == 3}
 
     def key(pair: tuple[str, str]) -> tuple[int, str, int, str]:
         d, t = pair
@@ -162,39 +173,15 @@ def values(records: Sequence[RunRecord], row: str, metric: str) -> list[float]:
     return [r.metrics[metric] for r in records if r.row == row and math.isfinite(r.metrics.get(metric, math.nan))]
 
 
-def mean_std(xs: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample std; the std of fewer than two values is NaN (a table shows the mean alone)."""
-    if not xs:
-        return math.nan, math.nan
-    return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else math.nan
-
-
-def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
-    """Two-sided Welch's t-test p-value (NaN with fewer than two values on a side or no variance at all)."""
-    if len(a) < 2 or len(b) < 2 or (statistics.pvariance(a) == 0 and statistics.pvariance(b) == 0):
-        return math.nan
-    return float(scipy_stats.ttest_ind(a, b, equal_var=False).pvalue)
-
-
 def rela_impr(ours: float, best: float) -> float:
     """RelaImpr = (AUC_ours − 0.5) / (AUC_best_baseline − 0.5) − 1 (the paper's definition)."""
     return (ours - 0.5) / (best - 0.5) - 1
 
 
-def fmt(mean: float, std: float | None = None, scale: float = 100.0) -> str:
-    if not math.isfinite(mean):
-        return "–"
-    return f"{scale * mean:.2f}" + (f" ± {scale * std:.2f}" if std is not None and math.isfinite(std) else "")
-
-
-def fmt_p(p: float) -> str:
-    return "–" if not math.isfinite(p) else f"{p:.2g}" + (" \\*" if p < 0.05 else "")
-
-
 def columns(groups: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
     """(metric, header) of every AUC column: the per-(d,t) ones (with the paper's dNtM name), then overall."""
     movielens = list(groups) == [(d, t) for d in MOVIELENS_DOMAINS for t in MOVIELENS_TASKS]
-    return [(f"test/auc/{d}/{t}", f"{d} {t}" + (f" ({PAPER_COLUMNS[i]})" if movielens else ""))
+    return [(test_group(keys.AUC, d, t), f"{d} {t}" + (f" ({PAPER_COLUMNS[i]})" if movielens else ""))
             for i, (d, t) in enumerate(groups)] + [(OVERALL_AUC, "Overall AUC")]
 
 
@@ -212,7 +199,7 @@ def table2(records: Sequence[RunRecord], groups: Sequence[tuple[str, str]]) -> l
     cols = columns(groups)
     header = ["grp", "row", "seeds", *[h for _, h in cols], "Overall logloss", "val AUC", "paper Overall AUC",
               "Δ vs paper"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = table_head(header)
     best = {m: best_baseline(records, baselines, m) for m, _ in cols}
     for row in rows:
         cells = []
@@ -228,10 +215,10 @@ def table2(records: Sequence[RunRecord], groups: Sequence[tuple[str, str]]) -> l
         ours_overall = mean_std(values(records, row, OVERALL_AUC))[0]
         delta = f"{100 * ours_overall - paper[2]:+.2f}" if paper and math.isfinite(ours_overall) else "–"
         name = f"**{row}**" if row == OURS else row
-        lines.append("| " + " | ".join([paper[0] if paper else "", name, str(len(values(records, row, OVERALL_AUC))),
-                                         *cells, fmt(*mean_std(values(records, row, OVERALL_LOGLOSS))),
-                                         fmt(*mean_std(values(records, row, VAL_AUC))),
-                                         f"{paper[2]:.2f}" if paper else "–", delta]) + " |")
+        lines.append(table_row([paper[0] if paper else "", name, str(len(values(records, row, OVERALL_AUC))),
+                                *cells, fmt(*mean_std(values(records, row, OVERALL_LOGLOSS))),
+                                fmt(*mean_std(values(records, row, VAL_AUC))),
+                                f"{paper[2]:.2f}" if paper else "–", delta]))
     if OURS in rows and baselines:
         impr = []
         for metric, _ in cols:
@@ -245,10 +232,9 @@ def table2(records: Sequence[RunRecord], groups: Sequence[tuple[str, str]]) -> l
 
 def paper_table2() -> list[str]:
     header = ["grp", "row", *PAPER_COLUMNS, "Overall AUC", "Overall logloss"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = table_head(header)
     for row, (group, cells, overall, logloss) in PAPER_TABLE2.items():
-        lines.append("| " + " | ".join([group, row, *[f"{c:.2f}" for c in cells], f"{overall:.2f}",
-                                         f"{logloss:.2f}"]) + " |")
+        lines.append(table_row([group, row, *[f"{c:.2f}" for c in cells], f"{overall:.2f}", f"{logloss:.2f}"]))
     baselines = [v for k, v in PAPER_TABLE2.items() if k != OURS]
     ours = PAPER_TABLE2[OURS]
     impr = [rela_impr(ours[1][i] / 100, max(b[1][i] for b in baselines) / 100) for i in range(len(PAPER_COLUMNS))]
@@ -260,21 +246,21 @@ def paper_table2() -> list[str]:
 def welch_table(records: Sequence[RunRecord], groups: Sequence[tuple[str, str]]) -> list[str]:
     cols = [*columns(groups), (OVERALL_LOGLOSS, "Overall logloss"), (VAL_AUC, "val AUC")]
     header = ["baseline", "seeds", "Δ Overall AUC (M3oE − baseline)", "Δ val AUC", *[h for _, h in cols]]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = table_head(header)
     ours_overall, ours_val = (mean_std(values(records, OURS, m))[0] for m in (OVERALL_AUC, VAL_AUC))
     for row in [r for r in table2_rows(records) if r != OURS]:
         theirs, theirs_val = (mean_std(values(records, row, m))[0] for m in (OVERALL_AUC, VAL_AUC))
-        lines.append("| " + " | ".join([row, str(len(values(records, row, OVERALL_AUC))), fmt(ours_overall - theirs),
-                                         fmt(ours_val - theirs_val),
-                                         *[fmt_p(welch_p(values(records, OURS, m), values(records, row, m)))
-                                           for m, _ in cols]]) + " |")
+        lines.append(table_row([row, str(len(values(records, row, OVERALL_AUC))), fmt(ours_overall - theirs),
+                                fmt(ours_val - theirs_val),
+                                *[fmt_p(welch_p(values(records, OURS, m), values(records, row, m)))
+                                  for m, _ in cols]]))
     return lines
 
 
 def ablation_table(records: Sequence[RunRecord]) -> list[str]:
     """Table 3 (the paper's variants, then ours that have runs): overall test and validation AUC vs M3oE."""
-    lines = ["| variant | change | seeds | Overall AUC (ours) | Δ vs our M3oE | p vs our M3oE | val AUC | paper "
-             "| Δ vs paper's M3oE |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = table_head(["variant", "change", "seeds", "Overall AUC (ours)", "Δ vs our M3oE", "p vs our M3oE",
+                        "val AUC", "paper", "Δ vs paper's M3oE"])
     ours_full = values(records, OURS, OVERALL_AUC)
     variants = [(row, change, paper) for row, (change, paper) in PAPER_TABLE3.items()]
     variants += [(row, change, math.nan) for row, change in OUR_DIAGNOSTICS.items()
@@ -309,7 +295,7 @@ def val_curve_table(records: Sequence[RunRecord]) -> list[str]:
 
 def timing_table(records: Sequence[RunRecord]) -> list[str]:
     """Wall seconds of a run (train, validation, test) per row: median and range over its runs."""
-    lines = ["| row | runs | epochs | median s/run | min–max s |", "|---|---|---|---|---|"]
+    lines = table_head(["row", "runs", "epochs", "median s/run", "min–max s"])
     for row in sorted({r.row for r in records}, key=row_order):
         seconds = [r.train_seconds for r in records if r.row == row and math.isfinite(r.train_seconds)]
         epochs = describe([str(r.epochs) for r in records if r.row == row])
@@ -356,7 +342,7 @@ def fusion_plot(records: Sequence[RunRecord], path: Path) -> bool:
             mean = [s[0] for s in stats]
             ax.plot(x, mean, marker=".", label=row, linewidth=2 if row == OURS else 1)
             ax.fill_between(x, [m - s for m, s in stats], [m + s for m, s in stats], alpha=0.15)
-        ax.set_title(key.removeprefix("arch/"), fontsize=9)
+        ax.set_title(key.removeprefix(ARCH_PREFIX), fontsize=9)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0][0].set_ylabel("fusion weight (sigmoid)")
@@ -368,15 +354,21 @@ def fusion_plot(records: Sequence[RunRecord], path: Path) -> bool:
 
 
 def write_csv(records: Sequence[RunRecord], groups: Sequence[tuple[str, str]], path: Path) -> None:
-    metrics = [f"test/auc/{d}/{t}" for d, t in groups] + [OVERALL_AUC, OVERALL_LOGLOSS, VAL_AUC]
-    write_csv_atomic(path, ["row", "seed", "split", "epochs", *metrics, "train_seconds", "run_id"], (
+    metrics = [test_group(keys.AUC, d, t) for d, t in groups] + [OVERALL_AUC, OVERALL_LOGLOSS, VAL_AUC]
+    common.write_csv_atomic(path, ["row", "seed", "split", "epochs", *metrics, "train_seconds", "run_id"], (
         [r.row, r.seed, r.split, r.epochs, *[f"{r.metrics.get(m, math.nan):.6f}" for m in metrics],
          f"{r.train_seconds:.1f}", r.run_id] for r in records))
 
 
-def describe(values_: Sequence[str]) -> str:
-    unique = sorted(set(values_), key=lambda v: (len(v), v))
-    return ", ".join(unique) if unique else "?"
+PAPER_DATA = "movielens1m"  # the paper's Table 2 is on MovieLens-1M
+
+
+def data_note(records: Sequence[RunRecord]) -> str:
+    """What the data are, said plainly: only ML-1M runs compare with the paper's table."""
+    if {r.data for r in records} == {PAPER_DATA}:
+        return "the label-complete reconstruction of ML-1M in `../shared/data`, not the paper's file"
+    return ("NOT the paper's dataset: the paper's numbers below are on MovieLens-1M, so differences from them "
+            "say nothing about the reproduction")
 
 
 def markdown(records: Sequence[RunRecord], groups: Sequence[tuple[str, str]], *, command: str, source: str,
@@ -388,8 +380,8 @@ def markdown(records: Sequence[RunRecord], groups: Sequence[tuple[str, str]], *,
         f"Generated by `{command}` on {dt.date.today().isoformat()} (report code at commit {git_commit()[:10]}) "
         f"from {source}: {len(records)} finished runs, the newest of each (row, split, seed). Per-run numbers "
         "are in [results.csv](results.csv); each run's exact command is its MLflow `command` tag." + see_also, "",
-        f"- **Data:** {describe([r.data for r in records])} (the label-complete reconstruction of ML-1M in "
-        f"`../shared/data`, not the paper's file); **split:** {describe([r.split for r in records])}",
+        f"- **Data:** {describe([r.data for r in records])} ({data_note(records)}); "
+        f"**split:** {describe([r.split for r in records])}",
         f"- **Seeds:** {describe([r.seed for r in records])}",
         f"- **Epochs:** at most {describe([r.max_epochs for r in records])}, early stopping on the mean validation "
         f"AUC; trained {min(trained, default=0)}–{max(trained, default=0)} epochs; test metrics are those of the "
@@ -406,7 +398,7 @@ def markdown(records: Sequence[RunRecord], groups: Sequence[tuple[str, str]], *,
         "to choose between settings (the test split is never used for selection).", "",
         "## Table 2: ours", "", *table2(records, groups), "",
         "## Table 2: the paper's numbers (M3oE paper, SIGIR'24; not ours)", "",
-        "Typed from the paper (docs/m3oe-reference.md §4). Columns d1..d3 = age {1,18}, {25}, {35+}; t1 = click, "
+        "Typed from the paper (docs/m3oe.md §4). Columns d1..d3 = age {1,18}, {25}, {35+}; t1 = click, "
         "t2 = like. The paper's PLE-MDMT cells average 76.01, not the printed 75.68. Its RelaImpr line is "
         "recomputed here from its own table.", "", *paper_table2(), "",
         "## Welch t-tests: M3oE vs each baseline (two-sided p-values)", "",
@@ -432,12 +424,10 @@ def markdown(records: Sequence[RunRecord], groups: Sequence[tuple[str, str]], *,
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tracking-uri", default="sqlite:///logs/mlflow.db")
-    parser.add_argument("--experiment", default="m3oe-lightning")
-    parser.add_argument("--study", default="paper", help="value of the runs' `study` tag ('' = any run with a row tag)")
+    common.add_store_arguments(parser, experiment="m3oe-lightning", study="paper",
+                               study_help="value of the runs' `study` tag ('' = any run with a row tag)",
+                               out="logs/reports/movielens", command="make reproduce")
     parser.add_argument("--split", default=None, help="only runs of this split (default: all)")
-    parser.add_argument("--out", type=Path, default=Path("experiments/movielens"))
-    parser.add_argument("--command", default="make reproduce", help="the command to print as the generator")
     parser.add_argument("--name", default="README.md", help="file name of the report inside --out")
     args = parser.parse_args(argv)
 
@@ -445,17 +435,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not records:
         raise SystemExit(f"error: no finished runs with a `row` tag (study={args.study!r}) in {args.tracking_uri}; "
                          "run `make reproduce` (or `make reproduce-quick`) first")
+    if {r.data for r in records} != {PAPER_DATA}:
+        print(f"warning: these runs are on {describe([r.data for r in records])}, not the paper's MovieLens-1M: "
+              "the report compares them with the paper's ML-1M table anyway, and says so", file=sys.stderr)
     groups = groups_of(records)
     args.out.mkdir(parents=True, exist_ok=True)
     auc_plot(records, groups, args.out / "paper_auc.png")
     fusion = fusion_plot(records, args.out / "paper_fusion.png")
     write_csv(records, groups, args.out / "results.csv")
-    source = f"the MLflow store `{args.tracking_uri}` (experiment `{args.experiment}`, study `{args.study or 'any'}`)"
+    source = common.store_source(args)
     see_also = ""
     if (args.out / "presets.md").exists():
         see_also = (" The M3oE presets (the paper's equations vs the released code's choices, both splits) are "
                     "compared in [presets.md](presets.md) (`make movielens`).")
-    write_atomic(args.out / args.name,
+    common.write_atomic(args.out / args.name,
                  markdown(records, groups, command=args.command, source=source, fusion=fusion, see_also=see_also))
     print(f"wrote {args.out / args.name} and results.csv ({len(records)} runs, "
           f"{len({r.row for r in records})} rows)")

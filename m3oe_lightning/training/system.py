@@ -64,6 +64,8 @@ def build_system(cfg: DictConfig) -> tuple[MDMTDataModule, MDMTModel, MDMTModule
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule: MDMTDataModule = build(cfg.data)
     model = build(cfg.model, schema=datamodule.load().schema)
+    check_int("eval_chunk_rows", cfg.get("eval_chunk_rows"), optional=True)
+    model.set_eval_chunk_rows(cfg.get("eval_chunk_rows"))  # speed only: the same numbers at any chunk size
     return datamodule, model, system_factory(cfg)(model, cfg.optimizer.lr)
 
 

@@ -17,9 +17,11 @@ SYNTHETIC = ["data=synthetic", "data.rows=3000", "data.batch_size=256", "model.s
 
 def test_report_reads_the_runs_from_mlflow_and_writes_tables_csv_and_curves(tmp_path):
     finals = {}
-    for algorithm in ("fedavg", "local", "centralized"):
+    selections = {"fedavg": "federated=fedavg", "local": "federated=local",
+                  "centralized": "experiment=federated/centralized"}  # the pooled reference is a preset
+    for algorithm, selection in selections.items():
         for seed in (1, 2):
-            cfg = compose_train([*SYNTHETIC, f"federated={algorithm}", f"seed={seed}", *isolated(tmp_path)[:4]],
+            cfg = compose_train([*SYNTHETIC, selection, f"seed={seed}", *isolated(tmp_path)[:4]],
                                 config_name="federate")
             finals[(algorithm, str(seed))] = federate(cfg)
     federate(compose_train([*SYNTHETIC, "federated=fedavg", "seed=1", "logger.tags.study=other",

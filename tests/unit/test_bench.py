@@ -118,3 +118,17 @@ def test_reference_preset_trains_through_the_literal_forward_and_counts_useful_f
     assert reference["preset"] == "paper-reference" and reference["parameters"] == paper["parameters"]
     assert reference["flops_per_sample"] == paper["flops_per_sample"]  # MFU against the optimized model's FLOPs
     assert reference["train_rows"] == paper["train_rows"] and reference["train_samples_per_s"] > 0
+
+
+def test_unchunked_eval_preset_sets_the_chunk_size_through_the_config():
+    """No module global is touched: the preset is an override, which the training system hands the model."""
+    cfg = bench.compose_preset("paper-unchunked-eval", "synthetic")
+    assert cfg.eval_chunk_rows == cfg.data.eval_batch_size
+    assert bench.compose_preset("paper", "synthetic").get("eval_chunk_rows") is None  # the model default
+
+
+def test_a_non_positive_count_is_one_line_and_exit_code_2(tmp_path: Path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--in-process", "--epochs", "0", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("error: --epochs=0: use a positive integer")

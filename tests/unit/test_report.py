@@ -5,9 +5,10 @@ from __future__ import annotations
 from mlflow.tracking import MlflowClient
 
 from m3oe_lightning.reports import presets as report
+from m3oe_lightning.reports.common import MOVIELENS_DOMAINS, MOVIELENS_TASKS
 from m3oe_lightning.tracking.runs import ensure_experiment
 
-GROUPS = [(d, t) for d in report.MOVIELENS_DOMAINS for t in report.MOVIELENS_TASKS]
+GROUPS = [(d, t) for d in MOVIELENS_DOMAINS for t in MOVIELENS_TASKS]
 
 
 def fake_run(client: MlflowClient, experiment_id: str, model: str, split: str, auc: float,
