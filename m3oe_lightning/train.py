@@ -7,6 +7,7 @@ tracked MLflow run: fit, test the best checkpoint, log and print the results.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -15,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from m3oe_lightning import metric_keys as keys
 from m3oe_lightning.config import CONF_DIR, report_user_errors
 from m3oe_lightning.errors import UserInputError
-from m3oe_lightning.tracking import provenance
+from m3oe_lightning.tracking import preflight, provenance
+from m3oe_lightning.training.settings import validate
 
 # torch, Lightning and MLflow are imported inside train(): `--help` and settings errors answer without them
 
@@ -35,6 +37,9 @@ def training_identity(resolved: dict[str, Any]) -> dict[str, Any]:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train, test and log one run; returns the test metrics and the selection value (``val/auc_mean_best``)."""
+    validate(cfg)  # settings, the store and the checkpoint folder: refused in about a second, nothing built
+    preflight.check_store(cfg.logger.tracking_uri)
+    preflight.check_writable(Path(cfg.paths.checkpoint_dir), "paths.checkpoint_dir")
     from lightning.pytorch.utilities import rank_zero_only
 
     from m3oe_lightning.tracking import artifacts, runs

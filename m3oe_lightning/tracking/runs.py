@@ -10,12 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import tempfile
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from m3oe_lightning import metric_keys as keys
 from m3oe_lightning.errors import Interrupted, UserInputError
 from m3oe_lightning.tracking import provenance
+from m3oe_lightning.tracking.preflight import check_store, check_writable, is_remote, sqlite_path
 from m3oe_lightning.training import checkpoint_io
 
 try:
@@ -130,17 +126,6 @@ def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
     """The whole file or the previous one (a full disk leaves no 0-byte ``.tmp`` behind)."""
     text = json.dumps(payload, indent=2, sort_keys=True).encode()
     checkpoint_io.write_whole(path, lambda handle: handle.write(text))
-
-
-def check_writable(folder: Path, setting: str) -> None:
-    """Refuse, in one line and before a run exists, a folder the run could not write into."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as error:
-        raise UserInputError(f"{setting}={folder} is not a writable folder ({error.strerror or error}); "
-                             f"point it somewhere writable") from None
 
 
 @contextlib.contextmanager
@@ -241,46 +226,8 @@ def run_lock(checkpoint_root: Path, run_id: str) -> IO[str] | None:
     return handle
 
 
-REMOTE_SCHEMES = ("http", "https")
 # MLflow 3's UI opens an experiment without this tag in its GenAI view, which lists no runs or metric columns
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
-STORE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "databricks", *REMOTE_SCHEMES)
-HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
-
-
-def is_remote(tracking_uri: str) -> bool:
-    return urllib.parse.urlparse(tracking_uri).scheme in REMOTE_SCHEMES
-
-
-def check_store(tracking_uri: str) -> None:
-    """Refuse, in one line, a tracking URI MLflow cannot use or a server that does not answer.
-
-    MLflow's own client retries a closed port for minutes and then prints several tracebacks; here a
-    server gets ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` (default 2) tries of ``MLFLOW_HTTP_REQUEST_TIMEOUT``
-    (default 5 s) seconds, settable in the environment.
-    """
-    scheme = urllib.parse.urlparse(tracking_uri).scheme.split("+")[0]
-    if scheme not in STORE_SCHEMES:
-        hint = " (MLflow's file store raises since 3.13)" if scheme in ("", "file") else ""
-        raise UserInputError(f"logger.tracking_uri={tracking_uri!r}: not a store MLflow can use{hint}; use "
-                             f"sqlite:///logs/mlflow.db or http://host:port of an `mlflow server`")
-    db = sqlite_path(tracking_uri)
-    if db is not None:
-        check_writable(db.parent, f"logger.tracking_uri={tracking_uri}: its folder")
-    if scheme not in REMOTE_SCHEMES:
-        return
-    for name, default in HTTP_DEFAULTS.items():
-        os.environ.setdefault(name, default)
-    timeout = float(os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"])
-    try:
-        with urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout):
-            pass
-    except urllib.error.HTTPError:
-        return  # something answers over HTTP: MLflow's own errors will be specific from here on
-    except (OSError, ValueError) as error:
-        reason = getattr(error, "reason", error)
-        raise UserInputError(f"logger.tracking_uri={tracking_uri}: no MLflow server answers ({reason}); start one "
-                             f"(mlflow server --host 127.0.0.1 --port …) or use the default sqlite store") from None
 
 
 def log_settings(run: RunHandle, settings: Mapping[str, Any]) -> None:
@@ -357,10 +304,6 @@ def where_to_look(run: RunHandle, tracking_uri: str) -> str:
     how = "make ui (http://127.0.0.1:5000)" if sqlite_path(tracking_uri) == Path("logs/mlflow.db") else \
         f"mlflow ui --backend-store-uri {tracking_uri}" if sqlite_path(tracking_uri) else tracking_uri
     return f"MLflow run {run.run_name} ({run.run_id}) in {tracking_uri}; open it with {how}"
-
-
-def sqlite_path(tracking_uri: str) -> Path | None:
-    return Path(tracking_uri.removeprefix("sqlite:///")) if tracking_uri.startswith("sqlite:///") else None
 
 
 def find_finished(tracking_uri: str, experiment_name: str, cfg_hash: str, seed: int | str) -> Run | None:

@@ -15,15 +15,19 @@ import atexit
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.experimental.callback import Callback
-from mlflow.entities import Run
-from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from m3oe_lightning import metric_keys as keys
-from m3oe_lightning.tracking import provenance, runs
+from m3oe_lightning.tracking import provenance
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+
+# Hydra builds this callback for every run, a single one too: MLflow and Lightning are imported only once a
+# multirun starts, so `--help` and settings errors do not pay for them.
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,10 @@ class MLflowSweepRun(Callback):
         self._parent: tuple[str, str] | None = None  # (tracking uri, parent run id) while the sweep runs
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from mlflow.tracking import MlflowClient
+
+        from m3oe_lightning.tracking import runs
+
         uri, experiment = str(config.logger.tracking_uri), str(config.logger.experiment_name)
         experiment_id = runs.ensure_experiment(uri, experiment, config.logger.get("artifact_location"))
         sweep_dir = str(config.hydra.sweep.dir)
@@ -62,6 +70,8 @@ class MLflowSweepRun(Callback):
         self._parent = None
         os.environ.pop(provenance.PARENT_RUN_ENV, None)
         os.environ.pop(provenance.SWEEP_NAME_ENV, None)
+        from mlflow.tracking import MlflowClient
+
         client = MlflowClient(uri)
         children = client.search_runs([client.get_run(run_id).info.experiment_id], max_results=50_000,
                                       filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")

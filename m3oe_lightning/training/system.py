@@ -12,39 +12,18 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from m3oe_lightning import metric_keys as keys
 from m3oe_lightning.config import build
 from m3oe_lightning.data.datamodule import MDMTDataModule
-from m3oe_lightning.errors import UserInputError, check_int, check_number
+from m3oe_lightning.errors import check_int
 from m3oe_lightning.models.base import MDMTModel
 from m3oe_lightning.training.callbacks import EpochLine, ModelLine, ProgressBar
 from m3oe_lightning.training.checkpoint_io import AtomicCheckpointIO
 from m3oe_lightning.training.module import MDMTModule
 from m3oe_lightning.training.quiet import silence_noise
-
-
-def validate(cfg: DictConfig) -> None:
-    """Settings checks that must fail before anything is read, trained or opened in MLflow."""
-    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
-        raise UserInputError(f"seed={cfg.seed!r} is not an integer; pass e.g. seed=2022")
-    check_int("threads", cfg.threads, optional=True)
-    for name in ("optimizer.lr", "automl.lr"):
-        check_number(name, OmegaConf.select(cfg, name), low=0, low_open=True)
-    for name in ("optimizer.weight_decay", "automl.weight_decay"):
-        check_number(name, OmegaConf.select(cfg, name), low=0)
-    trainer = cfg.get("trainer") or {}
-    zero = (trainer.get("max_epochs") == 0 or trainer.get("max_steps") == 0
-            or trainer.get("limit_train_batches") in (0, 0.0))
-    if zero:
-        raise UserInputError("the trainer would train zero steps (trainer.max_epochs, max_steps or "
-                             "limit_train_batches is 0): a run's test metrics would be those of an untrained model; "
-                             "use trainer.max_epochs >= 1")
-    for name in ("task_name", "logger.run_name", "logger.experiment_name"):
-        value = OmegaConf.select(cfg, name)
-        if value is not None and ("/" in str(value) or "\\" in str(value) or str(value) in (".", "..")):
-            raise UserInputError(f"{name}={value!r}: it becomes a folder name; use a name without path separators")
+from m3oe_lightning.training.settings import validate
 
 
 def system_factory(cfg: DictConfig):

@@ -6,6 +6,8 @@ import pytest
 
 from tests.helpers import REPO_ROOT, isolated, run_module
 
+pytestmark = pytest.mark.bad_input
+
 
 def train_cli(tmp_path, *overrides: str):
     return run_module("m3oe_lightning.train", [*isolated(tmp_path), "trainer.max_epochs=1", *overrides],

@@ -68,6 +68,7 @@ def test_resume_over_a_truncated_last_checkpoint(tmp_path):
     assert final.info.run_id == run.info.run_id and final.info.status == "FINISHED"
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("setting", ["paths.checkpoint_dir", "logger.tracking_uri"])
 def test_an_unwritable_place_is_one_line_and_no_run_stays_running(tmp_path, setting):
     blocker = tmp_path / "a-file"
