@@ -64,3 +64,13 @@ def test_a_sweep_ends_with_one_summary_table(tmp_path):
     header = next(k for k, line in enumerate(lines) if line.startswith("run ") and "status" in line)
     assert "val/auc_mean_best" in lines[header] and "test/auc_mean" in lines[header]
     assert [line.split()[1] for line in lines[header + 1:header + 3]] == ["FINISHED", "FINISHED"]
+
+
+def test_help_lists_only_the_groups_each_entry_point_composes():
+    train = run_module("m3oe_lightning.train", ["--help"], cwd=REPO_ROOT, timeout=60)
+    federate = run_module("m3oe_lightning.federate", ["--help"], cwd=REPO_ROOT, timeout=60)
+    assert train.returncode == 0 and federate.returncode == 0
+    train_groups = {line.split(":")[0] for line in train.stdout.splitlines() if ": " in line}
+    federate_groups = {line.split(":")[0] for line in federate.stdout.splitlines() if ": " in line}
+    assert "model" in train_groups and "federated" not in train_groups and "experiment/federated" not in train_groups
+    assert "federated" in federate_groups and "trainer" not in federate_groups
