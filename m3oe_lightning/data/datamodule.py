@@ -22,6 +22,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from m3oe_lightning.data.duplicates import DEFAULT_POLICY, check_policy
 from m3oe_lightning.data.memmap import DEFAULT_BLOCK_ROWS, BlockPlan, MemmapSplit, iter_batches
 from m3oe_lightning.data.registry import STORAGES, load_dataset, source_uri
 from m3oe_lightning.data.schema import Batch, EncodedDataset, EncodedSplit, FeatureSchema
@@ -111,6 +112,9 @@ class MDMTDataModule(L.LightningDataModule):
         chunk_rows: rows generated and encoded at a time when writing a memmap table.
         block_rows: rows per shuffle block of a memmap table.
         memmap_dir: where memmap tables live (default: ``cache_dir``).
+        duplicates: rows repeating an earlier row's (user, item) key: ``drop`` (default, one warning line),
+            ``error`` or ``keep`` (:mod:`m3oe_lightning.data.duplicates`). Not in the presets (their config
+            hashes stay unchanged): set it with ``+data.duplicates=error``.
         options: dataset-specific settings (e.g. the synthetic generator's).
     """
 
@@ -129,6 +133,7 @@ class MDMTDataModule(L.LightningDataModule):
         chunk_rows: int = 262_144,
         block_rows: int = DEFAULT_BLOCK_ROWS,
         memmap_dir: str | None = None,
+        duplicates: str = DEFAULT_POLICY,
         **options: Any,
     ) -> None:
         super().__init__()
@@ -150,6 +155,7 @@ class MDMTDataModule(L.LightningDataModule):
         self.chunk_rows = int(chunk_rows)
         self.block_rows = int(block_rows)
         self.memmap_dir = Path(memmap_dir) if memmap_dir else self.cache_dir
+        self.duplicates = check_policy(duplicates)
         self.options = dict(options)  # the generator's/reader's own settings only (storage keys kept apart)
         self.dataset: EncodedDataset | None = None
 
@@ -166,7 +172,8 @@ class MDMTDataModule(L.LightningDataModule):
         if self.dataset is None:
             self.dataset = load_dataset(
                 self.name, root=self.root, split=self.split, split_seed=self.split_seed,
-                download=self.download, cache_dir=self.cache_dir, **self._storage_options(), **self.options,
+                download=self.download, cache_dir=self.cache_dir, duplicates=self.duplicates,
+                **self._storage_options(), **self.options,
             )
         return self.dataset
 

@@ -4,11 +4,16 @@ The data is never part of the repository (GroupLens terms forbid redistribution)
 has to find it. The order mirrors the documented ``data.root`` default: an explicit setting wins, then
 the ``M3OE_DATA_DIR`` environment variable (for CI and shared machines), then a local ``./data`` (git
 ignored, where ``data.download=true`` puts files), then a ``shared/data`` folder beside the checkout.
+
+Without an explicit setting each dataset is looked for on its own (:func:`find_dataset_folder`): the
+first of those roots that holds *that dataset's* files wins. A ``./data`` holding only the user's own
+CSV therefore does not hide the MovieLens files in ``../shared/data``.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 ENV_VAR = "M3OE_DATA_DIR"
@@ -22,15 +27,33 @@ def _shared_candidates() -> list[Path]:
     return [Path.cwd().parent / "shared" / "data", _REPO_ROOT.parent / "shared" / "data"]
 
 
+def _explicit(root: str | Path | None) -> Path | None:
+    return Path(root).expanduser().resolve() if root is not None and str(root) != "" else None
+
+
+def candidate_roots(root: str | Path | None) -> list[Path]:
+    """The roots a dataset is looked for under, in order: ``root`` alone when given, else the environment
+    variable (when set), ``./data`` and ``../shared/data`` (existing or not, without repeats)."""
+    explicit = _explicit(root)
+    if explicit is not None:
+        return [explicit]
+    env = os.environ.get(ENV_VAR, "")
+    found = [Path(env).expanduser().resolve()] if env else []
+    found += [(Path.cwd() / "data").resolve(), *(c.resolve() for c in _shared_candidates())]
+    return list(dict.fromkeys(found))
+
+
 def resolve_data_root(root: str | Path | None) -> Path:
-    """Return the folder that holds the dataset folders (``movielens-1m/``, ``movielens-100k/`` ...).
+    """The folder that holds the dataset folders when none is found (``movielens-1m/``, ...): where a
+    reader's "missing files" message points and a download would go.
 
     An explicit ``root`` is returned as given (made absolute) even if it does not exist, so that the
-    reader can fail with a message naming it. Without one the first existing candidate wins; if none
-    exists, ``./data`` is returned, which is where a download would put the files.
+    reader can fail with a message naming it. Without one the environment variable wins when set, then
+    the first existing candidate; if none exists, ``./data`` is returned.
     """
-    if root is not None and str(root) != "":
-        return Path(root).expanduser().resolve()
+    explicit = _explicit(root)
+    if explicit is not None:
+        return explicit
     env = os.environ.get(ENV_VAR, "")
     if env:
         return Path(env).expanduser().resolve()
@@ -41,3 +64,13 @@ def resolve_data_root(root: str | Path | None) -> Path:
         if candidate.is_dir():
             return candidate.resolve()
     return local.resolve()
+
+
+def find_dataset_folder(root: str | Path | None, find: Callable[[Path], Path | None]) -> Path | None:
+    """``find(candidate)`` for each of :func:`candidate_roots` in turn: the first folder it returns (the one
+    holding the dataset's files), or ``None`` when no root holds them."""
+    for candidate in candidate_roots(root):
+        folder = find(candidate)
+        if folder is not None:
+            return folder
+    return None

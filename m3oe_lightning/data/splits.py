@@ -9,7 +9,7 @@ in val/test -- a harder, cold-start-like setting). Split sizes are cumulative fl
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from typing import Any, Literal
 
 import numpy as np
@@ -18,6 +18,10 @@ from m3oe_lightning.errors import UserInputError
 
 SplitKind = Literal["random", "ordered"]
 SPLIT_KINDS: tuple[str, ...] = ("random", "ordered")
+SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
+# every split a training run reads must have rows: an empty val split stops EarlyStopping after epoch 1,
+# an empty test split leaves the run without results
+TRAINING_SPLITS: tuple[str, ...] = SPLIT_NAMES
 
 
 def check_fractions(setting: str, value: Any, *, nonempty: tuple[str, ...] = ()) -> list[float]:
@@ -27,7 +31,7 @@ def check_fractions(setting: str, value: Any, *, nonempty: tuple[str, ...] = ())
         fractions = [float(v) for v in value if not isinstance(v, bool)]
     except (TypeError, ValueError):
         fractions = []
-    names = ("train", "val", "test")
+    names = SPLIT_NAMES
     if (len(fractions) != 3 or any(not f >= 0 for f in fractions)
             or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6)
             or any(fractions[names.index(part)] <= 0 for part in nonempty)):
@@ -52,22 +56,40 @@ def check_split_kind(kind: str) -> None:
         raise UserInputError(f"data.split={kind!r} is not a split kind; use one of {', '.join(SPLIT_KINDS)}")
 
 
+def require_rows(parts: Sequence[Sized], *, nonempty: Sequence[str] = TRAINING_SPLITS,
+                 advice: str = "use more rows") -> None:
+    """Each split named in ``nonempty`` must hold a row; else one line with the row counts and ``advice``."""
+    counts = dict(zip(SPLIT_NAMES, (len(p) for p in parts)))
+    empty = [name for name in nonempty if counts[name] == 0]
+    if empty:
+        shown = ", ".join(f"{counts[name]:,} {name}" for name in SPLIT_NAMES)
+        raise UserInputError(f"{sum(counts.values()):,} rows split into {shown} rows: the {' and '.join(empty)} "
+                             f"split{'s are' if len(empty) > 1 else ' is'} empty; {advice}")
+
+
 def split_indices(
     n_rows: int,
     kind: str = "random",
     seed: int = 2022,
     fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    *,
+    nonempty: Sequence[str] = (),
+    advice: str = "use more rows",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return ``(train_idx, val_idx, test_idx)`` as int64 arrays covering ``range(n_rows)`` once.
 
     ``random`` draws one permutation from ``numpy.random.default_rng(seed)`` and then sorts each part,
     so a split's rows keep file order (cache-friendly, and the datamodule shuffles batches anyway).
-    ``ordered`` cuts the file order into consecutive blocks; ``seed`` is ignored.
+    ``ordered`` cuts the file order into consecutive blocks; ``seed`` is ignored. The splits named in
+    ``nonempty`` must get a row (a tiny table can round one to none): else one line with the counts.
     """
     check_split_kind(kind)
     if n_rows < 0:
         raise ValueError(f"n_rows must be >= 0, got {n_rows}")
     end_train, end_val = _boundaries(n_rows, fractions)
+    if nonempty:
+        require_rows((range(end_train), range(end_train, end_val), range(end_val, n_rows)), nonempty=nonempty,
+                     advice=advice)
     if kind == "random":
         order = np.random.default_rng(seed).permutation(n_rows).astype(np.int64)
         parts = (order[:end_train], order[end_train:end_val], order[end_val:])

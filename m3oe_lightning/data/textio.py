@@ -23,12 +23,17 @@ import pandas as pd
 from m3oe_lightning.errors import UserInputError
 
 _UNIT_SEP = b"\x1f"  # ASCII "unit separator": never part of real text, safe as a substitute separator
+_UTF8_BOM = b"\xef\xbb\xbf"  # what Windows editors put before the first byte of a "UTF-8" file
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 _INT_RE = r"\s*[+-]?\d+\s*"
 _PANDAS_FIELDS_RE = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
 
 
 def _normalise(data: bytes) -> bytes:
-    """Unix line ends, no trailing newlines (so the last line is not counted as an empty row)."""
+    """No byte-order mark, Unix line ends, no trailing newlines (so the last line is not counted as an
+    empty row). A BOM would otherwise stick to the first field (``\ufeff1`` is not an integer)."""
+    if data.startswith(_UTF8_BOM):
+        data = data[len(_UTF8_BOM):]
     if b"\r" in data:
         data = data.replace(b"\r\n", b"\n")
     return data.rstrip(b"\n")
@@ -72,8 +77,28 @@ def first_non_integer(series: pd.Series) -> int | None:
     return int(bad[0]) if bad.size else None
 
 
+def first_out_of_int64(series: pd.Series) -> int | None:
+    """Position of the first integer literal outside int64, or None (``series`` holds integers only).
+
+    pandas reads 2**63 as uint64 (casting it to int64 would wrap to -2**63) and anything larger as
+    Python ints in an object column (casting raises ``OverflowError``): both are caught here.
+    """
+    kind = series.dtype.kind
+    if kind == "i":
+        return None
+    values = series.to_numpy()
+    if kind == "u":
+        bad = np.flatnonzero(values > np.uint64(INT64_MAX))
+    elif kind == "f":
+        bad = np.flatnonzero(np.abs(values) >= 2.0**63)
+    else:  # only reached when some value did not fit uint64: the slow path is rare
+        bad = np.flatnonzero([not INT64_MIN <= int(str(v).strip()) <= INT64_MAX for v in values])
+    return int(bad[0]) if bad.size else None
+
+
 def require_integers(df: pd.DataFrame, columns: Sequence[str], path: Path, *, header_lines: int) -> None:
-    """Raise naming the line of the first non-integer value in any of ``columns``; cast them to int64."""
+    """Raise naming the line of the first non-integer value (or one too large for int64) in any of
+    ``columns``; cast them to int64."""
     for col in columns:
         pos = first_non_integer(df[col])
         if pos is not None:
@@ -82,6 +107,10 @@ def require_integers(df: pd.DataFrame, columns: Sequence[str], path: Path, *, he
                    else repr(value) if isinstance(value, str) else str(value))
             line = pos + 1 + header_lines
             raise UserInputError(f"{path}, line {line}: {col} must be an integer, got {got}")
+        pos = first_out_of_int64(df[col])
+        if pos is not None:
+            raise UserInputError(f"{path}, line {pos + 1 + header_lines}: {col} {str(df[col].iloc[pos]).strip()} "
+                                 f"does not fit a 64-bit integer ({INT64_MIN} to {INT64_MAX})")
         df[col] = df[col].astype(np.int64)
 
 
@@ -215,15 +244,17 @@ def table_format(path: Path) -> str:
 
 
 def _open_text(path: Path) -> io.TextIOBase:
+    """The file as text; ``utf-8-sig`` drops a leading byte-order mark (else it sticks to the first column's
+    name: ``\ufeffuser_id``), as pyarrow and pandas do when they parse the same file."""
     if path.name.lower().endswith(".gz"):
         import gzip
 
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
     if path.name.lower().endswith(".bz2"):
         import bz2
 
-        return io.TextIOWrapper(bz2.open(path, "rb"), encoding="utf-8", newline="")
-    return path.open("r", encoding="utf-8", newline="")
+        return io.TextIOWrapper(bz2.open(path, "rb"), encoding="utf-8-sig", newline="")
+    return path.open("r", encoding="utf-8-sig", newline="")
 
 
 def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[int, list[str]]]:

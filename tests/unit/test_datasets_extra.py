@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from m3oe_lightning.data.paths import resolve_data_root
-from m3oe_lightning.data.readers.aliexpress import load_aliexpress
+from m3oe_lightning.data.readers.aliexpress import aliexpress_settings, load_aliexpress
 from m3oe_lightning.data.readers.kuairand import (
     LOG_COLUMNS,
     USER_FEATURES,
@@ -106,8 +106,8 @@ def test_kuairand_joins_user_and_video_features(kuairand_dir):
 
 
 def test_kuairand_tabs_are_configurable(kuairand_dir):
-    ds = load_kuairand_pure(kuairand_dir, tabs=[1, 4])
-    assert ds.schema.domains == ("tab_1", "tab_4") and sum(sizes(ds)) == 5
+    ds = load_kuairand_pure(kuairand_dir, tabs=[1, 2, 4])  # 8 rows: each split gets one
+    assert ds.schema.domains == ("tab_1", "tab_2", "tab_4") and sum(sizes(ds)) == 8
     with pytest.raises(UserInputError, match=r"data\.tabs: domain 'tab_5' \(tab = 5\) has no rows"):
         load_kuairand_pure(kuairand_dir, tabs=[1, 5])
 
@@ -253,3 +253,8 @@ def test_datasets_that_declare_regions_are_those_whose_rows_carry_them():
                         rows=100, num_users=10, num_items=5).regions is not None
     assert not any(FILE_DATASETS[name].has_regions for name in ("tabular", "kuairand_pure", "aliexpress",
                                                                  "open_bandit"))
+
+
+def test_aliexpress_refuses_an_empty_validation_split():
+    with pytest.raises(UserInputError, match=r"^data\.val_fraction=0: use a number in \(0, 1\)"):
+        aliexpress_settings(val_fraction=0)

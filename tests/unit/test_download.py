@@ -15,10 +15,13 @@ from m3oe_lightning.data.readers import movielens
 from m3oe_lightning.data.readers.movielens import download_movielens1m, load_movielens1m, read_movielens1m
 from m3oe_lightning.errors import UserInputError
 
+RATINGS = [(1, 1, 5), (1, 2, 3), (2, 1, 4), (2, 2, 1), (1, 3, 5), (1, 4, 2), (2, 3, 4), (2, 4, 5), (1, 5, 1),
+           (2, 5, 3)]  # ten distinct (user, movie) pairs: enough rows for a train, a val and a test row
 FILES = {
     "users.dat": "1::F::1::10::48067\n2::M::56::16::70072\n",
-    "movies.dat": "1::Toy Story (1995)::Animation|Children's|Comedy\n2::Heat (1995)::Action|Crime\n",
-    "ratings.dat": "1::1::5::978300760\n1::2::3::978302109\n2::1::4::978301968\n2::2::1::978300275\n",
+    "movies.dat": "1::Toy Story (1995)::Animation|Children's|Comedy\n2::Heat (1995)::Action|Crime\n"
+                  "3::Casino (1995)::Drama\n4::Babe (1995)::Comedy\n5::Nixon (1995)::Drama\n",
+    "ratings.dat": "".join(f"{u}::{m}::{r}::97830{k:04d}\n" for k, (u, m, r) in enumerate(RATINGS)),
 }
 
 
@@ -42,7 +45,8 @@ def test_download_verifies_and_extracts(tmp_path):
     assert sorted(p.name for p in dest.iterdir()) == ["movies.dat", "ratings.dat", "users.dat"]
     assert (dest / "ratings.dat").read_text() == FILES["ratings.dat"]
     frame = read_movielens1m(dest)
-    assert frame["click"].tolist() == [1, 0, 1, 0] and frame["like"].tolist() == [1, 0, 0, 0]
+    assert frame["click"].tolist() == [int(r >= 4) for *_, r in RATINGS]
+    assert frame["like"].tolist() == [int(r == 5) for *_, r in RATINGS]
 
 
 def test_wrong_checksum_extracts_nothing(tmp_path):
@@ -81,7 +85,7 @@ def test_load_with_download_fetches_only_when_missing(tmp_path, monkeypatch):
     monkeypatch.setattr(movielens, "download_movielens1m", fake_download)
     root = tmp_path / "fresh"
     ds = load_movielens1m(root, download=True, split="ordered")
-    assert len(ds.train) + len(ds.val) + len(ds.test) == 4
+    assert len(ds.train) + len(ds.val) + len(ds.test) == len(RATINGS)
     load_movielens1m(root, download=True)
     assert calls == [root]  # the second load found the files and did not download again
 
@@ -106,4 +110,4 @@ def test_load_dataset_downloads_through_the_dataset_entry(tmp_path, monkeypatch)
     first = registry.load_dataset("movielens1m", **kwargs)
     registry.load_dataset("movielens1m", **kwargs)
     assert calls == [tmp_path / "root" / "movielens-1m"]
-    assert len(first.train) + len(first.val) + len(first.test) == 4 and first.regions is not None
+    assert len(first.train) + len(first.val) + len(first.test) == len(RATINGS) and first.regions is not None

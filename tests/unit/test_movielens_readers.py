@@ -383,3 +383,72 @@ def test_real_movielens1m_reconstruction_counts():
     assert int(frame["click"].sum()) == 575_281 and int(frame["like"].sum()) == 226_310
     assert frame["user_id"].nunique() == 6040 and frame["movie_id"].nunique() == 3706
     assert elapsed < 10.0, f"reading ML-1M took {elapsed:.1f}s"
+
+
+# --- issue #16: repeated ratings, ids beyond int64, a byte-order mark -----------------------------------
+
+
+def stderr_lines(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+def test_repeated_ratings_are_dropped_with_one_warning_line(tmp_path, capsys):
+    """``cat u.data u.data``: every second copy is dropped before the split (default data.duplicates=drop)."""
+    folder = write_ml100k(tmp_path / "ml")
+    once = read_movielens100k(folder)
+    capsys.readouterr()
+    data = folder / "u.data"
+    data.write_bytes(data.read_bytes() * 2)
+    frame = read_movielens100k(folder)
+    pd.testing.assert_frame_equal(frame, once)  # the first occurrences, in file order
+    (line,) = stderr_lines(capsys)
+    assert line == (f"warning: {data}: 10 duplicate (user, item) rows dropped (data.duplicates=drop; "
+                    f"error|keep to choose)")
+    ds = load_movielens100k(folder, split="ordered")
+    assert len(ds.train) + len(ds.val) + len(ds.test) == 10
+
+
+def test_repeated_ratings_with_error_or_keep(tmp_path, capsys):
+    lines = ratings_dat_lines()
+    lines.insert(4, "3::3::1::978300999")  # repeats line 3's (user 3, movie 3) with another rating
+    folder = write_ml1m(tmp_path / "ml", ratings=lines)
+    with pytest.raises(UserInputError) as err:
+        read_movielens1m(folder, duplicates="error")
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"{folder / 'ratings.dat'}, line 5: (user, item) (3, 3) repeats ")
+    assert message.endswith("line 3 (1 duplicate (user, item) rows; data.duplicates=error, drop or keep to go on)")
+    assert len(read_movielens1m(folder, duplicates="keep")) == len(RATINGS) + 1
+    assert stderr_lines(capsys) == []  # keep: silently as the file is
+
+
+def test_reconstruction_repeats_name_their_csv_line(tmp_path):
+    lines = recon_lines()
+    lines.append(lines[2])  # line 3 (user 1, movie 2) again, as line 12
+    folder = write_ml1m(tmp_path / "ml", layout="recon", ratings=lines)
+    with pytest.raises(UserInputError, match=r"ratings_reconstructed\.csv\.gz, line 12: \(user, item\) \(1, 2\) "
+                                             r"repeats .*line 3 "):
+        read_movielens1m(folder, duplicates="error")
+
+
+@pytest.mark.parametrize("column, value", [
+    ("user_id", "1180591620717411303424"), ("movie_id", "9223372036854775808"),
+    ("timestamp", "1180591620717411303424"), ("timestamp", "-9223372036854775809"),
+], ids=["user-2^70", "movie-2^63", "timestamp-2^70", "timestamp-below"])
+def test_ids_beyond_int64_name_file_line_and_column(tmp_path, column, value):
+    fields = {"user_id": "1", "movie_id": "2", "rating": "3", "timestamp": "978300760"}
+    fields[column] = value
+    lines = ratings_dat_lines()
+    lines[6] = "::".join(fields.values())
+    folder = write_ml1m(tmp_path / "ml", ratings=lines)
+    with pytest.raises(UserInputError) as err:
+        read_movielens1m(folder)
+    assert str(err.value) == (f"{folder / 'ratings.dat'}, line 7: {column} {value} does not fit a 64-bit integer "
+                              f"(-9223372036854775808 to 9223372036854775807)")
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_field(tmp_path):
+    folder = write_ml1m(tmp_path / "ml")
+    for name in ("users.dat", "ratings.dat"):
+        (folder / name).write_bytes(b"\xef\xbb\xbf" + (folder / name).read_bytes())
+    assert len(read_movielens1m(folder)) == len(RATINGS)

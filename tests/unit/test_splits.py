@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from m3oe_lightning.data.splits import check_fractions, split_indices
+from m3oe_lightning.data.splits import TRAINING_SPLITS, check_fractions, require_rows, split_indices
 from m3oe_lightning.errors import UserInputError
 
 ML1M_ROWS = 1_000_209
@@ -60,3 +60,25 @@ def test_fractions_that_must_not_be_empty():
     assert check_fractions("f", (0.7, 0.0, 0.3), nonempty=("train", "test")) == [0.7, 0.0, 0.3]
     with pytest.raises(UserInputError, match=r"f=\[0\.5, 0\.5, 0\.0\]: .* with train and test > 0"):
         check_fractions("f", [0.5, 0.5, 0.0], nonempty=("train", "test"))
+
+
+@pytest.mark.parametrize("kind", ["random", "ordered"])
+def test_a_split_that_rounds_to_no_rows_is_refused_with_the_counts(kind):
+    """5 rows at 80/10/10 give 4/0/1: training would stop after epoch 1 without a validation row."""
+    assert [len(p) for p in split_indices(5, kind, seed=0)] == [4, 0, 1]  # allowed unless asked (federated)
+    with pytest.raises(UserInputError) as err:
+        split_indices(5, kind, seed=0, nonempty=TRAINING_SPLITS, advice="raise data.rows")
+    assert str(err.value) == "5 rows split into 4 train, 0 val, 1 test rows: the val split is empty; raise data.rows"
+    assert [len(p) for p in split_indices(10, kind, seed=0, nonempty=TRAINING_SPLITS)] == [8, 1, 1]
+
+
+def test_require_rows_names_every_empty_split():
+    with pytest.raises(UserInputError, match=r"^1 rows split into 0 train, 0 val, 1 test rows: the train and val "
+                                             r"splits are empty; use more rows$"):
+        require_rows((np.arange(0), np.arange(0), np.arange(1)))
+    require_rows((np.arange(1), np.arange(0), np.arange(1)), nonempty=("train", "test"))
+
+
+def test_every_split_kind_can_require_rows():
+    with pytest.raises(UserInputError, match=r"with train and val and test > 0"):
+        check_fractions("data.split_fractions", [0.9, 0.0, 0.1], nonempty=TRAINING_SPLITS)

@@ -81,3 +81,19 @@ def test_split_options_and_bad_arguments():
         make_synthetic(split="sideways")
     with pytest.raises(UserInputError, match="num_domains"):
         make_synthetic(num_domains=0)
+
+
+def test_the_smallest_table_has_rows_in_every_split():
+    """data.rows >= 10 (checked by the generator) is what keeps a val and a test row at 80/10/10."""
+    ds = make_synthetic(rows=10, num_users=5, num_items=5)
+    assert [len(ds.train), len(ds.val), len(ds.test)] == [8, 1, 1]
+    with pytest.raises(UserInputError, match=r"^data\.rows=9: use an integer ≥ 10"):
+        make_synthetic(rows=9, num_users=5, num_items=5)
+
+
+def test_the_datamodule_checks_data_duplicates_up_front():
+    from m3oe_lightning.data.datamodule import MDMTDataModule
+
+    assert MDMTDataModule(name="synthetic").duplicates == "drop"
+    with pytest.raises(UserInputError, match=r"^data\.duplicates='twice': use one of drop, error, keep"):
+        MDMTDataModule(name="synthetic", duplicates="twice")

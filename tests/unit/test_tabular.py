@@ -284,3 +284,78 @@ def test_a_late_value_of_another_type_is_read_or_named(tmp_path):
     write_csv(tmp_path / "big.csv", frame)
     with pytest.raises(UserInputError, match=rf"big\.csv, line {n - 3 + 2}: age .* got 'abc'"):
         load(tmp_path, "big.csv", **settings)
+
+
+# --- issue #16: repeated keys, a byte-order mark, empty splits, the cache keyed by data.duplicates ---------
+
+
+def test_duplicate_key_drops_repeats_before_the_split(tmp_path, capsys):
+    """(user_id, item) repeats at rows 4, 5 and 11; row 4 is outside the domains anyway: 9 of 12 rows stay."""
+    path = write_csv(tmp_path / "r.csv")
+    ds = load(tmp_path, "r.csv", duplicate_key=["user_id", "item"])
+    assert len(ds.train) + len(ds.val) + len(ds.test) == 9
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == [f"warning: {path}: 2 duplicate (user_id, item) rows dropped (data.duplicates=drop; "
+                     f"error|keep to choose)"]
+    with pytest.raises(UserInputError, match=r"r\.csv, line 7: \(user_id, item\) \(3, a\) repeats .*r\.csv, line 4 "
+                                             r"\(2 duplicate"):
+        load(tmp_path, "r.csv", duplicate_key=["user_id", "item"], duplicates="error")
+    kept = load(tmp_path, "r.csv", duplicate_key=["user_id", "item"], duplicates="keep")
+    assert len(kept.train) + len(kept.val) + len(kept.test) == 11
+    plain = load(tmp_path, "r.csv")  # no data.duplicate_key: nothing is checked
+    assert len(plain.train) + len(plain.val) + len(plain.test) == 11 and capsys.readouterr().err == ""
+
+
+def test_duplicate_key_column_must_exist(tmp_path):
+    write_csv(tmp_path / "r.csv")
+    with pytest.raises(UserInputError, match=r"line 1: no column 'session' \(needed by data\.duplicate_key\)"):
+        load(tmp_path, "r.csv", duplicate_key=["session"])
+
+
+def test_registry_keys_the_cache_on_the_duplicates_policy(tmp_path, capsys):
+    write_csv(tmp_path / "r.csv")
+    cache = tmp_path / "cache"
+    kwargs = dict(root=str(tmp_path), split="random", split_seed=1, download=False, cache_dir=cache, path="r.csv",
+                  duplicate_key=["user_id", "item"], **SETTINGS)
+    dropped = load_dataset("tabular", **kwargs)
+    kept = load_dataset("tabular", **kwargs, duplicates="keep")
+    assert len(list(cache.glob("tabular-*.pt"))) == 2  # a table built with keep is never served for drop
+    assert len(dropped.train) + len(dropped.val) + len(dropped.test) == 9
+    assert len(kept.train) + len(kept.val) + len(kept.test) == 11
+    with pytest.raises(UserInputError, match=r"^data\.duplicates='twice': use one of drop, error, keep"):
+        load_dataset("tabular", **kwargs, duplicates="twice")
+    no_key = {k: v for k, v in kwargs.items() if k != "duplicate_key"}
+    with pytest.raises(UserInputError, match=r"^data\.duplicates=error: data=tabular checks no duplicate rows; "
+                                             r"name the columns .*\+data\.duplicate_key="):
+        load_dataset("tabular", **no_key, duplicates="error")
+    with pytest.raises(UserInputError, match=r"^data\.duplicates=keep: data=synthetic checks no duplicate rows"):
+        load_dataset("synthetic", root=None, split="random", split_seed=0, download=False, cache_dir=None,
+                     duplicates="keep", rows=300)
+
+
+def test_a_csv_with_a_byte_order_mark_reads_its_first_column(tmp_path):
+    path = write_csv(tmp_path / "r.csv")  # user_id is the first column: the one a BOM would stick to
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    ds = load(tmp_path, "r.csv")
+    assert len(ds.train) + len(ds.val) + len(ds.test) == 11
+    with pytest.raises(UserInputError, match=r"r\.csv, line 4: label bought"):  # lines still count from 1
+        broken = ROWS.astype({"bought": object})
+        broken.loc[2, "bought"] = 7
+        write_csv(path, broken)
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+        load(tmp_path, "r.csv")
+
+
+@pytest.mark.parametrize("fractions, empty", [([0.9, 0.0, 0.1], "val"), ([0.0, 0.5, 0.5], "train"),
+                                              ([0.9, 0.1, 0.0], "test")])
+def test_an_empty_split_fraction_is_refused_before_reading(fractions, empty):
+    with pytest.raises(UserInputError, match=r"^data\.split_fractions=.*with train and val and test > 0"):
+        tabular_settings(**{**SETTINGS, "path": "x.csv", "split_fractions": fractions})
+
+
+def test_a_split_rounding_to_no_rows_is_refused_with_the_counts(tmp_path):
+    write_csv(tmp_path / "r.csv", ROWS.iloc[:6])  # 5 rows in the domains: 4 train, 0 val, 1 test
+    with pytest.raises(UserInputError) as err:
+        load(tmp_path, "r.csv")
+    assert str(err.value) == ("5 rows split into 4 train, 0 val, 1 test rows: the val split is empty; use more rows "
+                              "or change data.split_fractions")

@@ -50,7 +50,7 @@ def aliexpress_settings(**options: Any) -> dict[str, Any]:
         raise UserInputError(f"data.countries={s['countries']!r}: give distinct country codes from "
                              f"{', '.join(COUNTRIES)}")
     val = s["val_fraction"]
-    check_number("data.val_fraction", val, low=0, high=1, high_open=True)
+    check_number("data.val_fraction", val, low=0, low_open=True, high=1, high_open=True)  # no empty val split
     scaling = check_dense_scaling(s["dense_scaling"], "numerical_*", "data.dense_scaling")
     return {"countries": list(countries), "val_fraction": float(val), "dense_scaling": scaling}
 

@@ -152,10 +152,15 @@ def _lookup(ids: np.ndarray, table: TableColumns, id_column: str, *, logs: RowOr
 
 
 def _integers(values: np.ndarray, origins: RowOrigins, column: str) -> np.ndarray:
+    """Integral float64 values as int64; a fraction, an empty field or a value beyond int64 names its line."""
     bad = np.flatnonzero(np.isnan(values) | (values != np.round(values)))
     if bad.size:
         pos = int(bad[0])
         raise UserInputError(f"{origins.where(pos)}: {column} must be an integer, got {shown(values[pos])}")
+    bad = np.flatnonzero(np.abs(values) >= 2.0**63)  # a cast would wrap or saturate silently
+    if bad.size:
+        pos = int(bad[0])
+        raise UserInputError(f"{origins.where(pos)}: {column} {shown(values[pos])} does not fit a 64-bit integer")
     return values.astype(np.int64)
 
 

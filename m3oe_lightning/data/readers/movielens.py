@@ -13,7 +13,9 @@ Three raw layouts are read, each into the same frame (file order; columns :data:
 * ML-100K: ``u.data``, ``u.user``, ``u.item``, ``u.genre``; integer ages are mapped onto ML-1M age codes
   so both datasets share domains.
 
-Readers are strict: any malformed line is one :class:`UserInputError` naming the file and line.
+Readers are strict: any malformed line is one :class:`UserInputError` naming the file and line. A rating
+repeating an earlier one's (user, item) is handled by ``data.duplicates`` before the split (default
+``drop``; see :mod:`m3oe_lightning.data.duplicates`).
 """
 
 from __future__ import annotations
@@ -25,16 +27,19 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from m3oe_lightning.data.duplicates import DEFAULT_POLICY, handle_duplicates
 from m3oe_lightning.data.encode import TableSpec, encode_table
 from m3oe_lightning.data.readers.frames import Where, lookup_rows, require_unique
 from m3oe_lightning.data.schema import EncodedDataset
-from m3oe_lightning.data.splits import check_split_kind, split_indices
+from m3oe_lightning.data.splits import TRAINING_SPLITS, check_split_kind, split_indices
 from m3oe_lightning.data.textio import (
     read_csv_with_header,
     read_separated,
@@ -294,16 +299,33 @@ def join_ratings(
     })
 
 
-def read_movielens1m(root: Path) -> pd.DataFrame:
+DUPLICATE_KEY = "(user, item)"
+
+
+def duplicate_key(settings: Mapping[str, Any]) -> str:
+    """The key a repeated rating is recognised by (the registry's hook; MovieLens has no settings)."""
+    return DUPLICATE_KEY
+
+
+def drop_duplicate_ratings(frame: pd.DataFrame, policy: str, ratings_path: Path, header_lines: int) -> pd.DataFrame:
+    """Apply ``data.duplicates`` to ratings repeating an earlier (user_id, movie_id), in file order."""
+    keep = handle_duplicates([frame["user_id"].to_numpy(), frame["movie_id"].to_numpy()], policy=policy,
+                             where=_lines(ratings_path, header_lines), source=str(ratings_path),
+                             key_name=DUPLICATE_KEY)
+    return frame if keep is None else frame.loc[keep].reset_index(drop=True)
+
+
+def read_movielens1m(root: Path, *, duplicates: str = DEFAULT_POLICY) -> pd.DataFrame:
     """All 1,000,209 ML-1M ratings (either layout) as one frame in file order."""
     files = movielens1m_files(root)
     if files.reconstructed:
         ratings, header_lines = read_ml1m_ratings_reconstructed(files.ratings), 1
     else:
         ratings, header_lines = read_ml1m_ratings_dat(files.ratings), 0
-    return join_ratings(ratings, read_ml1m_users(files.users), read_ml1m_movies(files.movies),
-                        ratings_path=files.ratings, users_path=files.users, movies_path=files.movies,
-                        header_lines=header_lines)
+    frame = join_ratings(ratings, read_ml1m_users(files.users), read_ml1m_movies(files.movies),
+                         ratings_path=files.ratings, users_path=files.users, movies_path=files.movies,
+                         header_lines=header_lines)
+    return drop_duplicate_ratings(frame, duplicates, files.ratings, header_lines)
 
 
 # --- ML-100K readers ----------------------------------------------------------------------------------
@@ -357,12 +379,13 @@ def read_ml100k_ratings(path: Path) -> pd.DataFrame:
     return read_rating_lines(path, "\t")
 
 
-def read_movielens100k(root: Path) -> pd.DataFrame:
+def read_movielens100k(root: Path, *, duplicates: str = DEFAULT_POLICY) -> pd.DataFrame:
     """All 100,000 ML-100K ratings as one frame in file order (same columns as ML-1M)."""
     data, user, item, genre = movielens100k_source_files(root)
     movies = read_ml100k_items(item, read_ml100k_genres(genre))
-    return join_ratings(read_ml100k_ratings(data), read_ml100k_users(user), movies,
-                        ratings_path=data, users_path=user, movies_path=item, header_lines=0)
+    frame = join_ratings(read_ml100k_ratings(data), read_ml100k_users(user), movies,
+                         ratings_path=data, users_path=user, movies_path=item, header_lines=0)
+    return drop_duplicate_ratings(frame, duplicates, data, 0)
 
 
 # --- public builders ----------------------------------------------------------------------------------
@@ -387,24 +410,27 @@ def _spec(name: str, **extras: object) -> TableSpec:
 
 
 def _encode(frame: pd.DataFrame, name: str, split: str, split_seed: int, **extras: object) -> EncodedDataset:
-    train, val, test = split_indices(len(frame), split, split_seed)
+    train, val, test = split_indices(len(frame), split, split_seed, nonempty=TRAINING_SPLITS,
+                                     advice="the ratings file is far too short; replace it with the original")
     frame = frame.assign(region=zip_regions(frame["zip"]))
     return encode_table(frame, train, val, test, _spec(name, split=split, split_seed=split_seed, **extras))
 
 
 def load_movielens1m(root: Path, *, split: str = "random", split_seed: int = 2022,
-                     download: bool = False) -> EncodedDataset:
+                     download: bool = False, duplicates: str = DEFAULT_POLICY) -> EncodedDataset:
     """ML-1M as an encoded dataset; ``root`` holds the files (or an ``ml-1m/`` folder with them)."""
     check_split_kind(split)
     files = movielens1m_files(Path(root), download=download)
     layout = "reconstruction" if files.reconstructed else "ratings.dat"
-    return _encode(read_movielens1m(Path(root)), "movielens1m", split, split_seed, layout=layout)
+    return _encode(read_movielens1m(Path(root), duplicates=duplicates), "movielens1m", split, split_seed,
+                   layout=layout)
 
 
-def load_movielens100k(root: Path, *, split: str = "random", split_seed: int = 2022) -> EncodedDataset:
+def load_movielens100k(root: Path, *, split: str = "random", split_seed: int = 2022,
+                       duplicates: str = DEFAULT_POLICY) -> EncodedDataset:
     """ML-100K as an encoded dataset with ML-1M's domains, tasks and feature columns."""
     check_split_kind(split)
-    return _encode(read_movielens100k(Path(root)), "movielens100k", split, split_seed)
+    return _encode(read_movielens100k(Path(root), duplicates=duplicates), "movielens100k", split, split_seed)
 
 
 # --- download -----------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import pandas as pd
 
 from m3oe_lightning.data.encode import TableSpec, encode_table
 from m3oe_lightning.data.schema import EncodedDataset
-from m3oe_lightning.data.splits import check_split_kind, split_indices
+from m3oe_lightning.data.splits import TRAINING_SPLITS, check_split_kind, split_indices
 from m3oe_lightning.errors import UserInputError, check_int, check_number
 
 LATENT_DIM = 8
@@ -134,7 +134,7 @@ def make_synthetic(*, split: str = "random", split_seed: int = 0, **generator: A
         extras={"split": split, "split_seed": split_seed, "seed": seed},
         region_column="region",
     )
-    train, val, test = split_indices(rows, split, split_seed)
+    train, val, test = split_indices(rows, split, split_seed, nonempty=TRAINING_SPLITS, advice="raise data.rows")
     frame = table.frame.assign(region=table.frame["user_id"] % REGIONS)  # no geography: regions of users
     return encode_table(frame, train, val, test, spec)
 

@@ -14,7 +14,9 @@ a numeric column), and the sparse and dense feature columns::
 Everything the reader needs is checked before anything is encoded, and every problem is one
 :class:`UserInputError` naming the setting, the column, the file and the first bad line (CSV) or row
 (Parquet): a missing column, a dense value that is not a number, a label outside {0, 1}, a rule on an
-empty or non-numeric value, a listed domain without rows.
+empty or non-numeric value, a listed domain without rows. With ``data.duplicate_key`` (columns, e.g.
+``[user_id, item_id]``; default none) a row repeating an earlier row's key is handled by
+``data.duplicates`` (drop | error | keep) before the split.
 
 The helpers here (:func:`read_checked`, :class:`RowOrigins`, :func:`encode_frame`) are shared by the
 other file readers (KuaiRand, AliExpress, Open Bandit).
@@ -33,10 +35,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from m3oe_lightning.data.duplicates import DEFAULT_POLICY, handle_duplicates
 from m3oe_lightning.data.encode import DENSE_SCALINGS, TableSpec, check_dense_scaling, encode_table
 from m3oe_lightning.data.readers.frames import shown
 from m3oe_lightning.data.schema import EncodedDataset
-from m3oe_lightning.data.splits import check_fractions, check_split_kind, split_indices
+from m3oe_lightning.data.splits import TRAINING_SPLITS, check_fractions, check_split_kind, require_rows, split_indices
 from m3oe_lightning.data.textio import (
     RowLocator,
     as_numbers,
@@ -125,6 +128,7 @@ TABULAR_DEFAULTS: dict[str, Any] = {
     "delimiter": ",",
     "split_fractions": [0.8, 0.1, 0.1],
     "embed_dim": 16,
+    "duplicate_key": None,  # optional (+data.duplicate_key=[...]): columns identifying one interaction
 }
 
 
@@ -200,6 +204,7 @@ def tabular_settings(**options: Any) -> dict[str, Any]:
         raise UserInputError(f"data.delimiter={delimiter!r}: give one character, e.g. ',' or '\\t'")
     embed_dim = s["embed_dim"]
     check_int("data.embed_dim", embed_dim)
+    duplicate_key = _string_list(s["duplicate_key"], "data.duplicate_key")
     return {
         "path": s["path"],
         "domain_column": s["domain_column"],
@@ -209,9 +214,16 @@ def tabular_settings(**options: Any) -> dict[str, Any]:
         "domains": domains,
         "strict": bool(s["strict"]),
         "delimiter": delimiter,
-        "split_fractions": check_fractions("data.split_fractions", s["split_fractions"]),
+        "split_fractions": check_fractions("data.split_fractions", s["split_fractions"], nonempty=TRAINING_SPLITS),
         "embed_dim": embed_dim,
+        **({"duplicate_key": duplicate_key} if duplicate_key else {}),  # absent by default: cache keys kept
     }
+
+
+def tabular_duplicate_key(settings: Mapping[str, Any]) -> str | None:
+    """How ``data.duplicate_key`` is named in messages (``(user_id, item_id)``), or None when it is not set."""
+    key = settings.get("duplicate_key") or []
+    return f"({', '.join(key)})" if key else None
 
 
 # --- files ----------------------------------------------------------------------------------------------
@@ -469,10 +481,12 @@ def encode_frame(
     embed_dim: int = 16,
     splits: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     extras: Mapping[str, Any] | None = None,
+    split_advice: str = "",
 ) -> EncodedDataset:
     """Kept rows -> :class:`EncodedDataset` via :func:`encode_table` (train-only vocabularies and scaling).
 
-    ``splits`` (row numbers into the kept rows) overrides the ``split``/``split_seed`` split.
+    ``splits`` (row numbers into the kept rows) overrides the ``split``/``split_seed`` split. Every split
+    must hold a row (else one line with the counts; ``split_advice`` says which setting to change).
     """
     keep = domains.keep
     frame = pd.DataFrame({
@@ -483,6 +497,7 @@ def encode_frame(
     })
     if splits is None:
         splits = split_indices(len(frame), split, split_seed, fractions)
+    require_rows(splits, advice=f"use more rows{split_advice}")
     spec = TableSpec(
         name=name, sparse=tuple(sparse), dense=tuple(dense), tasks=tuple(tasks), domains=domains.domains,
         domain_column=DOMAIN_COLUMN, domain_of_value={i: i for i in range(len(domains.domains))},
@@ -502,7 +517,22 @@ def tabular_source_files(folder: Path, **settings: Any) -> list[Path]:
     return resolve_table_files(s["path"], Path(folder))
 
 
-def load_tabular(folder: Path, *, split: str = "random", split_seed: int = 2022, **settings: Any) -> EncodedDataset:
+def without_duplicates(table: TableColumns, assignment: DomainAssignment, key: Sequence[str],
+                       policy: str) -> DomainAssignment:
+    """``assignment`` less the rows repeating an earlier kept row's ``key`` columns (``data.duplicates``);
+    rows already dropped (outside the domains) are not counted."""
+    rows = assignment.keep
+    kept = handle_duplicates([take(table.text[c], rows) for c in key], policy=policy,
+                             where=lambda row: table.origins.where(int(rows[row])), source=table.origins.files(),
+                             key_name=f"({', '.join(key)})")
+    if kept is None:
+        return assignment
+    return DomainAssignment(domains=assignment.domains, index=assignment.index[kept], keep=assignment.keep[kept],
+                            dropped=assignment.dropped + int((~kept).sum()))
+
+
+def load_tabular(folder: Path, *, split: str = "random", split_seed: int = 2022, duplicates: str = DEFAULT_POLICY,
+                 **settings: Any) -> EncodedDataset:
     """Read, check and encode the table ``data.path`` names (see the module docstring)."""
     check_split_kind(split)
     s = tabular_settings(**settings)
@@ -514,21 +544,25 @@ def load_tabular(folder: Path, *, split: str = "random", split_seed: int = 2022,
         needed.setdefault(rule.column, f"data.tasks.{rule.task}")
     needed.update({c: "data.sparse_features" for c in s["sparse_features"] if c not in needed})
     needed.update({c: "data.dense_features" for c in s["dense_features"] if c not in needed})
+    key = s.get("duplicate_key", [])
+    needed.update({c: "data.duplicate_key" for c in key if c not in needed})
     table = read_checked(
-        files, needed=needed, text=list(dict.fromkeys([domain_column, *s["sparse_features"]])),
+        files, needed=needed, text=list(dict.fromkeys([domain_column, *s["sparse_features"], *key])),
         numbers={c: "data.dense_features" for c in s["dense_features"]}, rules=rules, delimiter=s["delimiter"],
     )
     assignment = assign_domains(table.text[domain_column], s["domains"], column=domain_column,
                                 origins=table.origins, strict=s["strict"], label="tabular")
+    if key:
+        assignment = without_duplicates(table, assignment, key, duplicates)
     return encode_frame(
         name="tabular", table=table, domains=assignment, sparse=s["sparse_features"],
         dense=s["dense_features"], tasks=[r.task for r in rules], split=split, split_seed=split_seed,
-        fractions=s["split_fractions"], embed_dim=s["embed_dim"],
+        fractions=s["split_fractions"], embed_dim=s["embed_dim"], split_advice=" or change data.split_fractions",
         extras={"files": len(files), "tasks": s["tasks"]},
     )
 
 
 __all__ = [
     "DENSE_SCALINGS", "TableColumns", "TaskRule", "tabular_settings", "resolve_table_files", "read_checked",
-    "assign_domains", "encode_frame", "load_tabular", "tabular_source_files",
+    "assign_domains", "encode_frame", "load_tabular", "tabular_source_files", "tabular_duplicate_key",
 ]
