@@ -53,17 +53,16 @@ class EpochClock:
     def __init__(self) -> None:
         self.started: float | None = None
         self.first = 0
-        self.epochs_done = 0
 
     def tick(self, trainer: L.Trainer) -> tuple[float, float | None]:
         """(seconds since fit started, projected seconds left, None when the epoch cap is open-ended)."""
         now = time.perf_counter()
         if self.started is None:
             self.started = now
-        self.epochs_done = trainer.current_epoch + 1
+        done = trainer.current_epoch + 1
         elapsed = now - self.started
         cap = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
-        left = None if cap is None else elapsed / max(1, self.epochs_done - self.first) * (cap - self.epochs_done)
+        left = None if cap is None else elapsed / max(1, done - self.first) * (cap - done)
         return elapsed, left
 
     def start(self, trainer: L.Trainer) -> None:
@@ -103,7 +102,7 @@ class ProgressBar(TQDMProgressBar):
         for name in (RUNNING_LOSS, keys.VAL_AUC_MEAN):
             value = trainer.callback_metrics.get(name)
             if value is not None:
-                shown[name.split("/")[-1] if name == RUNNING_LOSS else name] = f"{float(value):.4f}"
+                shown[name] = f"{float(value):.4f}"
         if self.eta is not None:
             shown["eta"] = clock_text(self.eta)
         return shown

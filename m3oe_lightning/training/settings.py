@@ -12,6 +12,7 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise UserInputError(f"seed={cfg.seed!r} is not an integer; pass e.g. seed=2022")
     check_int("threads", cfg.threads, optional=True)
+    check_int("eval_chunk_rows", cfg.get("eval_chunk_rows"), optional=True)
     for name in ("optimizer.lr", "automl.lr"):
         check_number(name, OmegaConf.select(cfg, name), low=0, low_open=True)
     for name in ("optimizer.weight_decay", "automl.weight_decay"):

@@ -17,7 +17,6 @@ from omegaconf import DictConfig
 from m3oe_lightning import metric_keys as keys
 from m3oe_lightning.config import build
 from m3oe_lightning.data.datamodule import MDMTDataModule
-from m3oe_lightning.errors import check_int
 from m3oe_lightning.models.base import MDMTModel
 from m3oe_lightning.training.callbacks import EpochLine, ModelLine, ProgressBar
 from m3oe_lightning.training.checkpoint_io import AtomicCheckpointIO
@@ -43,7 +42,6 @@ def build_system(cfg: DictConfig) -> tuple[MDMTDataModule, MDMTModel, MDMTModule
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule: MDMTDataModule = build(cfg.data)
     model = build(cfg.model, schema=datamodule.load().schema)
-    check_int("eval_chunk_rows", cfg.get("eval_chunk_rows"), optional=True)
     model.set_eval_chunk_rows(cfg.get("eval_chunk_rows"))  # speed only: the same numbers at any chunk size
     return datamodule, model, system_factory(cfg)(model, cfg.optimizer.lr)
 
