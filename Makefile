@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install train test bench bench-scaling ui movielens movielens-report reproduce reproduce-quick report diagnose \
-	federated federated-report bench-reproduce clean clean-logs clean-checkpoints
+	federated federated-report bench-reproduce clean clean-logs clean-checkpoints predict export serve
 
 # Table 2/3 of the M3oE paper: every row of conf/experiment/paper/ (Hydra's glob() does not expand the
 # options of a subfolder, so the list is built here) × SEEDS, as one Hydra multirun.
@@ -111,6 +111,21 @@ bench-reproduce: $(STAMP) ## wall time of make reproduce-quick and the projected
 
 bench-scaling: $(STAMP) ## memmap data path at 1M/10M/50M synthetic rows → experiments/bench/scaling.{md,json,png}
 	$(BIN)/python -m m3oe_lightning.bench.scaling $(ARGS)
+
+# Use a trained model (README, "Use a trained model"): RUN = a run id, runs:/<id>/model, or a checkpoint path
+RUN ?=
+INPUT ?=
+OUTPUT ?=
+PORT ?= 5001
+predict: $(STAMP) ## score a file of raw rows: make predict RUN=<run id> INPUT=rows.csv OUTPUT=scores.csv [ARGS=--evaluate]
+	$(BIN)/python -m m3oe_lightning.predict run=$(RUN) input=$(INPUT) output=$(OUTPUT) $(ARGS)
+
+export: $(STAMP) ## the network as ONNX (checked with onnxruntime): make export RUN=<run id> → logs/exports/<run>.onnx
+	$(BIN)/python -m m3oe_lightning.export run=$(RUN) $(ARGS)
+
+serve: $(STAMP) ## serve a run's MLflow model over HTTP on 127.0.0.1:PORT (POST /invocations): make serve RUN=<run id>
+	PATH="$(abspath $(BIN)):$$PATH" MLFLOW_TRACKING_URI=sqlite:///logs/mlflow.db $(BIN)/mlflow models serve \
+		-m runs:/$(RUN)/model --env-manager local -h 127.0.0.1 -p $(PORT)
 
 ui: $(STAMP) ## MLflow UI for logs/mlflow.db on http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///logs/mlflow.db --default-artifact-root logs/mlflow/artifacts --host 127.0.0.1 --port 5000

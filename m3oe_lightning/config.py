@@ -47,6 +47,8 @@ def folder_name(value: str) -> str:
 NOT_COMPOSED = {"train": ("federated", "experiment/federated", "shared"),
                 "federate": ("trainer", "callbacks", "hparams_search", "debug", "experiment/paper",
                              "experiment/diagnose", "shared")}
+# Entry points that compose only these groups (a trained model brings its own data and model settings).
+ONLY_COMPOSED = {"predict": ("logger", "paths"), "export": ("logger", "paths")}
 
 
 def config_groups(entry: str) -> str:
@@ -56,6 +58,9 @@ def config_groups(entry: str) -> str:
     for folder in sorted(p for p in root.rglob("*") if p.is_dir() and p.name != "hydra"):
         group = folder.relative_to(root).as_posix()
         options = sorted(f.stem for f in folder.glob("*.yaml"))
+        only = ONLY_COMPOSED.get(entry)
+        if only is not None and group not in only:
+            continue
         if options and not group.startswith("hydra") and group not in NOT_COMPOSED.get(entry, ()):
             lines.append(f"{group}: {', '.join(options)}")
     return "\n".join(lines)

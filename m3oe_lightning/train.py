@@ -42,7 +42,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     preflight.check_writable(Path(cfg.paths.checkpoint_dir), "paths.checkpoint_dir")
     from lightning.pytorch.utilities import rank_zero_only
 
-    from m3oe_lightning.tracking import artifacts, runs
+    from m3oe_lightning.serving import bundle
+    from m3oe_lightning.tracking import artifacts, models, runs
     from m3oe_lightning.training.module import count_parameters
     from m3oe_lightning.training.system import build_system, build_trainer, fit_and_test
 
@@ -59,13 +60,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
                           resume_artifact="last.ckpt" if cfg.resume else None, primary=primary,
                           run_id=None if primary else os.environ.get(RUN_ID_ENV)) as run:
         os.environ[RUN_ID_ENV] = run.run_id
+        encoders = datamodule.load().encoders
         if primary and run.resumed_from is None:
             data_settings = OmegaConf.to_container(cfg.data, resolve=True)
             runs.log_dataset(run, datamodule.name, datamodule.source_uri(), data_settings)
+            if encoders is not None:  # before training: a killed run's checkpoints can score raw rows too
+                models.save_bundle(run.run_id, run.client, run.checkpoint_dir, encoders,
+                                   OmegaConf.to_container(cfg.model, resolve=True), label=model_label)
         trainer = build_trainer(cfg, run.checkpoint_dir, logger=run.logger)
         metrics = fit_and_test(trainer, system, datamodule, resume_from=run.resumed_from, test=bool(cfg.test))
         if primary:
             artifacts.log_run_outputs(run, cfg, metrics, datamodule.schema, count_parameters(model))
+            weights = bundle.best_checkpoint(run.checkpoint_dir)
+            if cfg.logger.get("log_model", True) and encoders is not None and weights is not None:
+                models.log_model(run.run_id, run.client, run.checkpoint_dir, weights,
+                                 register_as=cfg.logger.get("register_model"))
             if keys.TEST_AUC_MEAN in metrics:
                 artifacts.print_results(metrics, datamodule.schema, f"{run.run_name}: test metrics (best checkpoint)")
     return metrics

@@ -30,10 +30,11 @@ from typing import Any
 
 import torch
 
+from m3oe_lightning.data.encoders import Encoders
 from m3oe_lightning.data.notices import warn
 from m3oe_lightning.data.schema import EncodedDataset, EncodedSplit, FeatureSchema, RowKeys
 
-FORMAT_VERSION = 3  # 2: the payload carries the rows' regions; 3: a checksum header line before it
+FORMAT_VERSION = 4  # 2: the payload carries the rows' regions; 3: a checksum header line before it; 4: encoders
 MAGIC = b"M3OE-CACHE"
 _CHUNK = 1 << 20
 _SPLITS = ("train", "val", "test")
@@ -140,6 +141,7 @@ def _payload(dataset: EncodedDataset, key: str) -> dict[str, Any]:
         "extras_json": json.dumps(dataset.schema.extras, default=str),
         "splits": {name: dataset.split(name).to_dict() for name in _SPLITS},
         "regions": None if dataset.regions is None else dataset.regions.to_dict(),
+        "encoders_json": None if dataset.encoders is None else json.dumps(dataset.encoders.to_dict()),
     }
 
 
@@ -152,7 +154,9 @@ def _from_payload(payload: Any, key: str) -> EncodedDataset:
                            tasks=schema.tasks, extras=json.loads(payload["extras_json"]))
     splits = {name: EncodedSplit(**payload["splits"][name]) for name in _SPLITS}
     regions = None if payload["regions"] is None else RowKeys.from_dict(payload["regions"])
-    return EncodedDataset(schema=schema, **splits, regions=regions)
+    encoded = payload["encoders_json"]
+    encoders = None if encoded is None else Encoders.from_dict(json.loads(encoded))
+    return EncodedDataset(schema=schema, **splits, regions=regions, encoders=encoders)
 
 
 def _cache_file(cache_dir: Path, config: dict[str, Any], key: str) -> Path:

@@ -20,7 +20,7 @@ All of it is vectorised (factorize / categorical codes + fancy indexing); nothin
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from m3oe_lightning.data.encoders import Encoders, Scaler, column_type, lookup_table, value_texts
+from m3oe_lightning.data.encoders import Vocabulary as EncoderVocabulary
 from m3oe_lightning.data.schema import (
     DenseFeature,
     EncodedDataset,
@@ -62,6 +64,16 @@ class TableSpec:
     extras: Mapping[str, Any] = field(default_factory=dict)
     dense_scaling: Mapping[str, str] = field(default_factory=dict)
     region_column: str | None = None
+    # (key, columns): tables that complete an interaction-only row when scoring (MovieLens: user_id -> gender,
+    # occupation, zip, age; movie_id -> genre), taken from the frame's own rows
+    lookups: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # (raw column, text of its value -> domain index) when the reader computed ``domain_column`` itself
+    # (data=tabular's domain assignment): what scoring a raw row starts from
+    domain_source: tuple[str, Mapping[str, int]] | None = None
+    # (task, column, op, threshold): how a task's label comes from a raw column when it is not the task's own
+    # column (``click = rating >= 4``; op None: the column holds the 0/1 label). Scoring with --evaluate
+    # applies them to a request that carries those columns.
+    label_rules: tuple[tuple[str, str, str | None, float | None], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -119,13 +131,13 @@ def domain_indices(frame: pd.DataFrame, spec: TableSpec) -> np.ndarray:
     return targets[pos]
 
 
-def minmax_scale(values: np.ndarray, train_idx: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """Scale by the train min/max; a constant train column becomes all zeros (no division by zero)."""
-    train = values[train_idx]
-    low, high = float(np.nanmin(train)), float(np.nanmax(train))
+def _span_scale(values: np.ndarray, low: float, high: float) -> np.ndarray:
     span = high - low
-    scaled = (values - low) / span if span > 0 else np.zeros_like(values, dtype=np.float64)
-    return np.nan_to_num(scaled, nan=0.0).astype(np.float32), low, high
+    return (values - low) / span if span > 0 else np.zeros_like(values, dtype=np.float64)
+
+
+def _fitted(train: np.ndarray, fit: Callable[[np.ndarray], float]) -> float:
+    return float(fit(train)) if np.isfinite(train).any() else 0.0
 
 
 DENSE_SCALINGS: tuple[str, ...] = ("minmax", "standard", "log1p", "none")
@@ -139,44 +151,48 @@ def check_dense_scaling(kind: Any, column: str, setting: str = "dense scaling") 
     return str(kind)
 
 
-def standard_scale(values: np.ndarray, train_idx: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """``(x - mean) / std`` with the train mean and (population) std; a constant column becomes zeros.
-
-    A missing value becomes 0 (the train mean), as in :func:`minmax_scale`.
-    """
-    train = values[train_idx]
-    mean = float(np.nanmean(train)) if np.isfinite(train).any() else 0.0
-    std = float(np.nanstd(train)) if np.isfinite(train).any() else 0.0
-    scaled = (values - mean) / std if std > 0 else np.zeros_like(values, dtype=np.float64)
-    return np.nan_to_num(scaled, nan=0.0).astype(np.float32), mean, std
-
-
 def signed_log1p(values: np.ndarray) -> np.ndarray:
     """``sign(x) * log1p(|x|)``: ``log1p`` for the non-negative counts it is meant for, and still defined
     (odd-symmetric) for the occasional negative value."""
     return np.sign(values) * np.log1p(np.abs(values))
 
 
+def fit_scaling(train: np.ndarray, kind: str) -> list[float]:
+    """The parameters of scaling ``kind`` fitted on train values (``minmax``/``log1p``: min and max after the
+    transform; ``standard``: mean and population std; ``none``: nothing). A column without a finite train
+    value gets zeros (it then scales to all zeros, as a constant column does)."""
+    check_dense_scaling(kind, "?")
+    if kind == "none":
+        return []
+    if kind == "standard":
+        return [_fitted(train, np.nanmean), _fitted(train, np.nanstd)]
+    values = signed_log1p(train) if kind == "log1p" else train
+    return [float(np.nanmin(values)), float(np.nanmax(values))]
+
+
+def apply_scaling(values: np.ndarray, kind: str, params: Sequence[float]) -> np.ndarray:
+    """Scale values with fitted parameters: the one transform of training and of scoring new rows. Not
+    clipped (values outside the train range fall outside [0, 1]); a missing value becomes 0; a constant
+    train column scales to all zeros (no division by zero)."""
+    values = np.asarray(values, dtype=np.float64)
+    if kind in ("minmax", "log1p"):
+        scaled = _span_scale(signed_log1p(values) if kind == "log1p" else values, *params)
+    elif kind == "standard":
+        mean, std = params
+        scaled = (values - mean) / std if std > 0 else np.zeros_like(values, dtype=np.float64)
+    elif kind == "none":
+        scaled = values
+    else:
+        check_dense_scaling(kind, "?")
+    return np.nan_to_num(scaled, nan=0.0).astype(np.float32)
+
+
 def scale_dense(values: np.ndarray, train_idx: np.ndarray, kind: str = "minmax") -> tuple[np.ndarray, list[float]]:
     """Scale one dense column with statistics of the train rows only; returns the values and the fitted
-    parameters (``minmax``/``log1p``: train min and max after the transform; ``standard``: mean, std).
-
-    ``log1p`` is :func:`signed_log1p` followed by min-max (heavy-tailed counts end up in about [0, 1]);
-    ``none`` keeps the values as they are (missing -> 0).
-    """
-    if kind == "minmax":
-        scaled, low, high = minmax_scale(values, train_idx)
-        return scaled, [low, high]
-    if kind == "log1p":
-        scaled, low, high = minmax_scale(signed_log1p(values), train_idx)
-        return scaled, [low, high]
-    if kind == "standard":
-        scaled, mean, std = standard_scale(values, train_idx)
-        return scaled, [mean, std]
-    if kind == "none":
-        return np.nan_to_num(values, nan=0.0).astype(np.float32), []
-    check_dense_scaling(kind, "?")
-    raise AssertionError("unreachable")
+    parameters (:func:`fit_scaling`). ``log1p`` is :func:`signed_log1p` followed by min-max (heavy-tailed
+    counts end up in about [0, 1]); ``none`` keeps the values as they are (missing -> 0)."""
+    params = fit_scaling(np.asarray(values, dtype=np.float64)[train_idx], kind)
+    return apply_scaling(values, kind, params), params
 
 
 def _check_inputs(frame: pd.DataFrame, spec: TableSpec, splits: tuple[np.ndarray, ...]) -> None:
@@ -218,18 +234,22 @@ def encode_table(
     sparse_names = list(spec.sparse) + ([spec.domain_feature] if spec.domain_feature else [])
     sparse = np.empty((n, len(sparse_names)), dtype=np.int64)
     features: list[SparseFeature] = []
+    vocabularies: list[Vocabulary] = []
     for j, name in enumerate(sparse_names):
         column = domain if name == spec.domain_feature else frame[name]
         vocab = fit_vocabulary(column, train_idx)
         sparse[:, j] = vocab.ids
         features.append(SparseFeature(name=name, vocab_size=vocab.size, embed_dim=spec.embed_dim))
+        vocabularies.append(vocab)
 
     dense = np.empty((n, len(spec.dense)), dtype=np.float32)
     ranges: dict[str, list[float]] = {}
     scalings: dict[str, list[Any]] = {}  # only columns not scaled min-max (keeps old extras unchanged)
+    scalers: list[Scaler] = []
     for j, name in enumerate(spec.dense):
         kind = check_dense_scaling(spec.dense_scaling.get(name, "minmax"), name)
         dense[:, j], params = scale_dense(frame[name].to_numpy(np.float64), train_idx, kind)
+        scalers.append(Scaler(column=name, scaling=kind, params=tuple(params), kind=column_type(frame[name])))
         if kind == "minmax":
             ranges[name] = params
         else:
@@ -248,12 +268,36 @@ def encode_table(
     )
     return EncodedDataset(
         schema=schema,
+        encoders=fitted_encoders(frame, spec, schema, vocabularies, scalers),
         train=_split(sparse, dense, domain, labels, train_idx),
         val=_split(sparse, dense, domain, labels, val_idx),
         test=_split(sparse, dense, domain, labels, test_idx),
         regions=None if spec.region_column is None else row_keys(
             frame[spec.region_column], {"train": train_idx, "val": val_idx, "test": test_idx}, spec.name),
     )
+
+
+def fitted_encoders(frame: pd.DataFrame, spec: TableSpec, schema: FeatureSchema, vocabularies: list[Vocabulary],
+                    scalers: list[Scaler]) -> Encoders:
+    """What scoring a raw row of this table needs (:mod:`m3oe_lightning.data.encoders`), from the fitted parts."""
+    raw = [EncoderVocabulary(column=name, values=tuple(value_texts(vocab.values)), kind=column_type(frame[name]))
+           for name, vocab in zip(spec.sparse, vocabularies)]
+    domain_feature = None
+    if spec.domain_feature:
+        domain_feature = EncoderVocabulary(column=spec.domain_feature,
+                                           values=tuple(value_texts(vocabularies[-1].values)), kind="long")
+    if spec.domain_source is not None:
+        domain_column, of_value = spec.domain_source[0], dict(spec.domain_source[1])
+        domain_kind = "string"
+    else:
+        keys = list(spec.domain_of_value)
+        domain_column = spec.domain_column
+        of_value = dict(zip(value_texts(keys), (int(spec.domain_of_value[k]) for k in keys)))
+        domain_kind = column_type(frame[spec.domain_column])
+    lookups = tuple(lookup_table(frame, key, columns, name=key) for key, columns in spec.lookups)
+    return Encoders(dataset=spec.name, schema=schema, sparse=tuple(raw), dense=tuple(scalers),
+                    domain_column=domain_column, domain_of_value=of_value, domain_kind=domain_kind,
+                    domain_feature=domain_feature, lookups=lookups, label_rules=tuple(spec.label_rules))
 
 
 def row_keys(column: pd.Series, splits: Mapping[str, np.ndarray], dataset: str) -> RowKeys:

@@ -9,10 +9,13 @@ cache with ``weights_only=True``.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from m3oe_lightning.data.encoders import Encoders
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,8 @@ class EncodedDataset:
     instead: the same ``len(split)`` / ``split.rows(index)`` interface over memory-mapped files (no whole
     tensors; code that needs ``split.sparse`` & co. must use ``split.rows`` or ``MemmapSplit.column``).
     ``regions`` is the region of each row where the reader knows one (MovieLens, synthetic), else ``None``.
+    ``encoders`` are the fitted vocabularies and scalers (what scoring raw rows needs); ``None`` for a table
+    written encoded (``data.storage=memmap``) or cut from another (a federated client's part).
     """
 
     schema: FeatureSchema
@@ -149,6 +154,7 @@ class EncodedDataset:
     val: EncodedSplit
     test: EncodedSplit
     regions: RowKeys | None = None
+    encoders: Encoders | None = None
 
     def split(self, name: str) -> EncodedSplit:
         return {"train": self.train, "val": self.val, "test": self.test}[name]

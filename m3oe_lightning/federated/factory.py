@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from m3oe_lightning import metric_keys as keys
 from m3oe_lightning.config import build
+from m3oe_lightning.data.encoders import Encoders
 from m3oe_lightning.data.schema import EncodedSplit
 from m3oe_lightning.errors import UserInputError, check_int, check_number
 from m3oe_lightning.federated.client import MDMTClient
@@ -83,6 +84,7 @@ class FederatedSetup:
     strategy: Strategy
     model: MDMTModel
     rounds: int
+    encoders: Encoders | None = None  # the whole dataset's (what scoring the global model's raw rows needs)
 
 
 def check_federated(fed: DictConfig) -> None:
@@ -189,4 +191,4 @@ def build_federated(cfg: DictConfig) -> FederatedSetup:
     simulation = Simulation(strategy, InProcessTransport(clients), initial_arrays=get_arrays(template),
                             evaluate_fn=evaluator, client_timeout=fed.get("client_timeout"))
     return FederatedSetup(simulation=simulation, federation=federation, strategy=strategy, model=model,
-                          rounds=int(fed.rounds))
+                          rounds=int(fed.rounds), encoders=dataset.encoders)

@@ -1,4 +1,5 @@
-"""``make clean-checkpoints``: keep the best checkpoint of every FINISHED run, delete the rest of its files.
+"""``make clean-checkpoints``: keep the best checkpoint of every FINISHED run (and what scores with it: its
+encoders and ``network.json``), delete the rest of its files.
 
 A finished run's ``last.ckpt`` (and the kept ``last.ckpt.prev``) only serve a resume, which a finished run
 never needs; its ``best-*.ckpt`` is what scoring and export load. Unfinished runs (RUNNING, FAILED, KILLED)
@@ -15,13 +16,15 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from m3oe_lightning.serving.bundle import ENCODERS_DIR, NETWORK_FILE
 from m3oe_lightning.tracking.runs import STATE_SUFFIX
 
 BEST_PREFIX = "best-"
 
 
 def removable(checkpoint_root: Path) -> list[Path]:
-    """The files a clean-up deletes: everything but ``best-*.ckpt`` in the folders of FINISHED runs."""
+    """The files a clean-up deletes: everything but ``best-*.ckpt`` and the scoring bundle (``encoders/``,
+    ``network.json``) in the folders of FINISHED runs."""
     out: list[Path] = []
     for state_file in sorted(checkpoint_root.glob(f"*{STATE_SUFFIX}")):
         try:
@@ -31,7 +34,8 @@ def removable(checkpoint_root: Path) -> list[Path]:
         folder = checkpoint_root / str(state.get("run_id"))
         if state.get("status") != "FINISHED" or not folder.is_dir():
             continue
-        out += [f for f in sorted(folder.rglob("*")) if f.is_file() and not f.name.startswith(BEST_PREFIX)]
+        out += [f for f in sorted(folder.rglob("*")) if f.is_file() and not f.name.startswith(BEST_PREFIX)
+                and f.name != NETWORK_FILE and ENCODERS_DIR not in f.relative_to(folder).parts[:1]]
     return out
 
 

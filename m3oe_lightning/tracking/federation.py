@@ -22,10 +22,13 @@ from rich.console import Console
 from rich.table import Table
 
 from m3oe_lightning import metric_keys as keys
+from m3oe_lightning.data.encoders import Encoders
 from m3oe_lightning.federated.factory import FederatedSetup, federated_identity
 from m3oe_lightning.federated.labels import SERVER_STATE, algorithm_label
 from m3oe_lightning.federated.messages import Metrics
-from m3oe_lightning.tracking import provenance, runs
+from m3oe_lightning.tracking import models, provenance, runs
+
+GLOBAL_WEIGHTS = "global_weights.pt"  # the final global model's state dict, beside server_state.pt
 
 
 def round_line(server_round: int, rounds: int, m: Metrics) -> str:
@@ -116,4 +119,18 @@ def run_federation(cfg: DictConfig, build_setup: Callable[[], FederatedSetup],
         run.client.log_text(run.run_id, partition_table(setup, last), "federated/partition.md")
         if state.failures:
             run.client.log_text(run.run_id, json.dumps(state.failures, indent=2), "federated/failures.json")
+        if cfg.logger.get("log_model", True) and setup.encoders is not None and state.global_arrays is not None:
+            log_global_model(cfg, run, setup.encoders, state.global_arrays, label=tags["model"])
     return last
+
+
+def log_global_model(cfg: DictConfig, run: runs.RunHandle, encoders: Encoders, global_arrays: Mapping[str, Any],
+                     label: str) -> None:
+    """The final global model as the run's MLflow model (``runs:/<id>/model``), scored like a trained one."""
+    import torch
+
+    models.save_bundle(run.run_id, run.client, run.checkpoint_dir, encoders,
+                       OmegaConf.to_container(cfg.model, resolve=True), label=label)
+    weights = run.checkpoint_dir / GLOBAL_WEIGHTS
+    torch.save(dict(global_arrays), weights)
+    models.log_model(run.run_id, run.client, run.checkpoint_dir, weights, register_as=cfg.logger.get("register_model"))

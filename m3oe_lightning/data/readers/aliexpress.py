@@ -24,7 +24,14 @@ from typing import Any
 import numpy as np
 
 from m3oe_lightning.data.encode import check_dense_scaling
-from m3oe_lightning.data.readers.tabular import DomainAssignment, TaskRule, encode_frame, read_checked, reject_unknown
+from m3oe_lightning.data.readers.tabular import (
+    DomainAssignment,
+    TaskRule,
+    by_name,
+    encode_frame,
+    read_checked,
+    reject_unknown,
+)
 from m3oe_lightning.data.schema import EncodedDataset
 from m3oe_lightning.data.splits import check_split_kind
 from m3oe_lightning.errors import UserInputError, check_number
@@ -95,7 +102,7 @@ def load_aliexpress(folder: Path, *, split: str = "official", split_seed: int = 
     domain = np.repeat(np.arange(len(files)) // 2, counts).astype(np.int64)  # files come as (train, test) pairs
     is_test = np.repeat(np.arange(len(files)) % 2 == 1, counts)
     assignment = DomainAssignment(domains=tuple(s["countries"]), index=domain, keep=np.arange(len(domain)),
-                                  dropped=0)
+                                  dropped=0, **by_name(s["countries"]))
     splits = None
     if split == "official":
         train_rows = np.flatnonzero(~is_test)

@@ -56,6 +56,9 @@ TASKS: tuple[str, ...] = ("click", "like")
 SPARSE_COLUMNS: tuple[str, ...] = ("user_id", "movie_id", "gender", "occupation", "zip", "genre")
 DENSE_COLUMNS: tuple[str, ...] = ("age",)
 RAW_COLUMNS: tuple[str, ...] = (*SPARSE_COLUMNS, "age", *TASKS)
+# what scoring joins to a (user_id, movie_id) row, as training did: the user's and the movie's attributes
+LOOKUPS: tuple[tuple[str, tuple[str, ...]], ...] = (("user_id", ("gender", "occupation", "zip", "age")),
+                                                    ("movie_id", ("genre",)))
 
 GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
 # SHA-256 of the official ml-1m.zip (5,917,549 bytes). GroupLens publishes only the MD5 below
@@ -406,7 +409,9 @@ def zip_regions(zips: pd.Series) -> pd.Categorical:
 
 def _spec(name: str, **extras: object) -> TableSpec:
     return TableSpec(name=name, sparse=SPARSE_COLUMNS, dense=DENSE_COLUMNS, tasks=TASKS, domains=DOMAINS,
-                     domain_column="age", domain_of_value=AGE_TO_DOMAIN, extras=extras, region_column="region")
+                     domain_column="age", domain_of_value=AGE_TO_DOMAIN, extras=extras, region_column="region",
+                     lookups=LOOKUPS,
+                     label_rules=(("click", "rating", ">=", 4.0), ("like", "rating", "==", 5.0)))
 
 
 def _encode(frame: pd.DataFrame, name: str, split: str, split_seed: int, **extras: object) -> EncodedDataset:

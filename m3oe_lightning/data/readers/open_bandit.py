@@ -34,6 +34,7 @@ from m3oe_lightning.data.readers.tabular import (
     RowOrigins,
     TableColumns,
     binary_labels,
+    by_name,
     numeric_column,
     reject_unknown,
 )
@@ -165,7 +166,8 @@ def load_open_bandit(folder: Path, *, split: str = "random", split_seed: int = 2
         labels={"click": np.concatenate(clicks)}, origins=origins,
     )
     index = np.concatenate(domain)
-    assignment = DomainAssignment(domains=tuple(s["campaigns"]), index=index, keep=np.arange(len(index)), dropped=0)
+    assignment = DomainAssignment(domains=tuple(s["campaigns"]), index=index, keep=np.arange(len(index)), dropped=0,
+                                  **by_name(s["campaigns"]))
     sparse = ["item", "position", *USER_FEATURES, *ITEM_FEATURES, "hour"]
     if len(s["policies"]) > 1:
         sparse.append("policy")

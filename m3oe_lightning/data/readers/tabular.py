@@ -24,6 +24,7 @@ other file readers (KuaiRand, AliExpress, Open Bandit).
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import math
 import re
@@ -37,6 +38,7 @@ import pandas as pd
 
 from m3oe_lightning.data.duplicates import DEFAULT_POLICY, handle_duplicates
 from m3oe_lightning.data.encode import DENSE_SCALINGS, TableSpec, check_dense_scaling, encode_table
+from m3oe_lightning.data.encoders import LABEL_OPS
 from m3oe_lightning.data.readers.frames import shown
 from m3oe_lightning.data.schema import EncodedDataset
 from m3oe_lightning.data.splits import TRAINING_SPLITS, check_fractions, check_split_kind, require_rows, split_indices
@@ -56,10 +58,7 @@ RESERVED_NAMES = ("domain", DOMAIN_COLUMN)  # "domain" is the sparse feature enc
 MAX_IMPLICIT_DOMAINS = 64  # more distinct values than this without data.domains is almost surely a mistake
 _NAME_RE = re.compile(r"[A-Za-z0-9_.\- ]+")  # what a domain/task name may hold (it becomes a metric key)
 _RULE_RE = re.compile(r"^\s*(?P<column>[^\s<>=!]+)\s*(?P<op>>=|<=|==|!=|>|<)\s*(?P<value>\S+)\s*$")
-_OPS = {
-    ">=": np.greater_equal, ">": np.greater, "<=": np.less_equal, "<": np.less, "==": np.equal,
-    "!=": np.not_equal,
-}
+_OPS = LABEL_OPS  # the rules' operators (scoring applies the same ones to raw rows)
 _GLOB_CHARS = set("*?[")
 
 
@@ -399,6 +398,14 @@ class DomainAssignment:
     index: np.ndarray  # domain index per kept row
     keep: np.ndarray  # row numbers (into the unfiltered table) that are kept
     dropped: int
+    column: str = ""  # the raw column the domains come from
+    value_to_domain: Mapping[str, int] = field(default_factory=dict)  # its value (text) -> domain index
+
+
+def by_name(domains: Sequence[str]) -> dict[str, Any]:
+    """A :class:`DomainAssignment`'s raw side for a reader whose domains come from its files (a country's
+    folder, a campaign's): a scoring request names each row's domain in a ``domain`` column."""
+    return {"column": "domain", "value_to_domain": {str(name): d for d, name in enumerate(domains)}}
 
 
 def assign_domains(
@@ -454,7 +461,8 @@ def assign_domains(
             present = ", ".join(categories[:12]) + (" ..." if len(categories) > 12 else "")
             raise UserInputError(f"{setting}: domain {name!r} ({column} = {', '.join(values_of)}) has no rows in "
                                  f"{origins.files()}; the {column} values there are {present}")
-    return DomainAssignment(domains=domains, index=index[keep], keep=keep, dropped=int(unlisted.size))
+    return DomainAssignment(domains=domains, index=index[keep], keep=keep, dropped=int(unlisted.size), column=column,
+                            value_to_domain={str(v): int(i) for v, i in value_to_domain.items()})
 
 
 # --- encoding -------------------------------------------------------------------------------------------
@@ -482,11 +490,13 @@ def encode_frame(
     splits: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     extras: Mapping[str, Any] | None = None,
     split_advice: str = "",
+    label_rules: Sequence[TaskRule] = (),
 ) -> EncodedDataset:
     """Kept rows -> :class:`EncodedDataset` via :func:`encode_table` (train-only vocabularies and scaling).
 
     ``splits`` (row numbers into the kept rows) overrides the ``split``/``split_seed`` split. Every split
     must hold a row (else one line with the counts; ``split_advice`` says which setting to change).
+    ``label_rules`` say how each label came from the raw table (kept so that scoring can evaluate on raw rows).
     """
     keep = domains.keep
     frame = pd.DataFrame({
@@ -502,6 +512,8 @@ def encode_frame(
         name=name, sparse=tuple(sparse), dense=tuple(dense), tasks=tuple(tasks), domains=domains.domains,
         domain_column=DOMAIN_COLUMN, domain_of_value={i: i for i in range(len(domains.domains))},
         embed_dim=embed_dim, dense_scaling=dict(dense),
+        domain_source=(domains.column, domains.value_to_domain) if domains.column else None,
+        label_rules=tuple((r.task, r.column, r.op, r.threshold) for r in label_rules),
         extras={"split": split, "split_seed": split_seed, "rows": len(frame), "dropped_rows": domains.dropped,
                 **dict(extras or {})},
     )
@@ -527,8 +539,8 @@ def without_duplicates(table: TableColumns, assignment: DomainAssignment, key: S
                              key_name=f"({', '.join(key)})")
     if kept is None:
         return assignment
-    return DomainAssignment(domains=assignment.domains, index=assignment.index[kept], keep=assignment.keep[kept],
-                            dropped=assignment.dropped + int((~kept).sum()))
+    return dataclasses.replace(assignment, index=assignment.index[kept], keep=assignment.keep[kept],
+                               dropped=assignment.dropped + int((~kept).sum()))
 
 
 def load_tabular(folder: Path, *, split: str = "random", split_seed: int = 2022, duplicates: str = DEFAULT_POLICY,
@@ -559,6 +571,7 @@ def load_tabular(folder: Path, *, split: str = "random", split_seed: int = 2022,
         dense=s["dense_features"], tasks=[r.task for r in rules], split=split, split_seed=split_seed,
         fractions=s["split_fractions"], embed_dim=s["embed_dim"], split_advice=" or change data.split_fractions",
         extras={"files": len(files), "tasks": s["tasks"]},
+        label_rules=rules,
     )
 
 
