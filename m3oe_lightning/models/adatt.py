@@ -28,15 +28,14 @@ from torch import nn
 
 from m3oe_lightning.data.schema import Batch, FeatureSchema
 from m3oe_lightning.errors import UserInputError, check_int
-from m3oe_lightning.models.base import MDMTModel, check_domains_tasks
+from m3oe_lightning.models.base import RoutedModel, check_domains_tasks
 from m3oe_lightning.models.layers import (
+    DomainRouting,
     DomainTaskTowers,
     FeatureEmbedding,
     GroupedLinear,
     GroupedMLP,
     check_level_dims,
-    domain_slices,
-    sort_by_domain,
 )
 
 
@@ -77,7 +76,7 @@ class _FusionLevel(nn.Module):
         return torch.cat(rows)
 
 
-class AdaTT(MDMTModel):
+class AdaTT(RoutedModel):
     """AdaTT (with a shared unit) or AdaTT-sp (``num_shared_experts=0``) over the D×T objectives.
 
     Args:
@@ -139,10 +138,9 @@ class AdaTT(MDMTModel):
             return level.experts(inputs)
         return level.experts(inputs.index_select(0, self.unit_of_expert))
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def routed_forward(self, batch: Batch, route: DomainRouting) -> torch.Tensor:
         T = self.num_tasks
-        order, inverse, counts = sort_by_domain(batch["domain"], self.num_domains)
-        inputs = self.embedding(batch).index_select(0, order)  # [B, k]: level 1, shared by all units
+        inputs = route.sort(self.embedding(batch))  # [B, k]: level 1, shared by all units
         for level in self.levels[:-1]:
             experts = self._experts(level, inputs)
             gate_in = inputs if inputs.dim() == 2 else inputs[:level.active_units]
@@ -155,11 +153,11 @@ class AdaTT(MDMTModel):
         experts = self._experts(last, inputs)
         residual = last.residual_matrix()
         logits = []
-        for d, rows in domain_slices(counts):
+        for d, rows in route.slices():
             objectives = slice(d * T, (d + 1) * T)
             gate_in = inputs[rows] if inputs.dim() == 2 else inputs[objectives, rows]
             gates = last.gates(gate_in, objectives).softmax(dim=-1)  # [T, n, E]
             if residual is not None:
                 gates = gates + residual[objectives].unsqueeze(1)
             logits.append(self.towers(torch.einsum("tbe,ebk->tbk", gates, experts[:, rows]), d))
-        return torch.cat(logits).index_select(0, inverse)
+        return route.unsort(route.combine(logits))

@@ -6,6 +6,8 @@ training system only asks for :meth:`architecture_parameters` (possibly empty), 
 step optimises separately, and :meth:`architecture_weights` for logging. Federated personalisation
 asks :meth:`personal_slices` which entries of the state dict a client keeps to itself. Evaluation
 forwards a batch :attr:`MDMTModel.eval_chunk_rows` rows at a time (:func:`forward_in_chunks`).
+Serving exports :meth:`MDMTModel.export_forward`, the same logits as ``forward`` over the encoded
+tensors, written so that no value of the batch shapes the traced graph (:class:`RoutedModel`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from torch import nn
 
 from m3oe_lightning.data.schema import Batch, FeatureSchema
 from m3oe_lightning.errors import UserInputError, check_int
+from m3oe_lightning.models.layers import DomainRouting
 
 # Rows per forward pass in evaluation, by default. Inference is memory-bound past a few thousand rows (each
 # layer's activations leave the cache): on this 2-core machine, Trainer.validate over MovieLens-1M's 100k val
@@ -63,6 +66,15 @@ class MDMTModel(nn.Module):
     def forward(self, batch: Batch) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def export_forward(self, sparse: torch.Tensor, dense: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        """The logits of ``forward`` for an eval-mode model, from the three encoded input tensors.
+
+        This is what ONNX export traces (``m3oe_lightning.serving``): a model whose forward lets the batch's
+        values decide its control flow (rows per domain as Python ints) overrides it with a formulation
+        whose graph holds for any batch size and domain mix. By default it is ``forward`` itself.
+        """
+        return self(encoded_batch(sparse, dense, domain))
+
     def architecture_parameters(self) -> list[nn.Parameter]:
         """Logits of the AutoML-tuned weights (each weight is ``sigmoid(logit)``); empty by default.
 
@@ -80,6 +92,31 @@ class MDMTModel(nn.Module):
         ``None``: this model has no such part (the federated factory then refuses the setting).
         """
         return None
+
+
+class RoutedModel(MDMTModel):
+    """A model whose rows go through their own domain's parameters, written once against
+    :class:`~m3oe_lightning.models.layers.DomainRouting`: ``forward`` groups the rows by domain (only the
+    domains present are computed), :meth:`export_forward` runs every domain on every row and gathers each
+    row's own (nothing in the graph depends on the rows per domain).
+    """
+
+    def routed_forward(self, batch: Batch, route: DomainRouting) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.routed_forward(batch, DomainRouting.grouped(batch["domain"], self.num_domains))
+
+    def export_forward(self, sparse: torch.Tensor, dense: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        if self.training:  # per-batch statistics (STAR's partitioned norm) would see every row as every domain's
+            raise RuntimeError(f"{type(self).__name__}.export_forward needs eval mode: call model.eval() first")
+        return self.routed_forward(encoded_batch(sparse, dense, domain),
+                                   DomainRouting.for_export(domain, self.num_domains))
+
+
+def encoded_batch(sparse: torch.Tensor, dense: torch.Tensor, domain: torch.Tensor) -> Batch:
+    """A :data:`Batch` without labels (models never read them): what a served model is given."""
+    return Batch(sparse=sparse, dense=dense, domain=domain)  # type: ignore[typeddict-item]
 
 
 def forward_in_chunks(model: MDMTModel, batch: Batch, rows: int | None = None) -> torch.Tensor:

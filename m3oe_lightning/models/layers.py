@@ -141,6 +141,60 @@ def domain_slices(counts: Sequence[int]) -> list[tuple[int, slice]]:
     return out
 
 
+class DomainRouting:
+    """How a routed model sends each row through its own domain's parameters; two ways, the same logits.
+
+    * :meth:`grouped` (training and evaluation): the batch is sorted by domain once, each domain works on
+      its contiguous rows only, and the results are concatenated and un-sorted. Cheapest, but the rows
+      per domain are Python ints read from the batch, so a traced graph would keep one batch's counts.
+    * :meth:`for_export` (eval mode only): no sorting; each domain's parameters run on every
+      row and each row's result is gathered from its own domain's. D times the per-domain work, but
+      no value of the batch decides the graph's shape, so one exported graph serves any batch size and
+      any mix of domains.
+
+    A model written against this interface (``sort``, ``slices``, ``combine``, ``unsort``) gets both.
+    """
+
+    def __init__(self, domain: torch.Tensor, num_domains: int, *, every_domain: bool) -> None:
+        self.domain = domain
+        self.num_domains = num_domains
+        self.every_domain = every_domain
+        if every_domain:
+            self._order = self._inverse = None
+            self._slices = [(d, slice(None)) for d in range(num_domains)]
+        else:
+            self._order, self._inverse, counts = sort_by_domain(domain, num_domains)
+            self._slices = domain_slices(counts)
+
+    @classmethod
+    def grouped(cls, domain: torch.Tensor, num_domains: int) -> DomainRouting:
+        return cls(domain, num_domains, every_domain=False)
+
+    @classmethod
+    def for_export(cls, domain: torch.Tensor, num_domains: int) -> DomainRouting:
+        return cls(domain, num_domains, every_domain=True)
+
+    def sort(self, x: torch.Tensor) -> torch.Tensor:
+        """Rows of ``x`` (batch order) in the order the domains' slices refer to."""
+        return x if self._order is None else x.index_select(0, self._order)
+
+    def slices(self) -> list[tuple[int, slice]]:
+        """``(domain, rows)`` to compute: the domains present (grouped) or all of them on all rows."""
+        return self._slices
+
+    def combine(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """One result per entry of :meth:`slices` → one tensor, each row from its own domain's part."""
+        if self._order is not None:
+            return torch.cat(list(parts))
+        stacked = torch.stack(list(parts))  # [D, B, ...]
+        index = self.domain.view(1, -1, *([1] * (stacked.dim() - 2))).expand(1, *stacked.shape[1:])
+        return stacked.gather(0, index).squeeze(0)
+
+    def unsort(self, x: torch.Tensor) -> torch.Tensor:
+        """Rows of ``x`` (sorted order) back in batch order."""
+        return x if self._inverse is None else x.index_select(0, self._inverse)
+
+
 class DomainTaskTowers(nn.Module):
     """D×T towers ``[Linear (+LayerNorm) + ReLU]* + Linear → 1``, stored as one :class:`GroupedMLP`.
 

@@ -31,13 +31,13 @@ from torch import nn
 
 from m3oe_lightning.data.schema import Batch, FeatureSchema
 from m3oe_lightning.errors import UserInputError, check_int
-from m3oe_lightning.models.base import MDMTModel, check_domains_tasks
-from m3oe_lightning.models.layers import FeatureEmbedding, GroupedMLP, domain_slices, sort_by_domain
+from m3oe_lightning.models.base import RoutedModel, check_domains_tasks
+from m3oe_lightning.models.layers import DomainRouting, FeatureEmbedding, GroupedMLP
 
 LEAK = 0.1  # LeakyReLU slope of the meta units
 
 
-class M2M(MDMTModel):
+class M2M(RoutedModel):
     """Experts + scenario/task knowledge + meta attention + meta towers.
 
     Args:
@@ -100,17 +100,16 @@ class M2M(MDMTModel):
             nn.init.uniform_(gen.weight, -fan_in ** -0.5 / scenario_dim ** 0.5, fan_in ** -0.5 / scenario_dim ** 0.5)
             nn.init.uniform_(gen.bias, -fan_in ** -0.5, fan_in ** -0.5)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def routed_forward(self, batch: Batch, route: DomainRouting) -> torch.Tensor:
         T, k, a = self.num_tasks, self.k, self.attention_dim
-        order, inverse, counts = sort_by_domain(batch["domain"], self.num_domains)
-        x = self.embedding(batch).index_select(0, order)
+        x = route.sort(self.embedding(batch))
         experts = self.experts(x)  # [K, B, k]
         scenario = F.leaky_relu(self.scenario_mlp(self.scenario_embedding.weight), LEAK)  # [D, s]: S_d
         task = F.leaky_relu(self.task_mlp(self.task_embedding.weight), LEAK)  # [T, k]: T_t
         att_w = self.attention_weight(scenario).view(-1, 2 * k, a)  # [D, 2k, a]
         att_b = self.attention_bias(scenario)  # [D, a]
         logits = []
-        for d, rows in domain_slices(counts):
+        for d, rows in route.slices():
             e = experts[:, rows]  # [K, n, k]
             # MetaUnit([E_e; T_t]) = E_e·W[:k] + T_t·W[k:] + b, for every (t, e) pair
             z = (e @ att_w[d, :k]).unsqueeze(0) + (task @ att_w[d, k:] + att_b[d]).view(T, 1, 1, a)
@@ -121,4 +120,4 @@ class M2M(MDMTModel):
                 b = bias(scenario[d]).view(T, 1, k)
                 h = F.leaky_relu(torch.baddbmm(b, h, w), LEAK) + h  # residual meta layer
             logits.append(self.output(h).squeeze(-1).transpose(0, 1))  # [n, T]
-        return torch.cat(logits).index_select(0, inverse)
+        return route.unsort(route.combine(logits))

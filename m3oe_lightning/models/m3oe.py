@@ -34,15 +34,15 @@ from torch import nn
 
 from m3oe_lightning.data.schema import Batch, FeatureSchema
 from m3oe_lightning.errors import UserInputError, check_int
-from m3oe_lightning.models.base import MDMTModel, PersonalSlices, check_domains_tasks
-from m3oe_lightning.models.layers import FeatureEmbedding, GroupedLinear, GroupedMLP, mlp_blocks, sort_by_domain
+from m3oe_lightning.models.base import PersonalSlices, RoutedModel, check_domains_tasks
+from m3oe_lightning.models.layers import DomainRouting, FeatureEmbedding, GroupedLinear, GroupedMLP, mlp_blocks
 
 Granularity = Literal["scalar", "per_domain", "per_task"]
 Fusion = Literal["add", "concat", "gated"]
 FUSION_WEIGHTS = ("alpha_d", "alpha_t", "beta_d", "beta_t")
 
 
-class M3oE(MDMTModel):
+class M3oE(RoutedModel):
     """M3oE with the paper's equations as defaults and the released code's choices as switches.
 
     Args:
@@ -202,20 +202,18 @@ class M3oE(MDMTModel):
             fused = fused + self._fusion(name, domain) * part
         return fused
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def routed_forward(self, batch: Batch, route: DomainRouting) -> torch.Tensor:
         D, T, N = self.num_domains, self.num_tasks, self.num_shared
-        order, inverse, counts = sort_by_domain(batch["domain"], D)
-        x = self.embedding(batch).index_select(0, order)  # [B, in], grouped by domain
+        x = route.sort(self.embedding(batch))  # [B, in], grouped by domain
 
         h = self.skip(x)  # Eq. 2's f_DA, [B, bottom]
         if self.use_star:
             # Eq. 1: each row through its own domain's STAR weights only
             star_parts = []
-            for d, x_d in enumerate(torch.split(x, counts)):
-                if x_d.shape[0]:
-                    w = self.star_weight[d] * self.star_shared_weight
-                    star_parts.append(torch.addmm(self.star_bias[d] + self.star_shared_bias, x_d, w))
-            h = self.w_c(torch.cat(star_parts)) + h  # Eq. 2
+            for d, rows in route.slices():
+                w = self.star_weight[d] * self.star_shared_weight
+                star_parts.append(torch.addmm(self.star_bias[d] + self.star_shared_bias, x[rows], w))
+            h = self.w_c(route.combine(star_parts)) + h  # Eq. 2
 
         experts = self.experts(h)  # [E, B, k]
         shared = experts[:N]
@@ -226,15 +224,10 @@ class M3oE(MDMTModel):
         gate_in = h.detach() if self.gate_detach else h
 
         logits = []
-        start = 0
-        for d, n_d in enumerate(counts):
-            if n_d == 0:
-                continue
-            rows = slice(start, start + n_d)
-            start += n_d
+        for d, rows in route.slices():
             g = None
             if self.gates is not None:  # Eq. 4: per-(d, t) softmax over the N shared experts (+ D, T if gated)
-                g = self.gates(gate_in[rows], slice(d, d + 1))[0].view(n_d, T, self.gate_size).softmax(dim=-1)
+                g = self.gates(gate_in[rows], slice(d, d + 1))[0].view(-1, T, self.gate_size).softmax(dim=-1)
                 fused = torch.einsum("btn,nbk->tbk", g[..., :N], shared[:, rows])  # [T, B_d, k]
             else:
                 fused = shared[:, rows].expand(T, -1, -1)
@@ -248,5 +241,5 @@ class M3oE(MDMTModel):
             fused = self._level2(parts, g, d)
             tower = self.towers(fused, slice(d * T, (d + 1) * T))  # Eq. 8, [T, B_d, 1]
             logits.append(tower.squeeze(-1).transpose(0, 1))  # [B_d, T]
-        return torch.cat(logits).index_select(0, inverse)
+        return route.unsort(route.combine(logits))
 

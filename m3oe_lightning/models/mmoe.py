@@ -18,18 +18,17 @@ import torch
 
 from m3oe_lightning.data.schema import Batch, FeatureSchema
 from m3oe_lightning.errors import check_int
-from m3oe_lightning.models.base import MDMTModel, check_domains_tasks
+from m3oe_lightning.models.base import RoutedModel, check_domains_tasks
 from m3oe_lightning.models.layers import (
+    DomainRouting,
     DomainTaskTowers,
     FeatureEmbedding,
     GroupedLinear,
     GroupedMLP,
-    domain_slices,
-    sort_by_domain,
 )
 
 
-class MMoE(MDMTModel):
+class MMoE(RoutedModel):
     """N shared experts, D×T gates, D×T towers.
 
     Args:
@@ -67,14 +66,13 @@ class MMoE(MDMTModel):
         self.gates = GroupedLinear(D, schema.input_dim, T * num_experts)
         self.towers = DomainTaskTowers(D, T, self.experts.output_dim, tower_dims, tower_layernorm)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def routed_forward(self, batch: Batch, route: DomainRouting) -> torch.Tensor:
         T, N = self.num_tasks, self.num_experts
-        order, inverse, counts = sort_by_domain(batch["domain"], self.num_domains)
-        x = self.embedding(batch).index_select(0, order)
+        x = route.sort(self.embedding(batch))
         experts = self.experts(x)  # [N, B, k]
         logits = []
-        for d, rows in domain_slices(counts):
+        for d, rows in route.slices():
             g = self.gates(x[rows], slice(d, d + 1))[0].view(-1, T, N).softmax(dim=-1)  # [B_d, T, N]
             fused = torch.einsum("btn,nbk->tbk", g, experts[:, rows])  # [T, B_d, k]
             logits.append(self.towers(fused, d))
-        return torch.cat(logits).index_select(0, inverse)
+        return route.unsort(route.combine(logits))

@@ -22,15 +22,14 @@ from torch import nn
 
 from m3oe_lightning.data.schema import Batch, FeatureSchema
 from m3oe_lightning.errors import check_int
-from m3oe_lightning.models.base import MDMTModel, check_domains_tasks
+from m3oe_lightning.models.base import RoutedModel, check_domains_tasks
 from m3oe_lightning.models.layers import (
+    DomainRouting,
     DomainTaskTowers,
     FeatureEmbedding,
     GroupedLinear,
     GroupedMLP,
     check_level_dims,
-    domain_slices,
-    sort_by_domain,
 )
 
 
@@ -47,7 +46,7 @@ class _ExtractionLevel(nn.Module):
         self.output_dim = self.experts.output_dim
 
 
-class PLE(MDMTModel):
+class PLE(RoutedModel):
     """Multi-level CGC over the D×T objectives, D×T towers.
 
     Args:
@@ -119,16 +118,15 @@ class PLE(MDMTModel):
         shared = torch.einsum("be,ebk->bk", shared_gate, experts)
         return torch.cat([mixed, shared.unsqueeze(0)])
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def routed_forward(self, batch: Batch, route: DomainRouting) -> torch.Tensor:
         T, G, Ks = self.num_tasks, self.num_objectives, self.num_specific
-        order, inverse, counts = sort_by_domain(batch["domain"], self.num_domains)
-        inputs = self.embedding(batch).index_select(0, order)
+        inputs = route.sort(self.embedding(batch))
         for level in self.levels[:-1]:
             inputs = self._extract(level, inputs)
         last = self.levels[-1]
         shared = last.experts(inputs if inputs.dim() == 2 else inputs[G], slice(G * Ks, None))  # [Ksh, B, k]
         logits = []
-        for d, rows in domain_slices(counts):
+        for d, rows in route.slices():
             objectives = slice(d * T, (d + 1) * T)
             own = inputs[rows] if inputs.dim() == 2 else inputs[objectives, rows]  # [n, k] or [T, n, k]
             expert_in = own if own.dim() == 2 else own.repeat_interleave(Ks, dim=0)
@@ -136,4 +134,4 @@ class PLE(MDMTModel):
             specific = specific.view(T, Ks, *specific.shape[1:])
             gates = last.gates(own, objectives).softmax(dim=-1)  # [T, n, Ks+Ksh]
             logits.append(self.towers(self._mix(gates, specific, shared[:, rows]), d))
-        return torch.cat(logits).index_select(0, inverse)
+        return route.unsort(route.combine(logits))

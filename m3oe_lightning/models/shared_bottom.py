@@ -15,11 +15,11 @@ from collections.abc import Sequence
 import torch
 
 from m3oe_lightning.data.schema import Batch, FeatureSchema
-from m3oe_lightning.models.base import MDMTModel, check_domains_tasks
-from m3oe_lightning.models.layers import DomainTaskTowers, FeatureEmbedding, domain_slices, mlp_blocks, sort_by_domain
+from m3oe_lightning.models.base import RoutedModel, check_domains_tasks
+from m3oe_lightning.models.layers import DomainRouting, DomainTaskTowers, FeatureEmbedding, mlp_blocks
 
 
-class SharedBottom(MDMTModel):
+class SharedBottom(RoutedModel):
     """Shared bottom MLP + D×T towers.
 
     Args:
@@ -51,8 +51,7 @@ class SharedBottom(MDMTModel):
         out_dim = bottom_dims[-1] if bottom_dims else schema.input_dim
         self.towers = DomainTaskTowers(self.num_domains, self.num_tasks, out_dim, tower_dims, tower_layernorm)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
-        order, inverse, counts = sort_by_domain(batch["domain"], self.num_domains)
-        h = self.bottom(self.embedding(batch).index_select(0, order))
-        logits = [self.towers(h[rows], d) for d, rows in domain_slices(counts)]
-        return torch.cat(logits).index_select(0, inverse)
+    def routed_forward(self, batch: Batch, route: DomainRouting) -> torch.Tensor:
+        h = self.bottom(route.sort(self.embedding(batch)))
+        logits = [self.towers(h[rows], d) for d, rows in route.slices()]
+        return route.unsort(route.combine(logits))

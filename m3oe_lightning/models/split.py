@@ -28,14 +28,14 @@ from torch import nn
 
 from m3oe_lightning.data.schema import Batch, FeatureSchema
 from m3oe_lightning.errors import UserInputError
-from m3oe_lightning.models.base import MDMTModel
-from m3oe_lightning.models.layers import domain_slices, sort_by_domain
+from m3oe_lightning.models.base import MDMTModel, RoutedModel
+from m3oe_lightning.models.layers import DomainRouting
 
 Split = Literal["domain", "task", "domain_task"]
 SPLITS = ("domain", "task", "domain_task")
 
 
-class SplitByGroup(MDMTModel):
+class SplitByGroup(RoutedModel):
     """One independent ``base`` model per domain, per task, or per (domain, task).
 
     Args:
@@ -80,28 +80,34 @@ class SplitByGroup(MDMTModel):
                 for name, value in model.architecture_weights().items()}
 
     # ------------------------------------------------------------------------------------ forward
-    def _tasks(self, models: list[MDMTModel], batch: Batch) -> torch.Tensor:
+    @staticmethod
+    def _run(model: MDMTModel, batch: Batch, route: DomainRouting) -> torch.Tensor:
+        """A sub-model the way the wrapper runs: its ``forward``, or its export formulation when exporting."""
+        if route.every_domain:
+            return model.export_forward(batch["sparse"], batch["dense"], batch["domain"])
+        return model(batch)
+
+    def _tasks(self, models: list[MDMTModel], batch: Batch, route: DomainRouting) -> torch.Tensor:
         """Every task group's sub-model on ``batch``, concatenated to ``[B, T]``."""
         if not self.by_task:
-            return models[0](batch)
+            return self._run(models[0], batch, route)
         outs = []
         for t, model in enumerate(models):
             sub = dict(batch)
             if "labels" in sub:  # the sub-model's one task (models do not read labels; kept consistent)
                 sub["labels"] = sub["labels"][:, t:t + 1]
-            outs.append(model(sub))
+            outs.append(self._run(model, sub, route))
         return torch.cat(outs, dim=1)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def routed_forward(self, batch: Batch, route: DomainRouting) -> torch.Tensor:
         models = list(self.models)
         per = self.tasks_per_domain
         if not self.by_domain:
-            return self._tasks(models, batch)
-        order, inverse, counts = sort_by_domain(batch["domain"], self.num_domains)
-        rows_sorted = {key: value.index_select(0, order) for key, value in batch.items()}
+            return self._tasks(models, batch, route)
+        rows_sorted = {key: route.sort(value) for key, value in batch.items()}
         outs = []
-        for d, rows in domain_slices(counts):
+        for d, rows in route.slices():
             sub = {key: value[rows] for key, value in rows_sorted.items()}
             sub["domain"] = torch.zeros_like(sub["domain"])  # the sub-model's schema has one domain
-            outs.append(self._tasks(models[d * per:(d + 1) * per], sub))
-        return torch.cat(outs).index_select(0, inverse)
+            outs.append(self._tasks(models[d * per:(d + 1) * per], sub, route))
+        return route.unsort(route.combine(outs))

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from m3oe_lightning.data.schema import Batch, FeatureSchema
-from m3oe_lightning.models.base import MDMTModel, check_domains_tasks
-from m3oe_lightning.models.layers import FeatureEmbedding, domain_slices, mlp_blocks, sort_by_domain
+from m3oe_lightning.models.base import RoutedModel, check_domains_tasks
+from m3oe_lightning.models.layers import DomainRouting, FeatureEmbedding, mlp_blocks
 
 
 class PartitionedNorm(nn.Module):
@@ -61,7 +61,7 @@ class PartitionedNorm(nn.Module):
         return z * (self.gamma * self.domain_gamma[domain]) + (self.beta + self.domain_beta[domain])
 
 
-class STAR(MDMTModel):
+class STAR(RoutedModel):
     """Partitioned normalisation + star-topology FCN + auxiliary network; one logit per task.
 
     Args:
@@ -101,13 +101,12 @@ class STAR(MDMTModel):
         self.aux = nn.Sequential(mlp_blocks([aux_embed_dim, *aux_dims], layernorm=False),
                                  nn.Linear(aux_dims[-1] if aux_dims else aux_embed_dim, T))
 
-    def forward(self, batch: Batch) -> torch.Tensor:
-        order, inverse, counts = sort_by_domain(batch["domain"], self.num_domains)
-        x = self.embedding(batch).index_select(0, order)
+    def routed_forward(self, batch: Batch, route: DomainRouting) -> torch.Tensor:
+        x = route.sort(self.embedding(batch))
         aux = self.aux(self.aux_embedding.weight)  # [D, T]: the auxiliary logit of every domain
         last = len(self.shared_weight) - 1
         logits = []
-        for d, rows in domain_slices(counts):
+        for d, rows in route.slices():
             h = x[rows]
             if self.norm is not None:
                 h = self.norm(h, d)
@@ -116,4 +115,4 @@ class STAR(MDMTModel):
                 if i < last:
                     h = F.relu(h)
             logits.append(h + aux[d])
-        return torch.cat(logits).index_select(0, inverse)
+        return route.unsort(route.combine(logits))

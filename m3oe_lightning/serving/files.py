@@ -48,9 +48,9 @@ def _chunks(path: Path, columns: list[str], chunk_rows: int) -> Iterator[pd.Data
                                                   column_types={c: pa.string() for c in columns},
                                                   null_values=[""], strings_can_be_null=True),
         )
-        for batch in reader:
-            if batch.num_rows:
-                yield batch.to_pandas()
+        for batch in reader:  # a block holds about chunk_rows rows; cut it so that no chunk holds more
+            for start in range(0, batch.num_rows, chunk_rows):
+                yield batch.slice(start, chunk_rows).to_pandas()
     except (pa.ArrowException, OSError, UnicodeDecodeError) as error:
         raise UserInputError(f"{path}: cannot read it ({error})") from None
 

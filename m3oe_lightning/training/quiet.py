@@ -34,6 +34,8 @@ NOISE_WARNINGS = (
     r".*smaller than the logging interval.*",        # we log per epoch; the step interval does not matter
     r".*does not have many workers.*",               # data are preloaded tensors sliced in-process
     r".*sync_dist=True.*when logging on epoch level.*",  # our epoch metrics come from synced torchmetrics
+    # the run's folder holds its encoders and network.json (what scores with its checkpoints) before the first one
+    r".*Checkpoint directory .* exists and is not empty.*",
 )
 NOISE_MESSAGES = ("litlogger",  # Lightning's advert for its cloud logger, printed by every Trainer
                   "Skipping setting a default `ModelSummary`")  # we pass our one-line summary on purpose

@@ -97,9 +97,9 @@ def checkpoint_probabilities(trained) -> np.ndarray:
 def test_predict_on_the_test_split_equals_the_checkpoint_and_its_test_metrics(trained):
     tmp = trained["tmp"]
     out = tmp / "scores.csv"
-    result = run_module("m3oe_lightning.predict", [f"run={trained['run'].info.run_id}", f"input={tmp / 'test_rows.csv'}",
-                                                   f"output={out}", f"logger.tracking_uri={trained['uri']}",
-                                                   f"paths.log_dir={tmp / 'logs'}", "--evaluate"], cwd=tmp)
+    arguments = [f"run={trained['run'].info.run_id}", f"input={tmp / 'test_rows.csv'}", f"output={out}",
+                 f"logger.tracking_uri={trained['uri']}", f"paths.log_dir={tmp / 'logs'}", "--evaluate"]
+    result = run_module("m3oe_lightning.predict", arguments, cwd=tmp)
     assert result.returncode == 0, result.stderr
     scores = pd.read_csv(out)
     assert list(scores.columns) == ["domain", "p_click", "p_buy"]
@@ -131,13 +131,21 @@ def test_unseen_ids_are_counted_on_screen(trained, capsys):
     assert "user_id: 2 of 5 rows hold a value the model never saw in training" in capsys.readouterr().out
 
 
-def test_pyfunc_model_and_registry(trained):
+def test_pyfunc_model_loads_and_scores_without_unpickling_and_is_registered(trained, monkeypatch):
+    import pickle
+
     import mlflow.pyfunc
 
+    def refuse(*args, **kwargs):
+        raise AssertionError("something was unpickled")
+
+    for name in ("load", "loads", "Unpickler"):  # cloudpickle loads through these too
+        monkeypatch.setattr(pickle, name, refuse)
     run_id = trained["run"].info.run_id
     mlflow.set_tracking_uri(trained["uri"])
     model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
     scored = model.predict(trained["test_frame"].drop(columns=["rating", "bought"]))
+    monkeypatch.undo()
     np.testing.assert_allclose(scored[["p_click", "p_buy"]].to_numpy(), checkpoint_probabilities(trained),
                                rtol=0, atol=1e-6)
     inputs = {c["name"]: c for c in json.loads(model.metadata.to_dict()["signature"]["inputs"])}
@@ -300,3 +308,23 @@ def test_a_federated_run_logs_its_global_model_to_score_raw_rows(tmp_path):
     with torch.no_grad():
         expected = torch.sigmoid(network(batch)).numpy()
     np.testing.assert_allclose(served[["p_t0", "p_t1"]].to_numpy(), expected, rtol=0, atol=1e-6)
+
+
+def test_export_writes_an_onnx_graph_that_scores_like_the_checkpoint(trained):
+    from m3oe_lightning.serving.onnx_export import onnx_logits
+
+    tmp, run_id = trained["tmp"], trained["run"].info.run_id
+    target = tmp / "exported" / "model.onnx"
+    result = run_module("m3oe_lightning.export", [f"run={run_id}", f"output={target}", "verify_rows=512",
+                                                  f"logger.tracking_uri={trained['uri']}",
+                                                  f"paths.log_dir={tmp / 'logs'}"], cwd=tmp)
+    assert result.returncode == 0, result.stderr
+    assert "onnxruntime agrees with PyTorch on 512 rows" in result.stdout
+    assert "INFO" not in result.stdout + result.stderr  # no exporter chatter
+    layout = json.loads(target.with_name("model.onnx.json").read_text())
+    assert [c["name"] for c in layout["inputs"]["sparse"]["columns"]] == ["user_id", "item", "domain"]
+    assert layout["inputs"]["domain"]["values"] == ["europe", "america"] and layout["output"]["tasks"] == ["click",
+                                                                                                          "buy"]
+    test = build(trained["cfg"].data).load().test
+    probabilities = 1 / (1 + np.exp(-onnx_logits(target, test.rows(slice(None)))))
+    np.testing.assert_allclose(probabilities, checkpoint_probabilities(trained), rtol=0, atol=1e-5)

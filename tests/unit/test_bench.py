@@ -132,3 +132,31 @@ def test_a_non_positive_count_is_one_line_and_exit_code_2(tmp_path: Path, capsys
         bench.main(["--in-process", "--epochs", "0", "--out", str(tmp_path)])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith("error: --epochs=0: use a positive integer")
+
+
+def test_serving_bench_scores_files_and_compares_onnx_on_a_small_model(tmp_path: Path):
+    import pandas as pd
+    from omegaconf import OmegaConf
+
+    from m3oe_lightning.bench import serving
+    from m3oe_lightning.config import build, compose
+    from m3oe_lightning.data.readers.tabular import load_tabular
+    from m3oe_lightning.serving.bundle import write_bundle
+    from m3oe_lightning.serving.scorer import Scorer
+    from tests.unit.test_tabular import ROWS, SETTINGS, write_csv
+
+    write_csv(tmp_path / "rows.csv")
+    dataset = load_tabular(tmp_path, split="random", split_seed=3, **{**SETTINGS, "path": "rows.csv"})
+    model_cfg = compose("train", ["model=mmoe"]).model
+    network = build(model_cfg, schema=dataset.schema)
+    folder = write_bundle(tmp_path / "bundle", dataset.encoders, OmegaConf.to_container(model_cfg, resolve=True))
+    torch.save(network.state_dict(), folder / "weights.pt")
+    scorer = Scorer.load(folder)
+    rows = pd.concat([ROWS[ROWS["region"] != "XX"].drop(columns=["rating", "bought"])] * 30, ignore_index=True)
+    scoring = serving.batch_scoring(scorer, rows, tmp_path, repeats=2, chunk_rows=64)
+    for kind in ("csv", "parquet"):
+        assert scoring[kind]["rows"] == len(rows) and len(scoring[kind]["seconds"]) == 2
+        assert scoring[kind]["rows_per_s"] > 0
+    assert len(pd.read_parquet(tmp_path / "scores.parquet")) == len(rows)
+    onnx = serving.onnx_vs_torch(scorer, rows, tmp_path, repeats=3, batch_rows=200)
+    assert onnx["max_abs_difference"] < 1e-5 and onnx["ratio"] > 0 and len(onnx["onnx_seconds"]) == 3
