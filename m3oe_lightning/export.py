@@ -35,7 +35,7 @@ def export(cfg: DictConfig) -> Path:
     from m3oe_lightning.tracking.models import resolve
 
     with tempfile.TemporaryDirectory(prefix="m3oe-export-") as workdir:
-        found = resolve(str(cfg.run), cfg.logger.tracking_uri, Path(workdir))
+        found = resolve(str(cfg.run), cfg.logger.tracking_uri, Path(workdir), Path(cfg.paths.checkpoint_dir))
         scorer = Scorer.load(found.folder, found.weights)
     network, schema = scorer.network, scorer.encoders.schema
     name = Path(str(cfg.run)).stem if Path(str(cfg.run)).exists() else str(cfg.run).rstrip("/").split("/")[-1]

@@ -32,16 +32,21 @@ def predict(cfg: DictConfig) -> dict[str, float]:
     source, target = Path(cfg.input).expanduser(), Path(cfg.output).expanduser()
     if source.resolve() == target.resolve():
         raise UserInputError(f"output={target} is the input file; write the scores to another file")
-    import torch
-
-    from m3oe_lightning.serving.files import score_file
-    from m3oe_lightning.serving.scorer import Scorer
+    from m3oe_lightning.data.encoders import Encoders
+    from m3oe_lightning.serving.bundle import ENCODERS_DIR
+    from m3oe_lightning.serving.files import check_files, score_file
     from m3oe_lightning.tracking.models import resolve
 
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
     with tempfile.TemporaryDirectory(prefix="m3oe-predict-") as workdir:
-        found = resolve(str(cfg.run), cfg.logger.tracking_uri, Path(workdir))
+        found = resolve(str(cfg.run), cfg.logger.tracking_uri, Path(workdir), Path(cfg.paths.checkpoint_dir))
+        # the files are checked against the encoders before torch and the network load (a bad file: ~1 s)
+        check_files(Encoders.load(found.folder / ENCODERS_DIR), source, target, evaluate=bool(cfg.evaluate))
+        import torch
+
+        from m3oe_lightning.serving.scorer import Scorer
+
+        if cfg.threads:
+            torch.set_num_threads(int(cfg.threads))
         scorer = Scorer.load(found.folder, found.weights)
         result = score_file(scorer, source, target, chunk_rows=int(cfg.chunk_rows), evaluate=bool(cfg.evaluate))
     print(f"scored {result.rows:,} rows of {source} with {found.described} -> {target}")

@@ -12,9 +12,10 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
-import torch
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch only in annotations: what imports the schema alone (scoring's checks) skips it
+    import torch
+
     from m3oe_lightning.data.encoders import Encoders
 
 

@@ -12,13 +12,16 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from m3oe_lightning.data.encoders import Encoders
 from m3oe_lightning.data.textio import RowLocator, require_table_columns, table_columns, table_format
 from m3oe_lightning.errors import UserInputError
-from m3oe_lightning.serving.scorer import Scorer
-from m3oe_lightning.training.metrics import DomainTaskMetrics
+
+if TYPE_CHECKING:
+    from m3oe_lightning.serving.scorer import Scorer
 
 
 @dataclass
@@ -77,26 +80,37 @@ class _TableWriter:
             self.writer.close()
 
 
-def score_file(scorer: Scorer, source: Path, target: Path, *, chunk_rows: int = 65_536,
-               evaluate: bool = False) -> FileScore:
-    """Score every row of ``source`` into ``target`` (rows in input order); see the module docstring."""
+def check_files(encoders: Encoders, source: Path, target: Path, *, evaluate: bool = False) -> list[str]:
+    """Everything about the two files that can be refused before a row is read (cheap: no network is
+    loaded yet): they exist and have known formats, the input's columns are what the model reads, the labels
+    are there when evaluating. Returns the input's columns."""
     source, target = Path(source), Path(target)
     if not source.is_file():
         raise UserInputError(f"input={source}: no such file")
-    kind = table_format(target)
-    table_format(source)
+    table_format(target)
     columns = table_columns(source)
-    scorer.encoders.check_columns(columns, f"{source}{', line 1' if table_format(source) == 'csv' else ''}")
-    tasks = scorer.encoders.tasks
+    encoders.check_columns(columns, f"{source}{', line 1' if table_format(source) == 'csv' else ''}")
     if evaluate:
-        for task in tasks:
-            sources = scorer.encoders.label_sources(task)
+        for task in encoders.tasks:
+            sources = encoders.label_sources(task)
             if not set(sources) & set(columns):
                 require_table_columns(source, {sources[-1]: f"--evaluate (the labels of {task})"})
     if not target.parent.is_dir():
         raise UserInputError(f"output={target}: folder {target.parent} does not exist")
+    return columns
+
+
+def score_file(scorer: Scorer, source: Path, target: Path, *, chunk_rows: int = 65_536,
+               evaluate: bool = False) -> FileScore:
+    """Score every row of ``source`` into ``target`` (rows in input order); see the module docstring."""
+    source, target = Path(source), Path(target)
+    columns = check_files(scorer.encoders, source, target, evaluate=evaluate)
+    kind, tasks = table_format(target), scorer.encoders.tasks
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
     locator = RowLocator(source, table_format(source))
+    if evaluate:
+        from m3oe_lightning.training.metrics import DomainTaskMetrics  # torchmetrics: only when evaluating
+
     metrics = DomainTaskMetrics(scorer.encoders.schema.domains, tasks) if evaluate else None
     result = FileScore(unseen={v.column: 0 for v in scorer.encoders.sparse})
     writer = _TableWriter(partial, kind)

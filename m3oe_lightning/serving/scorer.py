@@ -21,13 +21,9 @@ from m3oe_lightning.data.schema import Batch
 from m3oe_lightning.errors import UserInputError
 from m3oe_lightning.models.base import MDMTModel, forward_in_chunks
 from m3oe_lightning.serving.bundle import ENCODERS_DIR, WEIGHTS_FILE, network_state, read_network
+from m3oe_lightning.serving.columns import DOMAIN_COLUMN, probability_column
 
 MODELS_PACKAGE = "m3oe_lightning.models."  # a bundle may only name a network of ours (no arbitrary callables)
-DOMAIN_COLUMN = "domain"
-
-
-def probability_column(task: str) -> str:
-    return f"p_{task}"
 
 
 @dataclass

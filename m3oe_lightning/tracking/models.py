@@ -19,15 +19,16 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING, Any
 
 from m3oe_lightning.data.encoders import Encoders
 from m3oe_lightning.errors import UserInputError
 from m3oe_lightning.serving import bundle as bundles
-from m3oe_lightning.serving.scorer import DOMAIN_COLUMN, probability_column
+from m3oe_lightning.serving.columns import DOMAIN_COLUMN, probability_column
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+# MLflow is imported where it is used: scoring a checkpoint file needs none of it
 
 MODEL_ARTIFACT = "model"  # runs:/<id>/model
 BUNDLE_ARTIFACT = "bundle"  # the pyfunc model's artifact key (model/artifacts/bundle/)
@@ -124,6 +125,8 @@ def _quiet_mlflow() -> Iterator[None]:
 
 def register(client: MlflowClient, name: str, run_id: str) -> int:
     """A new version of registered model ``name`` (created when missing) from the run's model."""
+    from mlflow.exceptions import MlflowException
+
     try:
         try:
             client.create_registered_model(name)
@@ -145,18 +148,26 @@ class ResolvedModel:
     described: str
 
 
-def resolve(reference: str, tracking_uri: str, workdir: Path) -> ResolvedModel:
+def resolve(reference: str, tracking_uri: str, workdir: Path, checkpoint_root: Path | None = None) -> ResolvedModel:
     """``run=`` of ``m3oe-predict`` / ``m3oe-export``: a run id, a ``runs:/<id>/model`` or ``models:/…`` URI,
-    an MLflow model folder, a run's checkpoint folder or a checkpoint file. Downloads go into ``workdir``."""
+    an MLflow model folder, a run's checkpoint folder or a checkpoint file. Downloads go into ``workdir``.
+
+    A run id whose checkpoint folder is under ``checkpoint_root`` (this machine trained it) scores from there,
+    without MLflow; otherwise its model is downloaded from the store.
+    """
     text = str(reference).strip()
     path = Path(text).expanduser()
     if path.exists():
         return _local(path)
     if _RUN_ID.match(text):
+        local = None if checkpoint_root is None else Path(checkpoint_root) / text
+        if local is not None and bundles.is_bundle(local) and bundles.best_checkpoint(local) is not None:
+            return _local(local, described=f"run {text}")
         text = f"runs:/{text}/{MODEL_ARTIFACT}"
     if not text.startswith(("runs:/", "models:/")):
         raise UserInputError(f"run={reference!r} is neither a file or folder nor a run id or runs:/ / models:/ URI")
     import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
 
     try:
         with _quiet_mlflow():

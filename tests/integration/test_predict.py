@@ -127,8 +127,13 @@ def test_unseen_ids_are_counted_on_screen(trained, capsys):
     tmp = trained["tmp"]
     rows = trained["test_frame"].head(5).assign(user_id=[10_001, 10_002, 1, 2, 3])
     rows.to_csv(tmp / "unseen.csv", index=False)
-    predict(predict_cfg(trained, run=trained["run"].info.run_id, input=tmp / "unseen.csv", output=tmp / "u.csv"))
-    assert "user_id: 2 of 5 rows hold a value the model never saw in training" in capsys.readouterr().out
+    predict(predict_cfg(trained, run=f"runs:/{trained['run'].info.run_id}/model", input=tmp / "unseen.csv",
+                        output=tmp / "u.csv"))  # the MLflow model, downloaded from the store
+    out = capsys.readouterr().out
+    assert "user_id: 2 of 5 rows hold a value the model never saw in training" in out
+    assert f"with runs:/{trained['run'].info.run_id}/model" in out
+    predict(predict_cfg(trained, run=trained["checkpoint_dir"], input=tmp / "unseen.csv", output=tmp / "u2.csv"))
+    pd.testing.assert_frame_equal(pd.read_csv(tmp / "u.csv"), pd.read_csv(tmp / "u2.csv"))  # model == checkpoint
 
 
 def test_pyfunc_model_loads_and_scores_without_unpickling_and_is_registered(trained, monkeypatch):
