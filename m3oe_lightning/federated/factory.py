@@ -150,6 +150,8 @@ def federated_identity(resolved: Mapping[str, Any]) -> dict[str, Any]:
     """
     identity = {k: v for k, v in resolved.items() if k not in NOT_IDENTITY}
     fed = {k: v for k, v in resolved["federated"].items() if k not in NOT_FEDERATED_IDENTITY}
+    defaults = hydra.utils.get_class(str(fed["strategy"]["_target_"])).identity_defaults
+    fed = {k: v for k, v in fed.items() if not (k in defaults and v == defaults[k])}
     target, arguments = strategy_arguments(fed, resolved["seed"])
     fed["strategy"] = {"_target_": target, **{LEGACY_STRATEGY_NAMES.get(k, k): v for k, v in arguments.items()}}
     identity["federated"] = fed

@@ -243,3 +243,59 @@ def test_page_prepare_checks_validation_rows_binds_its_server_set_and_tags_parit
     assert page.run_tags() == {} and page.notices() == []
     with pytest.raises(UserInputError, match="min_clients=5 but only 3"):
         PAGE(min_clients=5).prepare(federation, evaluator_of)
+
+
+# ------------------------------------------------------------------------------------ action mapping
+@pytest.mark.parametrize(("raw", "affine", "released"), [
+    # PAGE's Synthetic ranges: lr in [1e-3, 0.1], epochs up to 20 (released epoch scale int(20 / 0.1) = 200)
+    ([0.0, 0.0], (1e-3 + 0.5 * 0.099, 1 + round(0.5 * 19)), (0.1, 20)),   # an untrained actor: FedAvg's setting
+    ([-0.9, -0.9], (1e-3 + 0.05 * 0.099, 1 + round(0.05 * 19)), (0.05, 10)),
+    ([-1.0, -0.999], (1e-3, 1), (1e-3, 1)),                            # u = 0.0005 clipped up to lr_min
+    ([1.0, 1.0], (0.1, 20), (0.1, 20)),
+])
+def test_both_action_maps_against_hand_computed_actions(raw, affine, released):
+    for action_map, expected in (("affine", affine), ("released", released)):
+        page = PAGE(lr_min=1e-3, lr_max=0.1, epochs_max=20, action_map=action_map)
+        lr, epochs = page.map_client_action(torch.tensor(raw))
+        assert lr == pytest.approx(expected[0]) and epochs == expected[1], action_map
+
+
+def test_released_map_warms_up_uniformly_in_the_lr_range_and_transformed_replay_stores_what_was_applied():
+    page = make_page(action_map="released", replay="transformed", warmup=40, lr_max=0.1, epochs_max=20)
+    arrays = {"w": torch.zeros(4)}
+    lrs = []
+    for r in range(1, 31):
+        instructions = page.configure_train(r, arrays, CLIENTS)
+        lrs += [i.config["lr"] for i in instructions.values()]
+        arrays, _ = page.aggregate_train(r, replies_for(instructions, r))
+        buffer = page.client_agents["c0"].buffer
+        stored = buffer.actions[(buffer.position - 1) % buffer.capacity]
+        state, raw = page._pending["c0"]
+        assert torch.allclose(stored, page.client_unit(raw))  # u after the clip, not the actor's raw output
+        assert stored.min() >= 1e-3 and stored.max() <= 0.1
+        server = page.server_agent.buffer.actions[len(page.server_agent.buffer) - 1]
+        assert server.sum() == pytest.approx(1.0)  # the weights applied
+    assert all(1e-3 <= lr <= 0.1 for lr in lrs)
+    assert 0.03 < sum(lrs) / len(lrs) < 0.07  # uniform over [1e-3, 0.1] (mean 0.05), not piled on lr_max
+    assert sum(lr == pytest.approx(0.1) for lr in lrs) < 5
+
+
+def test_action_map_settings_compose_keep_old_hashes_at_their_defaults_and_refuse_bad_values():
+    from omegaconf import OmegaConf
+
+    from m3oe_lightning.federated.factory import federated_identity
+    from m3oe_lightning.tracking.provenance import config_hash
+
+    def identity(*overrides):
+        cfg = compose_train(["federated=page", *overrides], config_name="federate")
+        return config_hash(federated_identity(OmegaConf.to_container(cfg, resolve=True)))
+
+    assert identity() == identity("federated.action_map=affine", "federated.replay=raw")
+    assert identity("federated.action_map=released") != identity()
+    assert build_strategy(compose_train(["federated=page", "federated.action_map=released"],
+                                        config_name="federate").federated, 1).action_map == "released"
+    for bad, message in ((dict(action_map="clip"), "federated.action_map='clip': use one of affine, released"),
+                         (dict(replay="mapped"), "federated.replay='mapped': use one of raw, transformed"),
+                         (dict(action_map="released", lr_scale="log"), "the released action map is linear")):
+        with pytest.raises(UserInputError, match=message):
+            PAGE(**bad)

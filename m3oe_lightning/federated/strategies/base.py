@@ -51,6 +51,9 @@ class Strategy:
 
     name = "strategy"
     has_global_model = True  # False: no global model exists (no global/held-out metrics)
+    # settings added after runs were stored: at these values they are left out of a run's identity, so a run
+    # that did not have them (and computed the same) keeps its hash
+    identity_defaults: dict[str, object] = {}
 
     def __init__(self, *, local_epochs: int = 1, client_lr: float = 1e-2, fraction_train: float = 1.0,
                  min_clients: int = 1, seed: int = 0) -> None:

@@ -25,12 +25,16 @@ the lr and epochs travel in each client's round config. Our decisions (docs/page
   client actions ``clip(actor(s) + ε·OU, −1, 1)`` with ε decaying; server actions ``actor(S)`` without
   noise (released code, docs/page.md, §1.6 item 3; ``server_noise: true`` adds it); one DDPG update per
   agent per round.
-* docs/page.md, Decision 2: the replay buffers store the raw actions. They are mapped only when applied:
-  ``u = (a + 1)/2``; ``lr = lr_min + u·(lr_max − lr_min)`` (``lr_scale: log``: geometric);
-  ``epochs = 1 + round(u·(epochs_max − 1))``; weights ``u_i + 1e-6`` normalised over the clients that
-  replied (a dropped client gets no weight). The released code instead clips ``(a + 1)/2`` into
-  ``[lr_min, lr_max]`` (most of the actor's range collapses onto ``lr_max``) and scales epochs by
-  ``int(epoch_max / lr_max)``; we map the whole range affinely.
+* Action mapping (``action_map``), applied when an action is used, from ``u = (a + 1)/2``:
+  ``affine`` maps the whole range: ``lr = lr_min + u·(lr_max − lr_min)`` (``lr_scale: log``: geometric),
+  ``epochs = 1 + round(u·(epochs_max − 1))``; ``released`` is the released code's: ``u`` clipped into
+  ``[lr_min, lr_max]`` (so an untrained actor, u ≈ 0.5, plays ``lr_max`` and ``epochs_max``, FedAvg's own
+  setting), ``lr = u``, ``epochs = max(1, int(u·int(epochs_max / lr_max)))``, and warm-up actions drawn
+  uniformly in ``[lr_min, lr_max]`` as it does. Server weights are ``u_i + 1e-6`` normalised over the
+  clients that replied (a dropped client gets no weight) under both.
+* Replay (``replay``): ``raw`` (docs/page.md, Decision 2) stores the actor's own output; ``transformed``
+  stores what was applied, as the released code does: the client's ``u`` after the mapping's clip, the
+  server's weight vector (0 for a client that did not reply).
 * Ablations: ``learn_lr`` / ``learn_epochs`` / ``learn_weights`` off → ``lr_max`` / ``epochs_max`` /
   uniform weights (the released ``--is_lr`` / ``--is_epoch`` / ``--is_p``). The agents still act and learn.
 * Round metrics (``page/*``: each client's lr, epochs and reward, the weights, the server's reward and
@@ -71,6 +75,12 @@ PARITY_NOTICE = ("federated.paper_parity=true: PAGE's states and rewards use the
                  "(the released code's leaky variant); say so in any report of this run")
 
 
+ACTION_MAPS = ("affine", "released")
+REPLAYS = ("raw", "transformed")
+# the defaults until the Synthetic study (issue #13) picks one; a run at the defaults keeps its old hash
+DEFAULT_ACTION_MAP, DEFAULT_REPLAY = "affine", "raw"
+
+
 def page_key(*parts: str) -> str:
     """PAGE's own round metrics: ``page/...``."""
     return keys.key("page", *parts)
@@ -107,12 +117,13 @@ class PAGE(FedAvg):
     """
 
     name = "page"
+    identity_defaults = {"action_map": DEFAULT_ACTION_MAP, "replay": DEFAULT_REPLAY}
 
     def __init__(self, *, warmup: int = 3, lr_min: float = 1e-3, lr_max: float = 2e-2, lr_scale: str = "linear",
                  epochs_max: int = 3, learn_lr: bool = True, learn_epochs: bool = True, learn_weights: bool = True,
                  c_reward_weight: float = 1.0, s_reward_weight: float = 1.0, loss_eps: float = 1e-5,
                  paper_parity: bool = False, server_noise: bool = False, agent: Mapping[str, Any] | None = None,
-                 **kwargs: Any) -> None:
+                 action_map: str = DEFAULT_ACTION_MAP, replay: str = DEFAULT_REPLAY, **kwargs: Any) -> None:
         check_int("federated.warmup", warmup, minimum=0)
         check_number("federated.lr_min", lr_min, low=0, low_open=True)
         check_number("federated.lr_max", lr_max, low=0, low_open=True)
@@ -121,9 +132,17 @@ class PAGE(FedAvg):
         if lr_scale not in ("linear", "log"):
             raise UserInputError(f"federated.lr_scale={lr_scale!r}: use linear or log")
         check_int("federated.epochs_max", epochs_max)
+        if action_map not in ACTION_MAPS:
+            raise UserInputError(f"federated.action_map={action_map!r}: use one of {', '.join(ACTION_MAPS)}")
+        if replay not in REPLAYS:
+            raise UserInputError(f"federated.replay={replay!r}: use one of {', '.join(REPLAYS)}")
+        if action_map == "released" and lr_scale != "linear":
+            raise UserInputError(f"federated.lr_scale={lr_scale}: the released action map is linear; use "
+                                 f"federated.action_map=affine for a log scale")
         super().__init__(**kwargs)  # after our checks: local_epochs / client_lr interpolate ours in page.yaml
         self.warmup, self.lr_min, self.lr_max, self.lr_scale = warmup, float(lr_min), float(lr_max), lr_scale
         self.epochs_max = epochs_max
+        self.action_map, self.replay = action_map, replay
         self.learn_lr, self.learn_epochs, self.learn_weights = bool(learn_lr), bool(learn_epochs), bool(learn_weights)
         self.c_reward_weight, self.s_reward_weight = float(c_reward_weight), float(s_reward_weight)
         self.loss_eps = float(loss_eps)
@@ -191,9 +210,19 @@ class PAGE(FedAvg):
         return self.server_evaluate(arrays)
 
     # ------------------------------------------------------------------------------------- mapping
+    def client_unit(self, raw: torch.Tensor) -> torch.Tensor:
+        """``u = (a + 1)/2`` of a client action, clipped into ``[lr_min, lr_max]`` under the released map."""
+        u = (raw.clamp(-1.0, 1.0) + 1.0) / 2.0
+        return u.clamp(self.lr_min, self.lr_max) if self.action_map == "released" else u
+
     def map_client_action(self, raw: torch.Tensor) -> tuple[float, int]:
         """Raw ``[a_lr, a_epochs]`` in [-1, 1] → (lr in [lr_min, lr_max], epochs in [1, epochs_max])."""
-        u = ((raw.clamp(-1.0, 1.0) + 1.0) / 2.0).tolist()
+        u = self.client_unit(raw).tolist()
+        if self.action_map == "released":
+            lr = u[0] if self.learn_lr else self.lr_max
+            scale = int(self.epochs_max / self.lr_max)
+            epochs = min(max(1, int(u[1] * scale)), self.epochs_max) if self.learn_epochs else self.epochs_max
+            return lr, epochs
         if not self.learn_lr:
             lr = self.lr_max
         elif self.lr_scale == "log":
@@ -226,7 +255,7 @@ class PAGE(FedAvg):
         out: dict[str, FitIns] = {}
         for cid in self.sample(server_round, client_ids):
             agent, state = self.client_agents[cid], self.client_states.get(cid)
-            raw = agent.random_action() if warm or state is None else agent.select_action(state)
+            raw = self._warmup_action(agent) if warm or state is None else agent.select_action(state)
             lr, epochs = self.map_client_action(raw)
             self._pending[cid] = (state, raw)
             self._action_metrics[page_key("client", cid, "lr")] = lr
@@ -238,6 +267,22 @@ class PAGE(FedAvg):
                                self.server_agent.select_action(self.server_state, explore=self.server_noise))
         self._action_metrics[page_key("warmup")] = float(warm)
         return out
+
+    def _warmup_action(self, agent: DDPGAgent) -> torch.Tensor:
+        """A random client action: uniform over the actor's space, or (released map) over ``[lr_min, lr_max]``
+        after the mapping, as the released code draws its warm-up learning rates and epochs."""
+        if self.action_map == "released":
+            return agent.random_action(2 * self.lr_min - 1, 2 * self.lr_max - 1)
+        return agent.random_action()
+
+    def _stored_client_action(self, raw: torch.Tensor) -> torch.Tensor:
+        return raw if self.replay == "raw" else self.client_unit(raw)
+
+    def _stored_server_action(self, raw: torch.Tensor, replied: list[str]) -> torch.Tensor:
+        if self.replay == "raw":
+            return raw
+        weights = self.map_server_action(raw, replied)
+        return torch.tensor([weights.get(cid, 0.0) for cid in self.client_ids])
 
     def aggregation_weights(self, server_round: int, replies: dict[str, FitRes]) -> dict[str, float]:
         """The server agent's weights over the clients that replied (a distribution)."""
@@ -258,7 +303,8 @@ class PAGE(FedAvg):
                 continue
             next_state = torch.tensor([_auc_or_half(reply.metrics.get(SCORE_RECEIVED_AUC))])
             reward = self.c_reward_weight / (reply.metrics[SCORE_TRAINED_LOGLOSS] + self.loss_eps)
-            self.client_agents[cid].observe(state if state is not None else next_state, raw, reward, next_state)
+            self.client_agents[cid].observe(state if state is not None else next_state,
+                                            self._stored_client_action(raw), reward, next_state)
             self.client_states[cid] = next_state
             metrics[page_key("client", cid, "reward")] = reward
         # the server's next state: each fresh local model on the server validation set
@@ -275,7 +321,9 @@ class PAGE(FedAvg):
             score = self._server_score(new)
             if finite(score.get(keys.LOGLOSS_MEAN)):
                 reward = self.s_reward_weight / (score[keys.LOGLOSS_MEAN] + self.loss_eps)
-                self.server_agent.observe(self.server_state, self._server_action, reward, next_server)
+                self.server_agent.observe(self.server_state, self._stored_server_action(self._server_action,
+                                                                                         sorted(replies)),
+                                          reward, next_server)
                 metrics[page_key("server", "reward")] = reward
                 metrics[page_key("server", "val_auc")] = _auc_or_half(score.get(keys.AUC_MEAN))
         self.server_state = next_server

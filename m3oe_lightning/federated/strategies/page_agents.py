@@ -193,9 +193,9 @@ class DDPGAgent:
         self.updates = 0
 
     # ----------------------------------------------------------------------------------- acting
-    def random_action(self) -> torch.Tensor:
-        """A warm-up action: uniform in [-1, 1]^action_dim (the actor's own space)."""
-        return torch.rand(self.action_dim, generator=self.generator) * 2.0 - 1.0
+    def random_action(self, low: float = -1.0, high: float = 1.0) -> torch.Tensor:
+        """A warm-up action: uniform in [low, high]^action_dim, inside the actor's own space [-1, 1]."""
+        return low + torch.rand(self.action_dim, generator=self.generator) * (high - low)
 
     @torch.no_grad()
     def select_action(self, state: torch.Tensor, *, explore: bool = True) -> torch.Tensor:
