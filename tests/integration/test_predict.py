@@ -7,6 +7,7 @@ raw rows of that table with it and compares against the checkpoint's own test-st
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -315,17 +316,24 @@ def test_a_federated_run_logs_its_global_model_to_score_raw_rows(tmp_path):
     np.testing.assert_allclose(served[["p_t0", "p_t1"]].to_numpy(), expected, rtol=0, atol=1e-6)
 
 
-def test_export_writes_an_onnx_graph_that_scores_like_the_checkpoint(trained):
+def test_export_writes_an_onnx_graph_that_scores_like_the_checkpoint(trained, capsys, caplog):
     from m3oe_lightning.serving.onnx_export import onnx_logits
+
+    from m3oe_lightning.export import export
 
     tmp, run_id = trained["tmp"], trained["run"].info.run_id
     target = tmp / "exported" / "model.onnx"
-    result = run_module("m3oe_lightning.export", [f"run={run_id}", f"output={target}", "verify_rows=512",
-                                                  f"logger.tracking_uri={trained['uri']}",
-                                                  f"paths.log_dir={tmp / 'logs'}"], cwd=tmp)
-    assert result.returncode == 0, result.stderr
-    assert "onnxruntime agrees with PyTorch on 512 rows" in result.stdout
-    assert "INFO" not in result.stdout + result.stderr  # no exporter chatter
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.INFO)  # as Hydra configures it: the exporter must stay quiet even then
+    try:
+        export(compose("export", [f"run={run_id}", f"output={target}", "verify_rows=512",
+                                  f"logger.tracking_uri={trained['uri']}", f"paths.log_dir={tmp / 'logs'}"]))
+    finally:
+        root.setLevel(level)
+    out = capsys.readouterr()
+    assert "onnxruntime agrees with PyTorch on 512 rows" in out.out
+    assert "INFO" not in out.out + out.err + caplog.text  # no exporter chatter
     layout = json.loads(target.with_name("model.onnx.json").read_text())
     assert [c["name"] for c in layout["inputs"]["sparse"]["columns"]] == ["user_id", "item", "domain"]
     assert layout["inputs"]["domain"]["values"] == ["europe", "america"] and layout["output"]["tasks"] == ["click",
