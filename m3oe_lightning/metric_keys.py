@@ -17,6 +17,12 @@ LOGLOSS = "logloss"
 AUC_MEAN = "auc_mean"            # mean over the (domain, task) groups that have an AUC: the paper's "Overall"
 LOGLOSS_MEAN = "logloss_mean"
 AUC_MEAN_WEIGHTED = "auc_mean_weighted"  # federated: clients' AUCs weighted by their test rows
+# pooled over every domain's rows, one value per task (the Scenario-Wise-Rec benchmark's convention): beside
+# the per-group mean, never instead of it (val/auc_mean stays the selection metric)
+AUC_POOLED = "auc_pooled"            # auc_pooled/{task}
+LOGLOSS_POOLED = "logloss_pooled"    # logloss_pooled/{task}
+AUC_POOLED_MEAN = "auc_pooled_mean"  # mean over the tasks that have a pooled AUC
+LOGLOSS_POOLED_MEAN = "logloss_pooled_mean"
 LOSS = "loss"
 
 PERSONAL, GLOBAL, HELDOUT = "personal", "global", "heldout"
@@ -43,6 +49,11 @@ def group(metric: str, domain: str, task: str) -> str:
     return key(metric, safe(domain), safe(task))
 
 
+def pooled(metric: str, task: str) -> str:
+    """One task's metric over the rows of every domain: ``auc_pooled/{task}`` (the name made :func:`safe`)."""
+    return key(metric, safe(task))
+
+
 def client(client_id: str, name: str) -> str:
     """A client's own metric: ``client/{id}/{name}`` (the id made :func:`safe`)."""
     return key("client", safe(client_id), name)
@@ -55,4 +66,9 @@ def best(name: str) -> str:
 
 VAL_AUC_MEAN = key("val", AUC_MEAN)
 TEST_AUC_MEAN = key("test", AUC_MEAN)
+TEST_AUC_POOLED_MEAN = key("test", AUC_POOLED_MEAN)
 VAL_AUC_MEAN_BEST = best(VAL_AUC_MEAN)  # the selection value: what a search optimises, never a test metric
+# federated: the global model scored on each training client's test split, AUC mean per client, then the plain
+# mean over clients (like-for-like with personal/auc_mean; global/auc_mean pools every client's rows instead)
+AUC_CLIENT_MEAN = "auc_client_mean"
+GLOBAL_AUC_CLIENT_MEAN = key(GLOBAL, AUC_CLIENT_MEAN)

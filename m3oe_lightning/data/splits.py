@@ -1,9 +1,13 @@
 """Train/val/test row indices.
 
-Two kinds: ``random`` (a seeded permutation, the default) and ``ordered`` (consecutive blocks in file
-order; ML-1M's ``ratings.dat`` is grouped by user, so an ordered split puts mostly *different users*
-in val/test -- a harder, cold-start-like setting). Split sizes are cumulative floors of
+Two kinds every reader has: ``random`` (a seeded permutation, the default) and ``ordered`` (consecutive
+blocks in file order; ML-1M's ``ratings.dat`` is grouped by user, so an ordered split puts mostly
+*different users* in val/test -- a harder, cold-start-like setting). Split sizes are cumulative floors of
 ``fractions * n``, so ML-1M ordered gives exactly 800,167 / 100,021 / 100,021 rows.
+
+A reader may add a kind of its own that cuts consecutive blocks of another row order
+(:func:`split_in_order`): MovieLens's ``released`` cuts the order the released M3oE code's input file
+has, which :func:`merge_grouped_order` rebuilds.
 """
 
 from __future__ import annotations
@@ -50,10 +54,14 @@ def _boundaries(n_rows: int, fractions: Sequence[float]) -> tuple[int, int]:
     return end_train, end_val
 
 
-def check_split_kind(kind: str) -> None:
-    """Fail fast (before reading any file) on a misspelt ``data.split``."""
-    if kind not in SPLIT_KINDS:
-        raise UserInputError(f"data.split={kind!r} is not a split kind; use one of {', '.join(SPLIT_KINDS)}")
+def check_split_kind(kind: str, *, also: Sequence[str] = ()) -> None:
+    """Fail fast (before reading any file) on a misspelt ``data.split``; ``also``: the reader's own kinds."""
+    kinds = (*SPLIT_KINDS, *also)
+    if kind not in kinds:
+        released = kind == "released"  # protocol=released on a dataset without that file order
+        hint = " (released: MovieLens's own order; elsewhere data.split=ordered is the nearest)" if released else ""
+        raise UserInputError(f"data.split={kind!r} is not a split kind of this dataset; use one of "
+                             f"{', '.join(kinds)}{hint}")
 
 
 def require_rows(parts: Sequence[Sized], *, nonempty: Sequence[str] = TRAINING_SPLITS,
@@ -101,3 +109,34 @@ def split_indices(
             np.arange(end_val, n_rows, dtype=np.int64),
         )
     raise AssertionError(f"unhandled split kind {kind!r}")  # unreachable: check_split_kind guards it
+
+
+def first_appearance_order(keys: np.ndarray) -> np.ndarray:
+    """Row indices grouped by key: groups in the order their key first appears, rows of a group in their
+    original order. This is the row order pandas < 2.2 gave an inner ``merge`` (grouped by the left
+    frame's keys; pandas 2.2 keeps the left frame's order instead), which the released code's data has."""
+    _, first, inverse = np.unique(np.asarray(keys), return_index=True, return_inverse=True)
+    return np.argsort(first[inverse.reshape(-1)], kind="stable").astype(np.int64)
+
+
+def merge_grouped_order(*keys: np.ndarray) -> np.ndarray:
+    """The row order after inner merges on ``keys[0]``, then ``keys[1]``, … (each a column of the original
+    rows), each merge grouping as :func:`first_appearance_order` does."""
+    order = np.arange(len(keys[0]) if keys else 0, dtype=np.int64)
+    for key in keys:
+        order = order[first_appearance_order(np.asarray(key)[order])]
+    return order
+
+
+def split_in_order(
+    order: np.ndarray,
+    fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    *,
+    nonempty: Sequence[str] = (),
+    advice: str = "use more rows",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Consecutive blocks of ``order`` (a permutation of the row indices) as ``(train, val, test)``, sized
+    as :func:`split_indices` sizes them; each part sorted, so a split's rows keep file order."""
+    order = np.asarray(order, dtype=np.int64)
+    parts = split_indices(len(order), "ordered", fractions=fractions, nonempty=nonempty, advice=advice)
+    return tuple(np.sort(order[p]) for p in parts)  # type: ignore[return-value]

@@ -3,9 +3,10 @@
 Reads finished runs (never log files) that carry a ``row`` tag (every ``conf/experiment/paper/*`` file sets
 one) and the ``study`` tag of the sweep, and writes into ``--out``:
 
-- ``README.md`` (``--name``): per-(domain, task) test AUC, overall AUC and logloss as mean ± std over seeds
-  for every row, with the best validation AUC beside them (the number a row is selected on); RelaImpr of M3oE
-  over the best baseline per column; two-sided Welch t-tests M3oE vs each baseline; the paper's numbers for
+- ``README.md`` (``--name``): per-(domain, task) test AUC, overall AUC, pooled AUC (each task over all
+  domains' rows, averaged over tasks) and logloss as mean ± std over seeds for every row, with the best
+  validation AUC beside them (the number a row is selected on); RelaImpr of M3oE over the best baseline
+  per column; two-sided Welch t-tests M3oE vs each baseline; the paper's numbers for
   comparison; the ablation table; run time per row; the data, split, seeds, epochs, commit and command;
 - ``results.csv``: one line per run used (the newest finished run of each (row, split, seed));
 - ``paper_auc.png`` (per-(domain, task) AUC by row) and ``paper_fusion.png`` (fusion weights α, β per epoch,
@@ -88,6 +89,7 @@ OUR_DIAGNOSTICS: dict[str, str] = {
 }
 VARIANTS = (set(PAPER_TABLE3) | set(OUR_DIAGNOSTICS)) - {OURS}  # rows that are M3oE changed, not baselines
 OVERALL_AUC, OVERALL_LOGLOSS = keys.TEST_AUC_MEAN, keys.key("test", keys.LOGLOSS_MEAN)
+POOLED_AUC = keys.TEST_AUC_POOLED_MEAN  # per task over every domain's rows, then the mean over tasks (not the paper's)
 VAL_AUC = keys.VAL_AUC_MEAN_BEST  # best mean validation AUC over epochs: the checkpoint the test metrics come from
 ARCH_PREFIX = "arch/"  # the fusion weights the training system logs after each epoch
 
@@ -179,10 +181,10 @@ def rela_impr(ours: float, best: float) -> float:
 
 
 def columns(groups: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-    """(metric, header) of every AUC column: the per-(d,t) ones (with the paper's dNtM name), then overall."""
+    """(metric, header) of every AUC column: the per-(d,t) ones (with the paper's dNtM name), overall, pooled."""
     movielens = list(groups) == [(d, t) for d in MOVIELENS_DOMAINS for t in MOVIELENS_TASKS]
     return [(test_group(keys.AUC, d, t), f"{d} {t}" + (f" ({PAPER_COLUMNS[i]})" if movielens else ""))
-            for i, (d, t) in enumerate(groups)] + [(OVERALL_AUC, "Overall AUC")]
+            for i, (d, t) in enumerate(groups)] + [(OVERALL_AUC, "Overall AUC"), (POOLED_AUC, "Pooled AUC")]
 
 
 def best_baseline(records: Sequence[RunRecord], baselines: Sequence[str], metric: str) -> str | None:
@@ -260,7 +262,7 @@ def welch_table(records: Sequence[RunRecord], groups: Sequence[tuple[str, str]])
 def ablation_table(records: Sequence[RunRecord]) -> list[str]:
     """Table 3 (the paper's variants, then ours that have runs): overall test and validation AUC vs M3oE."""
     lines = table_head(["variant", "change", "seeds", "Overall AUC (ours)", "Δ vs our M3oE", "p vs our M3oE",
-                        "val AUC", "paper", "Δ vs paper's M3oE"])
+                        "val AUC", "paper", "Δ vs paper's M3oE", "Pooled AUC (ours)"])
     ours_full = values(records, OURS, OVERALL_AUC)
     variants = [(row, change, paper) for row, (change, paper) in PAPER_TABLE3.items()]
     variants += [(row, change, math.nan) for row, change in OUR_DIAGNOSTICS.items()
@@ -272,7 +274,8 @@ def ablation_table(records: Sequence[RunRecord]) -> list[str]:
         p = fmt_p(welch_p(xs, ours_full)) if row != OURS else "–"
         paper_delta = f"{paper - PAPER_TABLE3[OURS][1]:+.2f}" if row != OURS and math.isfinite(paper) else "–"
         lines.append(f"| {row} | {change} | {len(xs)} | {fmt(mean, std)} | {delta} | {p} "
-                     f"| {fmt(*mean_std(values(records, row, VAL_AUC)))} | {fmt(paper, scale=1.0)} | {paper_delta} |")
+                     f"| {fmt(*mean_std(values(records, row, VAL_AUC)))} | {fmt(paper, scale=1.0)} | {paper_delta} "
+                     f"| {fmt(*mean_std(values(records, row, POOLED_AUC)))} |")
     return lines
 
 
@@ -354,7 +357,10 @@ def fusion_plot(records: Sequence[RunRecord], path: Path) -> bool:
 
 
 def write_csv(records: Sequence[RunRecord], groups: Sequence[tuple[str, str]], path: Path) -> None:
-    metrics = [test_group(keys.AUC, d, t) for d, t in groups] + [OVERALL_AUC, OVERALL_LOGLOSS, VAL_AUC]
+    tasks = sorted({t for _, t in groups}, key=lambda t: (MOVIELENS_TASKS.index(t) if t in MOVIELENS_TASKS else 99, t))
+    pooled = [keys.key("test", keys.pooled(keys.AUC_POOLED, t)) for t in tasks]
+    metrics = [test_group(keys.AUC, d, t) for d, t in groups] + [OVERALL_AUC, *pooled, POOLED_AUC, OVERALL_LOGLOSS,
+                                                                  VAL_AUC]
     common.write_csv_atomic(path, ["row", "seed", "split", "epochs", *metrics, "train_seconds", "run_id"], (
         [r.row, r.seed, r.split, r.epochs, *[f"{r.metrics.get(m, math.nan):.6f}" for m in metrics],
          f"{r.train_seconds:.1f}", r.run_id] for r in records))
@@ -391,7 +397,9 @@ def markdown(records: Sequence[RunRecord], groups: Sequence[tuple[str, str]], *,
         f"{describe([r.batch_size for r in records])} (`conf/shared/paper_rows.yaml`); each row is one file of "
         "`conf/experiment/paper/`, whose `row` tag names it here", "",
         "AUC and logloss are ×10⁻² (as in the paper); cells are mean ± sample std over seeds. "
-        "Overall AUC is the mean of the per-(domain, task) AUCs of each run. `\\*` on M3oE: better than the best "
+        "Overall AUC is the mean of the per-(domain, task) AUCs of each run (the paper's, and the selection metric's "
+        "kind); Pooled AUC is each task's AUC over the rows of every domain together, averaged over tasks (the "
+        "Scenario-Wise-Rec benchmark's convention; `–` for runs that predate it). `\\*` on M3oE: better than the best "
         "baseline of that column with a two-sided Welch t-test p < 0.05 (the paper's mark). RelaImpr = "
         "(AUC_M3oE − 0.5) / (AUC_best baseline − 0.5) − 1, best baseline per column (named). `val AUC` is the "
         "best mean validation AUC over epochs — the checkpoint each run is tested at, and the only number used "

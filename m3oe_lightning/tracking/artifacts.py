@@ -31,14 +31,38 @@ def table_rows(metrics: Mapping[str, float], domains: Sequence[str], tasks: Sequ
     return rows
 
 
+POOLED_LABEL = "all (pooled)"  # the domain cell of a task's row over every domain's rows
+
+
+def pooled_rows(metrics: Mapping[str, float], tasks: Sequence[str],
+                stage: str = "test") -> list[tuple[str, float, float]]:
+    """``(task, auc, logloss)`` over the rows of every domain pooled; NaN where the run logged none."""
+    return [(task, metrics.get(keys.key(stage, keys.pooled(keys.AUC_POOLED, task)), math.nan),
+             metrics.get(keys.key(stage, keys.pooled(keys.LOGLOSS_POOLED, task)), math.nan)) for task in tasks]
+
+
+def summary_rows(metrics: Mapping[str, float], tasks: Sequence[str],
+                 stage: str = "test") -> list[tuple[str, str, float, float]]:
+    """The lines under the groups: the mean over groups (the selection metric's kind), then each task pooled
+    over domains and the pooled values' mean over tasks (rows of a run without pooled metrics are left out)."""
+    rows = [("mean", "", metrics.get(keys.key(stage, keys.AUC_MEAN), math.nan),
+             metrics.get(keys.key(stage, keys.LOGLOSS_MEAN), math.nan))]
+    pooled = [(POOLED_LABEL, task, auc, logloss) for task, auc, logloss in pooled_rows(metrics, tasks, stage)]
+    pooled.append(("pooled mean", "", metrics.get(keys.key(stage, keys.AUC_POOLED_MEAN), math.nan),
+                   metrics.get(keys.key(stage, keys.LOGLOSS_POOLED_MEAN), math.nan)))
+    if any(math.isfinite(auc) or math.isfinite(logloss) for _, _, auc, logloss in pooled):
+        rows += pooled
+    return rows
+
+
 def markdown_table(metrics: Mapping[str, float], domains: Sequence[str], tasks: Sequence[str],
                    stage: str = "test") -> str:
-    """The per-(domain, task) table plus the overall means, as Markdown."""
+    """The per-(domain, task) table, the mean over groups and the per-task pooled values, as Markdown."""
     lines = ["| domain | task | AUC | logloss |", "|---|---|---|---|"]
     for domain, task, auc, logloss in table_rows(metrics, domains, tasks, stage):
         lines.append(f"| {domain} | {task} | {auc:.4f} | {logloss:.4f} |")
-    lines.append(f"| **mean** | | **{metrics.get(keys.key(stage, keys.AUC_MEAN), math.nan):.4f}** | "
-                 f"**{metrics.get(keys.key(stage, keys.LOGLOSS_MEAN), math.nan):.4f}** |")
+    for label, task, auc, logloss in summary_rows(metrics, tasks, stage):
+        lines.append(f"| **{label}** | {task} | **{auc:.4f}** | **{logloss:.4f}** |")
     return "\n".join(lines)
 
 
@@ -70,8 +94,8 @@ def print_results(metrics: dict[str, float], schema: FeatureSchema, title: str) 
         table.add_column(column, justify="right" if column in ("AUC", "logloss") else "left")
     for domain, task, auc, logloss in table_rows(metrics, schema.domains, schema.tasks):
         table.add_row(domain, task, f"{auc:.4f}", f"{logloss:.4f}")
-    table.add_row("mean", "", f"{metrics.get(keys.TEST_AUC_MEAN, float('nan')):.4f}",
-                  f"{metrics.get(keys.key('test', keys.LOGLOSS_MEAN), float('nan')):.4f}", style="bold")
+    for label, task, auc, logloss in summary_rows(metrics, schema.tasks):
+        table.add_row(label, task, f"{auc:.4f}", f"{logloss:.4f}", style="bold")
     Console().print(table)
 
 

@@ -12,7 +12,14 @@ AutoML modes (``automl.mode``; docs/m3oe.md, Decisions 2–3):
   one batch from ``automl.source`` (``train`` as the paper, or ``val`` as DARTS).
 * ``joint`` (released code's effective behaviour): architecture parameters are also in the model
   optimiser (model lr, every step); the separate step still runs.
+* ``frozen`` (control): architecture logits stay at the model's initial value (M3oE ``fusion_init``,
+  sigmoid(1) = 0.731), trained by no optimiser. Beside ``off`` it separates "the weights were tuned"
+  from "the weights are not 0.5": the paper's schedule barely moves them, so ``alternate`` vs ``off``
+  alone compares 0.731 with 0.5.
 * ``off`` ("w/o AutoML" ablation): architecture logits fixed at 0, i.e. every weight is 0.5.
+
+First-order DARTS is ``alternate`` with ``every: 1`` and ``source: val``. Every mode logs the fusion
+weights (``arch/*``) after each training epoch, so the arms' trajectories can be compared.
 """
 
 from __future__ import annotations
@@ -31,7 +38,9 @@ from m3oe_lightning.models.base import MDMTModel, forward_in_chunks
 from m3oe_lightning.training.callbacks import RUNNING_LOSS
 from m3oe_lightning.training.metrics import DomainTaskMetrics, grouped_bce_loss
 
-AutoMLMode = Literal["alternate", "joint", "off"]
+AutoMLMode = Literal["alternate", "joint", "frozen", "off"]
+AUTOML_MODES: tuple[str, ...] = ("alternate", "joint", "frozen", "off")
+FIXED_MODES: tuple[str, ...] = ("frozen", "off")  # architecture parameters trained by no optimiser
 
 
 class MDMTModule(L.LightningModule):
@@ -40,7 +49,7 @@ class MDMTModule(L.LightningModule):
     Args:
         model: the network (built from the data's schema).
         lr / weight_decay: Adam settings of the model optimiser.
-        automl_mode: ``alternate`` | ``joint`` | ``off`` (see module docstring).
+        automl_mode: ``alternate`` | ``joint`` | ``frozen`` | ``off`` (see module docstring).
         automl_every: ``"epoch"`` or a number of training steps between architecture steps.
         automl_source: ``train`` or ``val``: where the architecture step's batch comes from.
         automl_lr / automl_weight_decay: Adam settings of the architecture optimiser.
@@ -61,8 +70,8 @@ class MDMTModule(L.LightningModule):
         super().__init__()
         if automl_mode is False:  # YAML 1.1 reads a bare `mode: off` as false
             automl_mode = "off"
-        if automl_mode not in ("alternate", "joint", "off"):
-            raise UserInputError(f"automl.mode={automl_mode!r}: use alternate, joint or off")
+        if automl_mode not in AUTOML_MODES:
+            raise UserInputError(f"automl.mode={automl_mode!r}: use {', '.join(AUTOML_MODES[:-1])} or off")
         if automl_source not in ("train", "val"):
             raise UserInputError(f"automl.source={automl_source!r}: use train or val")
         if automl_every != "epoch" and (not isinstance(automl_every, int) or automl_every < 1):
@@ -72,10 +81,11 @@ class MDMTModule(L.LightningModule):
         self.automatic_optimization = False
         self.model = model
         self.arch_params = model.architecture_parameters()
-        if automl_mode == "off":
+        if automl_mode in FIXED_MODES:
             with torch.no_grad():
                 for p in self.arch_params:
-                    p.zero_()  # sigmoid(0) = 0.5
+                    if automl_mode == "off":
+                        p.zero_()  # sigmoid(0) = 0.5; frozen keeps the model's initial value
                     p.requires_grad_(False)
         domains, tasks = model.schema.domains, model.schema.tasks
         self.val_metrics = DomainTaskMetrics(domains, tasks)
@@ -89,7 +99,7 @@ class MDMTModule(L.LightningModule):
     # ------------------------------------------------------------------------------------ helpers
     @property
     def uses_architecture_step(self) -> bool:
-        return self.hparams.automl_mode != "off" and bool(self.arch_params)
+        return self.hparams.automl_mode not in FIXED_MODES and bool(self.arch_params)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         return self.model(batch)
@@ -132,6 +142,7 @@ class MDMTModule(L.LightningModule):
         return (batch_idx + 1) % int(every) == 0
 
     def on_train_epoch_end(self) -> None:
+        """The fusion weights after each epoch, for every mode (a fixed arm's flat line is the control)."""
         if self.arch_params:
             self.log_dict({f"arch/{k}": v for k, v in self.model.architecture_weights().items()})
 

@@ -16,7 +16,8 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("group", ["data", "model", "trainer", "callbacks", "logger", "experiment", "debug"])
+@pytest.mark.parametrize("group", ["data", "model", "trainer", "callbacks", "logger", "experiment", "protocol",
+                                   "debug"])
 def test_every_option_of_every_group_composes(group, tmp_path):
     for option in group_options(group):
         cfg = compose_train([f"{group}={option}", f"paths.log_dir={tmp_path}"])

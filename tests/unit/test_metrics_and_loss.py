@@ -1,4 +1,4 @@
-"""Masked loss and per-(domain, task) metrics."""
+"""Masked loss, per-(domain, task) metrics and the per-task metrics pooled over domains."""
 
 from __future__ import annotations
 
@@ -6,7 +6,11 @@ import math
 
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import log_loss, roc_auc_score
 
+from m3oe_lightning.data.schema import EncodedSplit
+from m3oe_lightning.federated.evaluation import evaluate_split
+from m3oe_lightning.models.mlp import MLP
 from m3oe_lightning.training.metrics import DomainTaskMetrics, grouped_bce_loss
 
 
@@ -69,3 +73,60 @@ def test_metrics_reset_between_epochs():
     metric.reset()
     metric.update(torch.tensor([[-1.0], [1.0]]), torch.tensor([[1.0], [0.0]]), torch.tensor([0, 0]))
     assert float(metric.compute()["auc/a/click"]) == 0.0
+
+
+def test_pooled_metrics_equal_scikit_learn_on_every_domains_rows():
+    g = torch.Generator().manual_seed(1)
+    metric = DomainTaskMetrics(("a", "b", "c"), ("click", "like"))
+    logits = torch.randn(300, 2, generator=g)
+    labels = (torch.rand(300, 2, generator=g) < torch.sigmoid(logits + 0.5)).float()  # informative, not perfect
+    domain = torch.randint(0, 3, (300,), generator=g)
+    for chunk in range(0, 300, 128):
+        metric.update(logits[chunk:chunk + 128], labels[chunk:chunk + 128], domain[chunk:chunk + 128])
+    out = {k: float(v) for k, v in metric.compute().items()}
+
+    pooled = []
+    for t, task in enumerate(("click", "like")):
+        y, p = labels[:, t].numpy(), torch.sigmoid(logits[:, t]).double().numpy()
+        expected = roc_auc_score(y, p)
+        assert math.isclose(out[f"auc_pooled/{task}"], expected, abs_tol=1e-6)
+        assert math.isclose(out[f"logloss_pooled/{task}"], log_loss(y, p), rel_tol=1e-5)
+        pooled.append(expected)
+    assert math.isclose(out["auc_pooled_mean"], sum(pooled) / 2, abs_tol=1e-6)
+    assert math.isclose(out["logloss_pooled_mean"], (out["logloss_pooled/click"] + out["logloss_pooled/like"]) / 2,
+                        rel_tol=1e-6)
+
+
+def test_pooled_auc_is_not_the_mean_of_groups():
+    """Each domain ranked perfectly on its own, but domain b's scores all sit below domain a's negatives:
+    the per-group mean is 1, the pooled AUC (rows of both domains ranked together) is not."""
+    metric = DomainTaskMetrics(("a", "b"), ("click",))
+    logits = torch.tensor([[3.0], [2.0], [-2.0], [-3.0]])
+    labels = torch.tensor([[1.0], [0.0], [1.0], [0.0]])
+    metric.update(logits, labels, torch.tensor([0, 0, 1, 1]))
+    out = {k: float(v) for k, v in metric.compute().items()}
+    assert out["auc_mean"] == 1.0
+    assert out["auc_pooled/click"] == 0.75 and out["auc_pooled_mean"] == 0.75  # 3 of 4 (pos, neg) pairs in order
+
+
+def test_a_task_with_one_class_over_all_domains_has_no_pooled_auc():
+    metric = DomainTaskMetrics(("a", "b"), ("click", "like"))
+    labels = torch.tensor([[1.0, 1.0], [0.0, 1.0], [1.0, 1.0], [0.0, 1.0]])  # like: positive everywhere
+    metric.update(torch.tensor([[1.0, 0.0], [-1.0, 0.5], [0.5, 1.0], [-0.5, 2.0]]), labels, torch.tensor([0, 0, 1, 1]))
+    out = {k: float(v) for k, v in metric.compute().items()}
+    assert "auc_pooled/like" not in out and "logloss_pooled/like" in out  # absent, never 0.0 or 0.5
+    assert out["auc_pooled_mean"] == out["auc_pooled/click"] == 1.0
+
+
+def test_federated_evaluation_reports_the_pooled_metrics(tiny_schema, batch_factory):
+    """The server's global evaluation logs every key of this dict (``global/auc_pooled/{task}`` …)."""
+    torch.manual_seed(0)
+    model = MLP(tiny_schema)
+    split = EncodedSplit(**batch_factory(tiny_schema, 200, seed=3))
+    out = evaluate_split(model, split, batch_size=64)
+    with torch.no_grad():
+        logits = model(batch_factory(tiny_schema, 200, seed=3))
+    labels = split.labels
+    for t, task in enumerate(tiny_schema.tasks):
+        assert math.isclose(out[f"auc_pooled/{task}"], roc_auc_score(labels[:, t], logits[:, t]), abs_tol=1e-6)
+    assert "auc_pooled_mean" in out and "logloss_pooled_mean" in out

@@ -126,3 +126,23 @@ def test_compile_callback_compiles_the_model_in_place_and_training_runs(tiny_sch
     assert module.model._compiled_call_impl is not None  # nn.Module.compile: forward goes through dynamo
     assert set(module.model.state_dict()) == keys  # in place: no _orig_mod. prefix in checkpoints
     assert changed(before, module)
+
+
+def test_validation_and_test_log_the_pooled_metrics_beside_the_mean(setup):
+    module, dm = setup("alternate")
+    trainer = fit(module, dm, max_epochs=1)
+    logged = trainer.callback_metrics
+    assert {"val/auc_mean", "val/auc_pooled/click", "val/auc_pooled/like", "val/auc_pooled_mean",
+            "val/logloss_pooled/click", "val/logloss_pooled_mean"} <= set(logged)
+    trainer.test(module, datamodule=dm, verbose=False)
+    results = module.test_results
+    assert results["test/auc_pooled_mean"] == pytest.approx(
+        (results["test/auc_pooled/click"] + results["test/auc_pooled/like"]) / 2)
+    assert results["test/auc_mean"] != results["test/auc_pooled_mean"]  # two different summaries
+
+
+def test_frozen_mode_keeps_the_initial_fusion_weights_and_has_no_architecture_optimiser(setup):
+    module, dm = setup("frozen")
+    assert isinstance(module.configure_optimizers(), torch.optim.Optimizer)
+    fit(module, dm, max_epochs=1)
+    assert all(w == pytest.approx(0.7310586) for w in module.model.architecture_weights().values())

@@ -30,6 +30,8 @@ def fake_run(client: MlflowClient, exp: str, row: str, seed: str, auc: float, *,
     metrics = [Metric("val/auc_mean", auc - 0.01 * (2 - e), now, e) for e in range(3)]
     metrics += [Metric(f"test/auc/{d}/{t}", auc + 0.001 * k, now, 0) for k, (d, t) in enumerate(GROUPS)]
     metrics += [Metric("test/auc_mean", auc, now, 0), Metric("test/logloss_mean", 0.5, now, 0),
+                Metric("test/auc_pooled/click", auc + 0.01, now, 0), Metric("test/auc_pooled/like", auc + 0.02, now, 0),
+                Metric("test/auc_pooled_mean", auc + 0.015, now, 0),
                 Metric("val/auc_mean_best", auc - 0.005, now, 2)]
     if arch:
         metrics += [Metric(name, 0.731 - 0.05 * e, now, 100 * e) for name in ("arch/alpha_d", "arch/beta_t")
@@ -75,6 +77,9 @@ def test_paper_report_tables_csv_and_plots(store, tmp_path):
     assert "| d | MMOE-MDMT | 3 |" in text and "76.10 ± 0.10" in text
     # the selection number (best validation AUC), then the paper's Overall AUC beside ours and the difference
     assert "| 76.60 ± 0.10 | 77.02 | +0.08 |" in text
+    # the pooled AUC (mean over tasks of each task over all domains) right after the Overall AUC
+    assert "| 77.10 ± 0.10 \\* | 78.60 ± 0.10 \\* | 50.00 ± 0.00 | 76.60 ± 0.10 | 77.02 |" in text
+    assert "| d | MMOE-MDMT | 3 |" in text and "| 76.10 ± 0.10 | 77.60 ± 0.10 | 50.00 ± 0.00 |" in text
     # M3oE − MMOE-MDMT on test and on validation, then the per-column p-values (val last)
     p_val = stats.ttest_ind([0.765, 0.766, 0.767], [0.755, 0.756, 0.757], equal_var=False).pvalue
     mmoe_line = next(line for line in text.splitlines() if line.startswith("| MMOE-MDMT | 3 |"))
@@ -92,21 +97,24 @@ def test_paper_report_tables_csv_and_plots(store, tmp_path):
     assert "the paper's numbers" in text and "| ours | M3oE | 76.61 | 78.13 | 77.51 | 79.33 | 74.47 | 76.09 |" in text
     assert "| 2.07% | 3.15% | 2.38% | 2.09% | 2.09% | 2.68% | 2.54% |" in text
     # the ablation: ours (one seed) beside the paper's
-    assert "| w/o AutoML | α, β fixed at 0.5 | 1 | 76.50 | -0.60 | – | 76.00 | 76.37 | -0.65 |" in text
+    assert "| w/o AutoML | α, β fixed at 0.5 | 1 | 76.50 | -0.60 | – | 76.00 | 76.37 | -0.65 | 78.00 |" in text
     # our diagnostic row: in the ablation table, without a paper number, and never among the baselines
     assert "| w/o STAR layer | no domain-specific STAR layer" in text
-    assert "| 75.50 | -1.60 | – | 75.00 | – | – |" in text and "w/o STAR layer" not in text.split("## Table 3")[0]
+    assert "| 75.50 | -1.60 | – | 75.00 | – | – | 77.00 |" in text
+    assert "w/o STAR layer" not in text.split("## Table 3")[0]
     assert "STAR" not in text.split("## Table 2: the paper's")[0]  # failed and other-study runs are left out
 
     with (out / "results.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0])[:4] == ["row", "seed", "split", "epochs"]
     expected = {f"test/auc/{d}/{t}" for d, t in GROUPS} | {"test/auc_mean", "test/logloss_mean", "train_seconds",
-                                                          "val/auc_mean_best"}
+                                                          "val/auc_mean_best", "test/auc_pooled/click",
+                                                          "test/auc_pooled/like", "test/auc_pooled_mean"}
     assert expected <= set(rows[0])
     assert len(rows) == 11 and [r["row"] for r in rows[:3]] == ["MLP"] * 3
     m3oe = [r for r in rows if r["row"] == "M3oE"]
     assert [r["seed"] for r in m3oe] == list(SEEDS) and float(m3oe[0]["test/auc_mean"]) == pytest.approx(0.770)
+    assert float(m3oe[0]["test/auc_pooled_mean"]) == pytest.approx(0.785)
     assert m3oe[0]["epochs"] == "3" and m3oe[0]["split"] == "random"
 
     assert (out / "paper_auc.png").stat().st_size > 1000 and (out / "paper_fusion.png").stat().st_size > 1000

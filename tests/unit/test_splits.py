@@ -1,12 +1,23 @@
-"""Row splits: sizes, determinism, coverage and the error for an unknown kind."""
+"""Row splits: sizes, determinism, coverage, the error for an unknown kind, and MovieLens's released order."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from m3oe_lightning.data.splits import TRAINING_SPLITS, check_fractions, require_rows, split_indices
+from m3oe_lightning.data.paths import resolve_data_root
+from m3oe_lightning.data.readers.movielens import load_movielens1m, read_movielens1m, released_order
+from m3oe_lightning.data.splits import (
+    TRAINING_SPLITS,
+    check_fractions,
+    first_appearance_order,
+    merge_grouped_order,
+    require_rows,
+    split_in_order,
+    split_indices,
+)
 from m3oe_lightning.errors import UserInputError
+from tests.unit.test_movielens_readers import write_ml1m
 
 ML1M_ROWS = 1_000_209
 
@@ -82,3 +93,62 @@ def test_require_rows_names_every_empty_split():
 def test_every_split_kind_can_require_rows():
     with pytest.raises(UserInputError, match=r"with train and val and test > 0"):
         check_fractions("data.split_fractions", [0.9, 0.0, 0.1], nonempty=TRAINING_SPLITS)
+
+
+# --- the released code's row order (data.split=released, MovieLens) -----------------------------------
+
+
+def test_first_appearance_order_groups_keys_in_order_of_first_sight():
+    keys = np.array([7, 3, 7, 9, 3, 7])
+    assert first_appearance_order(keys).tolist() == [0, 2, 5, 1, 4, 3]  # 7s, then 3s, then the 9; stable
+    assert first_appearance_order(np.array([], dtype=np.int64)).tolist() == []
+
+
+def test_merge_grouped_order_groups_by_the_first_key_then_the_second():
+    movies = np.array([1, 2, 3, 3, 1, 2, 3, 1, 2, 1])
+    users = np.array([1, 1, 3, 1, 2, 2, 4, 5, 5, 4])
+    # by movie: rows 0 4 7 9 | 1 5 8 | 2 3 6 (users 1 2 5 4 1 2 5 3 1 4); then by user in that order: 1, 2, 5, 4, 3
+    assert merge_grouped_order(movies, users).tolist() == [0, 1, 3, 4, 5, 7, 8, 9, 6, 2]
+
+
+def test_split_in_order_cuts_blocks_of_the_order_and_sorts_each_part():
+    order = np.array([9, 8, 7, 6, 5, 4, 3, 2, 1, 0])
+    train, val, test = split_in_order(order)
+    assert train.tolist() == [2, 3, 4, 5, 6, 7, 8, 9] and val.tolist() == [1] and test.tolist() == [0]
+    identity = split_in_order(np.arange(ML1M_ROWS))
+    assert all(np.array_equal(a, b) for a, b in zip(identity, split_indices(ML1M_ROWS, "ordered")))
+    with pytest.raises(UserInputError, match="val split is empty"):
+        split_in_order(np.arange(5), nonempty=TRAINING_SPLITS)
+
+
+def test_released_split_of_a_tiny_movielens_file(tmp_path):
+    folder = write_ml1m(tmp_path / "ml")
+    assert released_order(read_movielens1m(folder)).tolist() == [0, 1, 3, 4, 5, 7, 8, 9, 6, 2]
+    released = load_movielens1m(folder, split="released")
+    ordered = load_movielens1m(folder, split="ordered")
+    # val/test: line 6 (user 4, age 45) and line 2 (user 3, age 25) instead of the file's last lines 8 and 9
+    assert (released.val.domain.tolist(), released.test.domain.tolist()) == ([2], [1])
+    assert (ordered.val.domain.tolist(), ordered.test.domain.tolist()) == ([0], [2])
+    with pytest.raises(UserInputError, match=r"data\.split='sideways'.*random, ordered, released"):
+        load_movielens1m(folder, split="sideways")
+
+
+def test_released_order_of_ml1m_is_the_released_files_order():
+    """The released repository's ml-1m-sample.csv (its file's first 500 rows) holds users 1, 2, 12, 15 and
+    17 in blocks of 53, 129, 23, 201 and 94 rows, user 2's block starting with the movies below (not in
+    ratings.dat's order, which starts with 1357): what the rebuilt order gives."""
+    frame = read_movielens1m(resolve_data_root(None) / "movielens-1m")
+    order = released_order(frame)
+    users, movies = frame["user_id"].to_numpy()[order], frame["movie_id"].to_numpy()[order]
+    blocks = [(int(u), int((users[:500] == u).sum())) for u in dict.fromkeys(users[:500].tolist())]
+    assert blocks == [(1, 53), (2, 129), (12, 23), (15, 201), (17, 94)]
+    assert movies[53:61].tolist() == [1193, 3105, 2321, 1962, 1207, 2028, 1246, 1357]
+    train, val, test = split_in_order(order)
+    assert (len(train), len(val), len(test)) == (800_167, 100_021, 100_021)
+    user_ids = frame["user_id"].to_numpy()
+    assert not np.isin(user_ids[test], user_ids[train]).any()  # user-disjoint, as the released protocol
+
+
+def test_released_on_a_dataset_without_that_order_says_what_to_use():
+    with pytest.raises(UserInputError, match=r"data\.split='released' .* random, ordered .*data\.split=ordered"):
+        split_indices(10, "released")

@@ -13,6 +13,14 @@ Three raw layouts are read, each into the same frame (file order; columns :data:
 * ML-100K: ``u.data``, ``u.user``, ``u.item``, ``u.genre``; integer ages are mapped onto ML-1M age codes
   so both datasets share domains.
 
+Splits: ``random`` and ``ordered`` (:mod:`m3oe_lightning.data.splits`), and ``released``: 80/10/10 in the
+row order of the released M3oE code's ``ml-1m.csv``. That file is the torch-rechub recipe
+``merge(merge(ratings, movies), users)`` run with pandas < 2.2, whose inner merge grouped rows by key: by
+movie (in order of first rating), then by user (in order of first appearance there). Its first 500 rows
+(the repository's ``ml-1m-sample.csv``) equal that order rebuilt from ``ratings.dat`` exactly. Users stay
+in contiguous blocks, as with ``ordered``, but which users land in val/test differs: ``ordered`` puts the
+highest user ids there, ``released`` the users who appear last in the merged file.
+
 Readers are strict: any malformed line is one :class:`UserInputError` naming the file and line. A rating
 repeating an earlier one's (user, item) is handled by ``data.duplicates`` before the split (default
 ``drop``; see :mod:`m3oe_lightning.data.duplicates`).
@@ -39,7 +47,13 @@ from m3oe_lightning.data.duplicates import DEFAULT_POLICY, handle_duplicates
 from m3oe_lightning.data.encode import TableSpec, encode_table
 from m3oe_lightning.data.readers.frames import Where, lookup_rows, require_unique
 from m3oe_lightning.data.schema import EncodedDataset
-from m3oe_lightning.data.splits import TRAINING_SPLITS, check_split_kind, split_indices
+from m3oe_lightning.data.splits import (
+    TRAINING_SPLITS,
+    check_split_kind,
+    merge_grouped_order,
+    split_in_order,
+    split_indices,
+)
 from m3oe_lightning.data.textio import (
     read_csv_with_header,
     read_separated,
@@ -414,9 +428,22 @@ def _spec(name: str, **extras: object) -> TableSpec:
                      label_rules=(("click", "rating", ">=", 4.0), ("like", "rating", "==", 5.0)))
 
 
+RELEASED = "released"  # the split kind of the released code's file order (module docstring)
+SPLITS: tuple[str, ...] = (RELEASED,)  # beside the kinds every reader has
+
+
+def released_order(frame: pd.DataFrame) -> np.ndarray:
+    """Row order of the released code's ``ml-1m.csv``: ratings merged with movies, then with users, each
+    inner merge grouping rows by its key as pandas < 2.2 did (``frame`` in ratings file order)."""
+    return merge_grouped_order(frame["movie_id"].to_numpy(), frame["user_id"].to_numpy())
+
+
 def _encode(frame: pd.DataFrame, name: str, split: str, split_seed: int, **extras: object) -> EncodedDataset:
-    train, val, test = split_indices(len(frame), split, split_seed, nonempty=TRAINING_SPLITS,
-                                     advice="the ratings file is far too short; replace it with the original")
+    advice = "the ratings file is far too short; replace it with the original"
+    if split == RELEASED:
+        train, val, test = split_in_order(released_order(frame), nonempty=TRAINING_SPLITS, advice=advice)
+    else:
+        train, val, test = split_indices(len(frame), split, split_seed, nonempty=TRAINING_SPLITS, advice=advice)
     frame = frame.assign(region=zip_regions(frame["zip"]))
     return encode_table(frame, train, val, test, _spec(name, split=split, split_seed=split_seed, **extras))
 
@@ -424,7 +451,7 @@ def _encode(frame: pd.DataFrame, name: str, split: str, split_seed: int, **extra
 def load_movielens1m(root: Path, *, split: str = "random", split_seed: int = 2022,
                      download: bool = False, duplicates: str = DEFAULT_POLICY) -> EncodedDataset:
     """ML-1M as an encoded dataset; ``root`` holds the files (or an ``ml-1m/`` folder with them)."""
-    check_split_kind(split)
+    check_split_kind(split, also=SPLITS)
     files = movielens1m_files(Path(root), download=download)
     layout = "reconstruction" if files.reconstructed else "ratings.dat"
     return _encode(read_movielens1m(Path(root), duplicates=duplicates), "movielens1m", split, split_seed,
@@ -434,7 +461,7 @@ def load_movielens1m(root: Path, *, split: str = "random", split_seed: int = 202
 def load_movielens100k(root: Path, *, split: str = "random", split_seed: int = 2022,
                        duplicates: str = DEFAULT_POLICY) -> EncodedDataset:
     """ML-100K as an encoded dataset with ML-1M's domains, tasks and feature columns."""
-    check_split_kind(split)
+    check_split_kind(split, also=SPLITS)
     return _encode(read_movielens100k(Path(root), duplicates=duplicates), "movielens100k", split, split_seed)
 
 
