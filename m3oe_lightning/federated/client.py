@@ -29,6 +29,16 @@ of the state dict never come from the server after the client's first round: the
 local fit from the received global model overlaid with its own personalized model's values there.
 It still sends its whole model, so the server's global model (for the pooled global and held-out
 test sets, i.e. new sites) has averaged domain parts too.
+``private`` (``federated.personal=user_embeddings``): state-dict entries (the user-id embedding table)
+that are overlaid in the same way and, in addition, never leave the client: they are left out of every
+reply, so the server's global model keeps their initial values (a new user has no trained row anyway).
+
+``embedding_tables`` (``federated.sparse_embeddings=true``): for each embedding table (state-dict key →
+sparse column) the reply holds only the rows of the ids present in the client's training rows for that
+column, with those ids in :attr:`~.messages.FitRes.embedding_rows`. Those are the rows with information:
+Adam with weight decay moves every row a little each step (the decay enters the gradient and Adam rescales
+it), so "the row changed" would name them all; only rows whose ids occur in local data were fitted to
+anything. The client's own model keeps every row as trained.
 Everything that persists across rounds is in :meth:`state_dict` (a Flower ClientApp keeps it in
 ``context.state``).
 """
@@ -36,7 +46,7 @@ Everything that persists across rounds is in :meth:`state_dict` (a Flower Client
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import lightning as L
 import torch
@@ -118,12 +128,15 @@ class MDMTClient:
         batch_size / eval_batch_size: local training / evaluation batch sizes.
         seed: base seed; a fit's batch order is derived from (seed, round, fit).
         personal_slices: parts of the state dict kept local (see the module doc); ``None``: none.
+        private: state-dict entries never sent (see the module doc); they must be whole ``personal_slices``.
+        embedding_tables: row-sparse replies for these tables (state-dict key → sparse column); ``None``: off.
     """
 
     def __init__(self, client_id: str, data: EncodedDataset, *, model_fn: Callable[[], MDMTModel],
                  system_fn: SystemFactory, trainer_fn: TrainerFactory, batch_size: int = 4096,
                  eval_batch_size: int = 65536, seed: int = 0,
-                 personal_slices: PersonalSlices | None = None) -> None:
+                 personal_slices: PersonalSlices | None = None, private: Collection[str] = (),
+                 embedding_tables: Mapping[str, int] | None = None) -> None:
         self.client_id = client_id
         self.data = data
         self.model_fn = model_fn
@@ -133,6 +146,12 @@ class MDMTClient:
         self.eval_batch_size = int(eval_batch_size)
         self.seed = int(seed)
         self.personal_slices = dict(personal_slices or {})
+        self.private = frozenset(private)
+        if any(self.personal_slices.get(name, slice(0)) is not None for name in self.private):
+            raise ValueError(f"client {client_id}: private entries {sorted(self.private)} must be whole "
+                             f"personal slices")
+        self.embedding_tables = dict(embedding_tables or {})
+        self._touched: Arrays | None = None  # embedding table -> the ids in the local training rows
         self.personal: Arrays | None = None  # the personalized model (see module doc)
         self._model: MDMTModel | None = None
 
@@ -149,6 +168,26 @@ class MDMTClient:
         if self._model is None:
             self._model = self.model_fn()
         return self._model
+
+    # ------------------------------------------------------------------------------------ reply
+    def touched_rows(self) -> Arrays:
+        """Each row-sparse table's updated rows: the sorted ids of its column in the local training rows."""
+        if self._touched is None:
+            sparse = self.data.train.sparse
+            self._touched = {name: torch.unique(sparse[:, column]) for name, column in self.embedding_tables.items()}
+        return self._touched
+
+    def reply(self, trained: Arrays, num_examples: int, metrics: Mapping[str, float]) -> FitRes:
+        """The fit reply: ``trained`` without the private entries, row-sparse tables cut to their updated rows."""
+        if not self.private and not self.embedding_tables:
+            return FitRes(arrays=trained, num_examples=num_examples, metrics=dict(metrics))
+        arrays = {name: value for name, value in trained.items() if name not in self.private}
+        rows: Arrays = {}
+        for name, ids in self.touched_rows().items():
+            if name in arrays:
+                arrays[name] = arrays[name].index_select(0, ids)
+                rows[name] = ids
+        return FitRes(arrays=arrays, num_examples=num_examples, metrics=dict(metrics), embedding_rows=rows or None)
 
     # -------------------------------------------------------------------------------- local fit
     def train_local(self, model: MDMTModel, *, epochs: int, lr: float, server_round: int,
@@ -220,7 +259,7 @@ class MDMTClient:
                                               server_round=server_round, deadline=deadline)
         else:
             self.personal = trained
-        return FitRes(arrays=trained, num_examples=n_train, metrics={TRAIN_LOSS: loss, **metrics})
+        return self.reply(trained, n_train, {TRAIN_LOSS: loss, **metrics})
 
     def fit_personal(self, received: Arrays, *, lam: float, lr: float, epochs: int, server_round: int,
                      deadline: float | None = None) -> Arrays:

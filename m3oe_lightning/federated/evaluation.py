@@ -9,6 +9,7 @@ personalized model on their local test split.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -20,10 +21,13 @@ from m3oe_lightning.training.metrics import DomainTaskMetrics, grouped_bce_loss
 
 
 @torch.inference_mode()
-def evaluate_split(model: MDMTModel, split: EncodedSplit, batch_size: int = 65536) -> dict[str, float]:
-    """``auc_mean``, ``logloss_mean``, ``loss`` and ``auc/{domain}/{task}``, ``logloss/{domain}/{task}``.
+def evaluate_split(model: MDMTModel, split: EncodedSplit, batch_size: int = 65536,
+                   keep_logits: list[torch.Tensor] | None = None) -> dict[str, float]:
+    """``auc_mean``, ``logloss_mean``, ``loss``, ``auc/{domain}/{task}``, ``logloss/{domain}/{task}`` and the
+    pooled ``auc_pooled/{task}``, ``logloss_pooled/{task}``, ``auc_pooled_mean``, ``logloss_pooled_mean``.
 
     A split without rows gives ``{}``; groups with one label class have no AUC (left out of the mean).
+    ``keep_logits``: each batch's logits are appended to it (for :func:`part_metrics`, without a second pass).
     """
     if len(split) == 0:
         return {}
@@ -33,6 +37,8 @@ def evaluate_split(model: MDMTModel, split: EncodedSplit, batch_size: int = 6553
     loss_sum, rows = 0.0, 0
     for batch in TensorBatchLoader(split=split, batch_size=batch_size, shuffle=False):
         logits = forward_in_chunks(model, batch)
+        if keep_logits is not None:
+            keep_logits.append(logits)
         metrics.update(logits, batch["labels"], batch["domain"])
         n = int(batch["domain"].shape[0])
         loss_sum += float(grouped_bce_loss(logits, batch["labels"], batch["domain"], model.num_domains)) * n
@@ -40,6 +46,26 @@ def evaluate_split(model: MDMTModel, split: EncodedSplit, batch_size: int = 6553
     model.train(was_training)
     out = {key: float(value) for key, value in metrics.compute().items()}
     out[keys.LOSS] = loss_sum / rows
+    return out
+
+
+def part_metrics(model: MDMTModel, split: EncodedSplit, logits: torch.Tensor,
+                 part_rows: Sequence[int]) -> list[dict[str, float]]:
+    """The metrics (without ``loss``) of each consecutive part of ``split`` (``part_rows`` rows each, e.g. each
+    client's rows of the pooled test set) from the split's ``logits`` (``evaluate_split(keep_logits=...)``)."""
+    if sum(part_rows) != len(split) or logits.shape[0] != len(split):
+        raise ValueError(f"parts of {sum(part_rows)} rows and {logits.shape[0]} logits for a split of {len(split)}")
+    out: list[dict[str, float]] = []
+    start = 0
+    for size in part_rows:
+        end = start + int(size)
+        metrics = DomainTaskMetrics(model.schema.domains, model.schema.tasks)
+        if end > start:
+            metrics.update(logits[start:end], split.labels[start:end], split.domain[start:end])
+            out.append({key: float(value) for key, value in metrics.compute().items()})
+        else:
+            out.append({})
+        start = end
     return out
 
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import hydra
+import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from m3oe_lightning import metric_keys as keys
@@ -26,12 +28,12 @@ from m3oe_lightning.data.encoders import Encoders
 from m3oe_lightning.data.schema import EncodedSplit
 from m3oe_lightning.errors import UserInputError, check_int, check_number
 from m3oe_lightning.federated.client import MDMTClient
-from m3oe_lightning.federated.evaluation import evaluate_split
+from m3oe_lightning.federated.evaluation import evaluate_split, finite, part_metrics
 from m3oe_lightning.federated.messages import Arrays, Metrics, get_arrays, set_arrays
 from m3oe_lightning.federated.partition import Federation, check_settings, partition, pooled, region_keys
 from m3oe_lightning.federated.simulation import InProcessTransport, Simulation
 from m3oe_lightning.federated.strategies.base import Strategy
-from m3oe_lightning.models.base import MDMTModel, PersonalSlices
+from m3oe_lightning.models.base import USER_COLUMN, USER_EMBEDDINGS, MDMTModel, PersonalSlices
 from m3oe_lightning.seeds import derive_seed
 from m3oe_lightning.training.system import build_system, system_factory
 
@@ -41,18 +43,32 @@ LEGACY_STRATEGY_NAMES = {"mu": "proximal_mu", "lam": "ditto_lambda"}
 # What is not part of a federated run's identity: where it logs and the run hooks.
 NOT_IDENTITY = ("paths", "logger", "skip_finished")
 NOT_FEDERATED_IDENTITY = ("resume", "kill_after_round")
+# ``federated.*`` settings of no strategy added after runs were stored: at these values they are left out of a
+# run's identity (as a strategy's ``identity_defaults``), so a run that did not have them keeps its hash
+FEDERATED_IDENTITY_DEFAULTS: dict[str, object] = {"sparse_embeddings": False}
 
 
 class ServerEvaluator:
-    """Flower's ``evaluate_fn``: the global model on the pooled global test set and held-out test set."""
+    """Flower's ``evaluate_fn``: the global model on the pooled global test set and held-out test set.
+
+    ``client_test_rows``: the global test set is the training clients' test splits one after another, of
+    these sizes; then ``global/auc_client_mean`` is the plain mean over clients of the global model's AUC on
+    each client's rows, the basis ``personal/auc_mean`` uses (AUC does not decompose over clients, so the
+    pooled ``global/auc_mean`` is not comparable with it). Both come from one forward pass; the pooled
+    metrics are computed exactly as without it.
+    """
 
     SUMMARY = (keys.AUC_MEAN, keys.LOGLOSS_MEAN, keys.LOSS)  # all the held-out set reports
 
     def __init__(self, model: MDMTModel, global_test: EncodedSplit, heldout_test: EncodedSplit | None,
-                 batch_size: int = 65536) -> None:
+                 batch_size: int = 65536, client_test_rows: Sequence[int] = ()) -> None:
+        if client_test_rows and sum(client_test_rows) != len(global_test):
+            raise ValueError(f"client test splits of {sum(client_test_rows)} rows in all, but the global test set "
+                             f"has {len(global_test)}")
         self.model = model
         self.sets = {keys.GLOBAL: global_test, keys.HELDOUT: heldout_test}
         self.batch_size = batch_size
+        self.client_test_rows = [int(n) for n in client_test_rows]
 
     def __call__(self, server_round: int, arrays: Arrays) -> Metrics:
         set_arrays(self.model, arrays)
@@ -60,9 +76,15 @@ class ServerEvaluator:
         for prefix, split in self.sets.items():
             if split is None:
                 continue
-            for name, value in evaluate_split(self.model, split, self.batch_size).items():
+            logits: list[torch.Tensor] | None = [] if prefix == keys.GLOBAL and self.client_test_rows else None
+            for name, value in evaluate_split(self.model, split, self.batch_size, keep_logits=logits).items():
                 if name in self.SUMMARY or prefix == keys.GLOBAL:
                     out[keys.key(prefix, name)] = value
+            if logits:
+                per_client = part_metrics(self.model, split, torch.cat(logits), self.client_test_rows)
+                scored = [m[keys.AUC_MEAN] for m in per_client if finite(m.get(keys.AUC_MEAN))]
+                if scored:
+                    out[keys.GLOBAL_AUC_CLIENT_MEAN] = float(np.mean(scored))
         return out
 
 
@@ -96,15 +118,51 @@ def check_federated(fed: DictConfig) -> None:
                    heldout_clients=fed.heldout_clients, local_split=list(fed.local_split))
 
 
-def personal_slices(model: MDMTModel, personal: str | None, model_name: str) -> PersonalSlices | None:
-    """The state-dict parts clients keep local under ``federated.personal`` (``none``: nothing)."""
+def personal_kinds(personal: str | None) -> list[str]:
+    """``federated.personal`` as a list of kinds (``a+b`` keeps both; ``none``: no kind)."""
     if personal in (None, "none"):
+        return []
+    return [kind.strip() for kind in str(personal).split("+")]
+
+
+def personal_slices(model: MDMTModel, personal: str | None, model_name: str) -> PersonalSlices | None:
+    """The state-dict parts clients keep local under ``federated.personal`` (``none``: nothing; several kinds
+    joined by ``+``, e.g. ``domain_experts+user_embeddings``, keep the union)."""
+    kinds = personal_kinds(personal)
+    out: PersonalSlices = {}
+    for kind in kinds:
+        slices = model.federated_personal_slices(kind)
+        if not slices:
+            raise UserInputError(f"federated.personal={personal!r}: model {model_name} has no such part ({kind}; "
+                                 f"domain_experts needs model=m3oe with use_domain_experts=true, "
+                                 f"{USER_EMBEDDINGS} a {USER_COLUMN} column embedded by the model); "
+                                 f"use federated.personal=none")
+        for name, rows in slices.items():
+            if name in out and out[name] != rows:
+                raise UserInputError(f"federated.personal={personal!r}: {name} is kept in two different ways")
+            out[name] = rows
+    return out or None
+
+
+def private_entries(model: MDMTModel, personal: str | None) -> list[str]:
+    """The state-dict entries that never leave a client: the user-id embedding table under
+    ``federated.personal=user_embeddings`` (other personal parts are kept local but still sent)."""
+    if USER_EMBEDDINGS not in personal_kinds(personal):
+        return []
+    return sorted(model.federated_personal_slices(USER_EMBEDDINGS) or {})
+
+
+def sparse_tables(model: MDMTModel, sparse_embeddings: object, model_name: str) -> dict[str, int] | None:
+    """The embedding tables clients reply row-sparse under ``federated.sparse_embeddings=true`` (else ``None``)."""
+    if not isinstance(sparse_embeddings, bool):
+        raise UserInputError(f"federated.sparse_embeddings={sparse_embeddings!r}: use true or false")
+    if not sparse_embeddings:
         return None
-    slices = model.personal_slices(str(personal))
-    if not slices:
-        raise UserInputError(f"federated.personal={personal!r}: model {model_name} has no such part (domain_experts "
-                             f"needs model=m3oe with use_domain_experts=true); use federated.personal=none")
-    return slices
+    tables = model.embedding_tables()
+    if not tables:
+        raise UserInputError(f"federated.sparse_embeddings=true: model {model_name} names no embedding tables "
+                             f"(MDMTModel.embedding_tables); use federated.sparse_embeddings=false")
+    return tables
 
 
 # ---------------------------------------------------------------------------------------- strategy
@@ -151,6 +209,7 @@ def federated_identity(resolved: Mapping[str, Any]) -> dict[str, Any]:
     identity = {k: v for k, v in resolved.items() if k not in NOT_IDENTITY}
     fed = {k: v for k, v in resolved["federated"].items() if k not in NOT_FEDERATED_IDENTITY}
     defaults = hydra.utils.get_class(str(fed["strategy"]["_target_"])).identity_defaults
+    defaults = {**FEDERATED_IDENTITY_DEFAULTS, **defaults}
     fed = {k: v for k, v in fed.items() if not (k in defaults and v == defaults[k])}
     target, arguments = strategy_arguments(fed, resolved["seed"])
     fed["strategy"] = {"_target_": target, **{LEGACY_STRATEGY_NAMES.get(k, k): v for k, v in arguments.items()}}
@@ -181,15 +240,20 @@ def build_federated(cfg: DictConfig) -> FederatedSetup:
 
     trainer_fn = hydra.utils.instantiate(cfg.client_trainer, _partial_=True)
     system_fn = system_factory(cfg)
-    personal = personal_slices(model, fed.get("personal", "none"), type(model).__name__)
+    model_name = type(model).__name__
+    personal = personal_slices(model, fed.get("personal", "none"), model_name)
+    private = private_entries(model, fed.get("personal", "none"))
+    tables = sparse_tables(model, fed.get("sparse_embeddings", False), model_name)
     clients = {
         c.client_id: MDMTClient(c.client_id, c.data, model_fn=functools.partial(copy.deepcopy, template),
                                 system_fn=system_fn, trainer_fn=trainer_fn, batch_size=datamodule.batch_size,
                                 eval_batch_size=datamodule.eval_batch_size,
-                                seed=derive_seed(cfg.seed, "client", c.client_id), personal_slices=personal)
+                                seed=derive_seed(cfg.seed, "client", c.client_id), personal_slices=personal,
+                                private=private, embedding_tables=tables)
         for c in federation.clients
     }
-    evaluator = ServerEvaluator(model, federation.global_test, federation.heldout_test, datamodule.eval_batch_size)
+    evaluator = ServerEvaluator(model, federation.global_test, federation.heldout_test, datamodule.eval_batch_size,
+                                client_test_rows=[len(c.data.test) for c in federation.clients])
     simulation = Simulation(strategy, InProcessTransport(clients), initial_arrays=get_arrays(template),
                             evaluate_fn=evaluator, client_timeout=fed.get("client_timeout"))
     return FederatedSetup(simulation=simulation, federation=federation, strategy=strategy, model=model,

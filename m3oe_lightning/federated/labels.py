@@ -8,8 +8,10 @@ SERVER_STATE = "server_state.pt"  # <checkpoint_dir>/<run_id>/server_state.pt, w
 
 
 def algorithm_label(fed: DictConfig) -> str:
-    """What a report calls the run: ``centralized``, the strategy, or ``{strategy}+{personal}``."""
+    """What a report calls the run: ``centralized``, the strategy, or ``{strategy}+{personal}``; ``+sparse``
+    appended under row-sparse aggregation (``federated.sparse_embeddings``), so reports keep both apart."""
+    sparse = "+sparse" if fed.get("sparse_embeddings") is True else ""
     if fed.get("centralized"):
-        return "centralized"
+        return f"centralized{sparse}"
     personal = str(fed.get("personal", "none"))
-    return str(fed.name) if personal == "none" else f"{fed.name}+{personal}"
+    return (str(fed.name) if personal == "none" else f"{fed.name}+{personal}") + sparse

@@ -10,7 +10,8 @@ here               Flower (``flwr`` Message API)
 :data:`Config`     ``ConfigRecord`` (scalars and strings only)
 :data:`Metrics`    ``MetricRecord`` (floats; ``num-examples`` travels as :attr:`FitRes.num_examples`)
 :class:`FitIns`    a ``TRAIN`` message's content ``{"arrays", "config"}``
-:class:`FitRes`    its reply ``{"arrays", "metrics"}``
+:class:`FitRes`    its reply ``{"arrays", "metrics"}`` (+ ``"embedding-rows"``, an ``ArrayRecord``, when
+                   the reply is row-sparse)
 :class:`EvaluateIns` / :class:`EvaluateRes`   the ``EVALUATE`` pair
 =================  =====================================================================
 """
@@ -49,11 +50,18 @@ class FitIns:
 
 @dataclass
 class FitRes:
-    """Client → server: the trained model (``None`` = nothing sent), its training rows and metrics."""
+    """Client → server: the trained model (``None`` = nothing sent), its training rows and metrics.
+
+    ``embedding_rows`` (row-sparse replies, ``federated.sparse_embeddings``): for each embedding table it
+    names, the sorted int64 ids of the rows the client updated; ``arrays`` then holds only those rows of
+    that table (``[len(ids), dim]``, in id order). ``None``: every entry of ``arrays`` is whole. Entries a
+    client keeps to itself (``federated.personal=user_embeddings``) are absent from ``arrays``.
+    """
 
     arrays: Arrays | None
     num_examples: int
     metrics: Metrics = field(default_factory=dict)
+    embedding_rows: Arrays | None = None
 
 
 @dataclass

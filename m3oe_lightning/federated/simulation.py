@@ -18,10 +18,11 @@ are :class:`Simulation`'s code, the same for both.
 
 Per-round metrics (MLflow step = round): ``personal/auc_mean``, ``personal/auc_mean_weighted``,
 ``personal/logloss_mean``, ``client/{id}/auc_mean``, ``global/auc_mean`` (+ ``global/logloss_mean``
-and ``global/auc/{domain}/{task}``), ``heldout/auc_mean`` (+ logloss), ``train/loss``,
-``comm/bytes_down``, ``comm/bytes_up``, ``comm/bytes_sent``, ``round/clients_*`` and
-``time/{round,fit,evaluate,other}_s``, plus the metrics the strategy's ``aggregate_train`` returns
-(PAGE: ``page/*``).
+and ``global/auc/{domain}/{task}``), ``global/auc_client_mean`` (the global model on each training client's
+test split, mean over clients: like-for-like with ``personal/auc_mean``), ``heldout/auc_mean``
+(+ logloss), ``train/loss``, ``comm/bytes_down``, ``comm/bytes_up`` (row-sparse replies: the rows sent
+and their int64 ids), ``comm/bytes_sent``, ``round/clients_*`` and ``time/{round,fit,evaluate,other}_s``,
+plus the metrics the strategy's ``aggregate_train`` returns (PAGE: ``page/*``).
 """
 
 from __future__ import annotations
@@ -266,7 +267,7 @@ class Simulation:
         fit_start = time.perf_counter()
         replies = transport.fit(server_round, instructions, timeout=self.client_timeout, fail=self.record_failure)
         fit_seconds = time.perf_counter() - fit_start
-        bytes_up = sum(nbytes(reply.arrays) for reply in replies.values())
+        bytes_up = sum(nbytes(reply.arrays) + nbytes(reply.embedding_rows) for reply in replies.values())
 
         new_arrays, strategy_metrics = strategy.aggregate_train(server_round, replies)
         aggregated = 0

@@ -17,7 +17,7 @@ from torch import nn
 
 from m3oe_lightning.data.schema import Batch, FeatureSchema
 from m3oe_lightning.errors import UserInputError, check_int
-from m3oe_lightning.models.layers import DomainRouting
+from m3oe_lightning.models.layers import DomainRouting, FeatureEmbedding
 
 # Rows per forward pass in evaluation, by default. Inference is memory-bound past a few thousand rows (each
 # layer's activations leave the cache): on this 2-core machine, Trainer.validate over MovieLens-1M's 100k val
@@ -27,6 +27,11 @@ DEFAULT_EVAL_CHUNK_ROWS = 4096
 
 # state-dict key -> the part a client keeps local: ``None`` = the whole tensor, a slice = those rows of dim 0
 PersonalSlices = dict[str, slice | None]
+
+# ``federated.personal`` kinds every model has (served by :meth:`MDMTModel.federated_personal_slices`, not by the
+# model-specific :meth:`MDMTModel.personal_slices`), and the sparse column whose table they keep local: the
+# readers name the user column ``user_id`` (MovieLens, KuaiRand, synthetic)
+USER_EMBEDDINGS, USER_COLUMN = "user_embeddings", "user_id"
 
 
 def check_domains_tasks(schema: FeatureSchema, num_domains: int | None, num_tasks: int | None,
@@ -92,6 +97,35 @@ class MDMTModel(nn.Module):
         ``None``: this model has no such part (the federated factory then refuses the setting).
         """
         return None
+
+    def embedding_tables(self) -> dict[str, int]:
+        """State-dict key of each embedding table → the sparse column (index into ``batch["sparse"]``) whose
+        ids index its rows: what row-sparse federated aggregation averages row by row.
+
+        By default every :class:`~m3oe_lightning.models.layers.FeatureEmbedding` inside the model; a model
+        that embeds ids some other way overrides it.
+        """
+        state = self.state_dict()
+        out: dict[str, int] = {}
+        for prefix, module in self.named_modules():
+            if isinstance(module, FeatureEmbedding):
+                for column, _ in enumerate(module.tables):
+                    key = f"{prefix}.tables.{column}.weight" if prefix else f"tables.{column}.weight"
+                    if key in state:
+                        out[key] = column
+        return out
+
+    def federated_personal_slices(self, kind: str) -> PersonalSlices | None:
+        """:meth:`personal_slices`, plus the kinds every model has: ``user_embeddings`` (the table of the
+        ``user_id`` column; ``None`` when the data has no such column)."""
+        if kind != USER_EMBEDDINGS:
+            return self.personal_slices(kind)
+        names = [f.name for f in self.schema.sparse]
+        if USER_COLUMN not in names:
+            return None
+        column = names.index(USER_COLUMN)
+        slices: PersonalSlices = {key: None for key, col in self.embedding_tables().items() if col == column}
+        return slices or None
 
 
 class RoutedModel(MDMTModel):

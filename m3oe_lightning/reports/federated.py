@@ -5,8 +5,10 @@ Reads finished ``m3oe-federate`` runs (never log files) tagged with the sweep's 
 
 - ``README.md``: per algorithm, the last round's personalization (``personal/auc_mean`` and its
   test-row-weighted form), generalization (``global/auc_mean``) and held-out (``heldout/auc_mean``) AUC as
-  mean ± std over seeds; rounds to reach 99% of the final global AUC; wall time per run and the share of a
-  round spent in local training; two-sided Welch t-tests of PAGE (and federated M3oE) against FedAvg;
+  mean ± std over seeds; the global model's AUC also as a mean over clients (``global/auc_client_mean``) and
+  the personalization gap (personal minus global) on both bases; rounds to reach 99% of the final global AUC;
+  wall time per run and the share of a round spent in local training; two-sided Welch t-tests of PAGE (and
+  federated M3oE) against FedAvg;
 - ``results.csv``: one line per run used (the newest finished run of each (algorithm, seed));
 - ``federated_curves.png``: global and personal AUC per round, mean over seeds, one line per algorithm.
 
@@ -38,8 +40,11 @@ from m3oe_lightning.tracking.provenance import git_commit  # noqa: E402
 ORDER = ("centralized", "local", "fedavg", "fedprox", "ditto", "page", "fedavg+domain_experts",
          "page+domain_experts")
 PERSONAL_AUC, GLOBAL_AUC = keys.key(keys.PERSONAL, keys.AUC_MEAN), keys.key(keys.GLOBAL, keys.AUC_MEAN)
-FINAL = (PERSONAL_AUC, keys.key(keys.PERSONAL, keys.AUC_MEAN_WEIGHTED), GLOBAL_AUC,
+FINAL = (PERSONAL_AUC, keys.key(keys.PERSONAL, keys.AUC_MEAN_WEIGHTED), GLOBAL_AUC, keys.GLOBAL_AUC_CLIENT_MEAN,
          keys.key(keys.HELDOUT, keys.AUC_MEAN))
+# personalization gap = personal/auc_mean minus the global model's AUC, on two bases: pooled rows (unlike: AUC does
+# not decompose over clients) and per-client means (like-for-like; runs older than the metric have none)
+GAPS = (GLOBAL_AUC, keys.GLOBAL_AUC_CLIENT_MEAN)
 CURVES = (GLOBAL_AUC, PERSONAL_AUC)
 ROUND_SECONDS, FIT_SECONDS = "time/round_s", "time/fit_s"  # the simulation's timing of each round
 TIMES = (ROUND_SECONDS, FIT_SECONDS)
@@ -111,6 +116,16 @@ def final_values(runs: Sequence[FederatedRun], algorithm: str, metric: str) -> l
             if r.algorithm == algorithm and math.isfinite(r.metrics.get(metric, math.nan))]
 
 
+def gaps(runs: Sequence[FederatedRun], algorithm: str, basis: str) -> list[float]:
+    """Each run's ``personal/auc_mean`` minus its global AUC on ``basis`` (runs lacking either left out)."""
+    out = []
+    for r in runs:
+        personal, global_auc = r.metrics.get(PERSONAL_AUC, math.nan), r.metrics.get(basis, math.nan)
+        if r.algorithm == algorithm and math.isfinite(personal) and math.isfinite(global_auc):
+            out.append(personal - global_auc)
+    return out
+
+
 def fit_share(run: FederatedRun) -> float:
     """Share of the run's round time spent in the clients' local fits."""
     total = sum(run.history.get(ROUND_SECONDS, []))
@@ -127,14 +142,16 @@ def average(xs: Sequence[float], pattern: str) -> str:
 
 def results_table(runs: Sequence[FederatedRun]) -> list[str]:
     lines = table_head(["algorithm", "seeds", "personal AUC", "personal AUC (weighted)", "global AUC",
-                        "held-out AUC", "rounds to 99% of final global AUC", "seconds per run",
-                        "local fits share of a round"])
+                        "global AUC (client mean)", "held-out AUC", "gap personal − global (pooled)",
+                        "gap personal − global (client mean)", "rounds to 99% of final global AUC",
+                        "seconds per run", "local fits share of a round"])
     for name in algorithms(runs):
         mine = [r for r in runs if r.algorithm == name]
         to99 = [r.rounds_to(GLOBAL_AUC) for r in mine if GLOBAL_AUC in r.history]
         seconds = [r.seconds for r in mine if math.isfinite(r.seconds)]
         shares = [s for s in (fit_share(r) for r in mine) if math.isfinite(s)]
         cells = [cell(final_values(runs, name, m)) for m in FINAL]
+        cells += [cell(gaps(runs, name, basis)) for basis in GAPS]
         cells += [average(to99, "{:.1f}"), average(seconds, "{:.0f}"), average([100 * s for s in shares], "{:.0f}%")]
         lines.append(table_row([name, str(len(mine)), *cells]))
     return lines
@@ -206,7 +223,10 @@ def markdown(runs: Sequence[FederatedRun], *, command: str, source: str) -> str:
         "Metrics are those of the last round, AUC ×10⁻² (mean of the per-(domain, task) AUCs), mean ± sample "
         "std over seeds. **personal**: each client's personalized model on its own local test split, plain mean "
         "over clients (weighted: by test rows); **global**: the global model on the union of the training "
-        "clients' test splits; **held-out**: the global model on the held-out region's test split. `local` has "
+        "clients' test splits (pooled rows); **global (client mean)**: the global model on each training "
+        "client's test split, plain mean over clients, the basis personal AUC uses (AUC does not decompose over "
+        "clients, so only this gap is like-for-like; the pooled gap is shown beside it); **held-out**: the global "
+        "model on the held-out region's test split. `local` has "
         "no global model. `centralized` is the reference: M3oE trained on the pooled rows of the training "
         "clients (one client, one epoch per round), scored on the same test rows; its personal AUC is its "
         "global AUC. `+domain_experts` is federated M3oE (each client keeps its domain experts, gates and "

@@ -307,3 +307,44 @@ def test_algorithm_labels_name_runs_and_report_rows():
     assert algorithm_label(OmegaConf.create({"name": "page", "personal": "none"})) == "page"
     assert algorithm_label(OmegaConf.create({"name": "page", "personal": "domain_experts"})) == "page+domain_experts"
     assert algorithm_label(OmegaConf.create({"name": "fedavg", "centralized": True})) == "centralized"
+    assert algorithm_label(OmegaConf.create({"name": "fedavg", "personal": "user_embeddings",
+                                             "sparse_embeddings": True})) == "fedavg+user_embeddings+sparse"
+    assert algorithm_label(OmegaConf.create({"name": "page", "sparse_embeddings": False})) == "page"
+
+
+# ----------------------------------------------------------------------- row-sparse and user embeddings
+@pytest.mark.parametrize("model_name", sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml")))
+def test_every_model_names_its_embedding_tables_and_the_column_they_index(synthetic, model_name):
+    from m3oe_lightning.config import build
+
+    cfg = compose_train([f"model={model_name}"])
+    model = build(cfg.model, schema=synthetic.schema)
+    tables, state = model.embedding_tables(), model.state_dict()
+    columns = list(tables.values())  # a model of separate sub-models (split) has one table per column each
+    assert set(columns) == set(range(len(synthetic.schema.sparse)))
+    assert len({columns.count(c) for c in set(columns)}) == 1
+    for name, column in tables.items():
+        feature = synthetic.schema.sparse[column]
+        assert state[name].shape == (feature.vocab_size, feature.embed_dim)
+    user = model.federated_personal_slices("user_embeddings")
+    assert user == {name: None for name, column in tables.items() if column == 0}  # user_id is column 0
+
+
+def test_new_federated_settings_keep_old_hashes_at_their_defaults_and_bad_values_fail(tmp_path):
+    from tests.unit.test_config_hashes_federate import federate_hash
+
+    assert federate_hash([]) == federate_hash(["federated.sparse_embeddings=false"])
+    assert federate_hash([]) != federate_hash(["federated.sparse_embeddings=true"])
+    assert federate_hash([]) != federate_hash(["federated.personal=user_embeddings"])
+    with pytest.raises(UserInputError, match="federated.sparse_embeddings='yes': use true or false"):
+        setup_for(tmp_path, "federated.sparse_embeddings=yes")
+    with pytest.raises(UserInputError, match="model M3oE has no such part \\(experts"):
+        setup_for(tmp_path, "federated.personal=user_embeddings+experts")
+
+
+def test_domain_experts_and_user_embeddings_combine_and_only_the_user_table_is_private(tmp_path):
+    setup = setup_for(tmp_path, "federated.personal=domain_experts+user_embeddings")
+    client = next(iter(setup.simulation.clients.values()))
+    domain = setup.model.personal_slices("domain_experts")
+    assert client.personal_slices == {**domain, "embedding.tables.0.weight": None}
+    assert client.private == {"embedding.tables.0.weight"}

@@ -15,6 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from m3oe_lightning.federated.messages import Arrays, EvaluateIns, EvaluateRes, FitIns, FitRes, Metrics
 
 ARRAYS, CONFIG, METRICS, INFO = "arrays", "config", "metrics", "info"
+EMBEDDING_ROWS = "embedding-rows"  # a row-sparse fit reply's updated row ids per table (FitRes.embedding_rows)
 NUM_EXAMPLES = "num-examples"
 PARTITION_ID = "partition-id"
 STATE_PREFIX = "m3oe."  # context.state keys holding MDMTClient.state_dict() entries
@@ -76,13 +77,17 @@ def fit_res_to_content(res: FitRes) -> RecordDict:
     content = RecordDict({METRICS: _metric_record(res.metrics, res.num_examples)})
     if res.arrays is not None:
         content[ARRAYS] = arrays_to_record(res.arrays)
+    if res.embedding_rows:  # a whole reply has no such record (as before row-sparse replies existed)
+        content[EMBEDDING_ROWS] = arrays_to_record(res.embedding_rows)
     return content
 
 
 def content_to_fit_res(content: RecordDict) -> FitRes:
     num_examples, metrics = _split_metrics(content.metric_records[METRICS])
     arrays = record_to_arrays(content.array_records[ARRAYS]) if ARRAYS in content.array_records else None
-    return FitRes(arrays=arrays, num_examples=num_examples, metrics=metrics)
+    rows = (record_to_arrays(content.array_records[EMBEDDING_ROWS]) if EMBEDDING_ROWS in content.array_records
+            else None)
+    return FitRes(arrays=arrays, num_examples=num_examples, metrics=metrics, embedding_rows=rows)
 
 
 def evaluate_res_to_content(res: EvaluateRes) -> RecordDict:

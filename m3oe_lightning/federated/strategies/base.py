@@ -66,6 +66,9 @@ class Strategy:
         self.fraction_train = float(fraction_train)
         self.min_clients = min_clients
         self.seed = int(seed)
+        # the global model this round's clients were sent (configure_train keeps it): row-sparse replies and
+        # entries clients keep to themselves are aggregated onto it (federated/aggregation.py)
+        self.round_arrays: Arrays | None = None
 
     # ------------------------------------------------------------------------------ run-level hooks
     def prepare(self, federation: Federation, make_split_evaluator: SplitEvaluatorFactory) -> None:
@@ -100,6 +103,7 @@ class Strategy:
 
     def configure_train(self, server_round: int, arrays: Arrays | None, client_ids: list[str]) -> dict[str, FitIns]:
         config = self.fit_config(server_round)
+        self.round_arrays = arrays
         return {cid: FitIns(arrays=arrays, config=dict(config)) for cid in self.sample(server_round, client_ids)}
 
     def aggregate_train(self, server_round: int, replies: dict[str, FitRes]) -> tuple[Arrays | None, Metrics]:

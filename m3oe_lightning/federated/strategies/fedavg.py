@@ -1,8 +1,13 @@
-"""FedAvg (McMahan et al., AISTATS 2017): the replies averaged, weighted by local training rows."""
+"""FedAvg (McMahan et al., AISTATS 2017): the replies averaged, weighted by local training rows.
+
+Row-sparse replies (``federated.sparse_embeddings``) are averaged row by row over the clients that updated
+each row, with these weights renormalised over them (:func:`~m3oe_lightning.federated.aggregation.aggregate`).
+"""
 
 from __future__ import annotations
 
-from m3oe_lightning.federated.messages import Arrays, FitRes, Metrics, weighted_average
+from m3oe_lightning.federated.aggregation import aggregate
+from m3oe_lightning.federated.messages import Arrays, FitRes, Metrics
 from m3oe_lightning.federated.strategies.base import Strategy
 
 
@@ -20,4 +25,4 @@ class FedAvg(Strategy):
         if len(replies) < self.min_clients:
             return None, {}
         weights = self.aggregation_weights(server_round, replies)
-        return weighted_average((replies[cid].arrays, weights[cid]) for cid in sorted(replies)), {}
+        return aggregate(replies, weights, self.round_arrays), {}

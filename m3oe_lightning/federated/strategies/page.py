@@ -31,7 +31,10 @@ the lr and epochs travel in each client's round config. Our decisions (docs/page
   ``[lr_min, lr_max]`` (so an untrained actor, u ≈ 0.5, plays ``lr_max`` and ``epochs_max``, FedAvg's own
   setting), ``lr = u``, ``epochs = max(1, int(u·int(epochs_max / lr_max)))``, and warm-up actions drawn
   uniformly in ``[lr_min, lr_max]`` as it does. Server weights are ``u_i + 1e-6`` normalised over the
-  clients that replied (a dropped client gets no weight) under both.
+  clients that replied (a dropped client gets no weight) under both; row-sparse replies
+  (``federated.sparse_embeddings``) average each embedding row over the clients that updated it, these
+  weights renormalised over them, and a client's state entry scores its model as :func:`expand` rebuilds it
+  (the global model with the client's updated rows).
 * Replay (``replay``): ``raw`` (docs/page.md, Decision 2) stores the actor's own output; ``transformed``
   stores what was applied, as the released code does: the client's ``u`` after the mapping's clip, the
   server's weight vector (0 for a client that did not reply).
@@ -53,6 +56,7 @@ import torch
 from m3oe_lightning import metric_keys as keys
 from m3oe_lightning.data.schema import EncodedSplit
 from m3oe_lightning.errors import UserInputError, check_int, check_number
+from m3oe_lightning.federated.aggregation import aggregate, expand
 from m3oe_lightning.federated.evaluation import finite
 from m3oe_lightning.federated.messages import (
     SCORE_RECEIVED_AUC,
@@ -61,7 +65,6 @@ from m3oe_lightning.federated.messages import (
     FitIns,
     FitRes,
     Metrics,
-    weighted_average,
 )
 from m3oe_lightning.federated.partition import Federation, concat_splits
 from m3oe_lightning.federated.strategies.base import SplitEvaluatorFactory, SplitScore
@@ -247,6 +250,7 @@ class PAGE(FedAvg):
     # --------------------------------------------------------------------------------------- train
     def configure_train(self, server_round: int, arrays: Arrays | None, client_ids: list[str]) -> dict[str, FitIns]:
         self._ensure_agents(client_ids)
+        self.round_arrays = arrays
         if self.server_state is None:  # reset: the initial global model's score, once per client
             auc = _auc_or_half(self._server_score(arrays).get(keys.AUC_MEAN)) if arrays is not None else 0.5
             self.server_state = torch.full((len(self.client_ids),), auc)
@@ -310,12 +314,12 @@ class PAGE(FedAvg):
         # the server's next state: each fresh local model on the server validation set
         next_server = self.server_state.clone()
         for cid in sorted(replies):
-            score = self._server_score(replies[cid].arrays)
+            score = self._server_score(expand(self.round_arrays, replies[cid]))
             next_server[self.client_ids.index(cid)] = _auc_or_half(score.get(keys.AUC_MEAN))
         new = None
         if len(replies) >= self.min_clients:
             weights = self.aggregation_weights(server_round, replies)
-            new = weighted_average((replies[cid].arrays, weights[cid]) for cid in sorted(replies))
+            new = aggregate(replies, weights, self.round_arrays)
             for cid, w in weights.items():
                 metrics[page_key("weight", cid)] = w
             score = self._server_score(new)
