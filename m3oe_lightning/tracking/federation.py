@@ -23,12 +23,15 @@ from rich.table import Table
 
 from m3oe_lightning import metric_keys as keys
 from m3oe_lightning.data.encoders import Encoders
+from m3oe_lightning.errors import UserInputError
 from m3oe_lightning.federated.factory import FederatedSetup, federated_identity
 from m3oe_lightning.federated.labels import SERVER_STATE, algorithm_label
 from m3oe_lightning.federated.messages import Metrics
+from m3oe_lightning.serving.bundle import NETWORK_FILE
 from m3oe_lightning.tracking import models, provenance, runs
 
 GLOBAL_WEIGHTS = "global_weights.pt"  # the final global model's state dict, beside server_state.pt
+CLIENT_MODEL_ARTIFACT = "client_model"  # logger.client_model's personalized model: runs:/<id>/client_model
 
 
 def round_line(server_round: int, rounds: int, m: Metrics) -> str:
@@ -84,6 +87,7 @@ def run_federation(cfg: DictConfig, build_setup: Callable[[], FederatedSetup],
     if (finished := runs.finished_run(cfg, cfg_hash, label=algorithm_label(fed))) is not None:
         return dict(finished.data.metrics)
     setup = build_setup()
+    client_model = requested_client(cfg, setup)  # refused before the run exists
     model_label, data_label = provenance.run_labels(cfg, from_experiment=False)  # presets name variants
     personal = str(fed.get("personal", "none"))
     tags = {"task": "federate", "federated": str(fed.name), "algorithm": algorithm_label(fed),
@@ -121,7 +125,39 @@ def run_federation(cfg: DictConfig, build_setup: Callable[[], FederatedSetup],
             run.client.log_text(run.run_id, json.dumps(state.failures, indent=2), "federated/failures.json")
         if cfg.logger.get("log_model", True) and setup.encoders is not None and state.global_arrays is not None:
             log_global_model(cfg, run, setup.encoders, state.global_arrays, label=tags["model"])
+        if client_model is not None and setup.encoders is not None:
+            log_client_model(cfg, run, setup, client_model, label=tags["model"])
     return last
+
+
+def requested_client(cfg: DictConfig, setup: FederatedSetup) -> str | None:
+    """``logger.client_model``: a client of this run whose personalized model lives in this process."""
+    wanted = cfg.logger.get("client_model")
+    if wanted in (None, ""):
+        return None
+    clients = setup.simulation.clients
+    if str(wanted) not in clients:
+        where = ("in this process (a Flower run's clients live on their nodes)" if not clients
+                 else f"among {', '.join(sorted(clients))}")
+        raise UserInputError(f"logger.client_model={wanted!r} is not a client {where}")
+    return str(wanted)
+
+
+def log_client_model(cfg: DictConfig, run: runs.RunHandle, setup: FederatedSetup, client_id: str,
+                     label: str) -> None:
+    """A client's personalized model (the one scored as ``personal/*``) as ``runs:/<id>/client_model``."""
+    import torch
+
+    personal = setup.simulation.clients[client_id].state_dict().get("personal")
+    if personal is None:
+        print(f"warning: logger.client_model={client_id}: the client kept no personalized model; nothing logged")
+        return
+    weights = run.checkpoint_dir / f"client_{client_id}_weights.pt"
+    torch.save(dict(personal), weights)
+    if not (run.checkpoint_dir / NETWORK_FILE).is_file():  # log_model=false: the global model wrote none
+        models.save_bundle(run.run_id, run.client, run.checkpoint_dir, setup.encoders,
+                           OmegaConf.to_container(cfg.model, resolve=True), label=label)
+    models.log_model(run.run_id, run.client, run.checkpoint_dir, weights, artifact=CLIENT_MODEL_ARTIFACT)
 
 
 def log_global_model(cfg: DictConfig, run: runs.RunHandle, encoders: Encoders, global_arrays: Mapping[str, Any],

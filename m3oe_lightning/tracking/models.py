@@ -81,8 +81,9 @@ def input_example(encoders: Encoders, rows: int = 3):
 
 
 def log_model(run_id: str, client: MlflowClient, folder: Path, weights: Path, *,
-              register_as: str | None = None) -> str:
-    """Package ``folder``'s bundle with ``weights`` as the run's MLflow model; returns its ``runs:/`` URI."""
+              register_as: str | None = None, artifact: str = MODEL_ARTIFACT) -> str:
+    """Package ``folder``'s bundle with ``weights`` as the run's MLflow model (under ``artifact``); returns its
+    ``runs:/`` URI."""
     import mlflow.pyfunc
     import torch
 
@@ -93,17 +94,17 @@ def log_model(run_id: str, client: MlflowClient, folder: Path, weights: Path, *,
         shutil.copy2(folder / bundles.NETWORK_FILE, staged / bundles.NETWORK_FILE)
         torch.save(state, staged / bundles.WEIGHTS_FILE)
         encoders = Encoders.load(staged / bundles.ENCODERS_DIR)
-        model_dir = Path(tmp) / MODEL_ARTIFACT
+        model_dir = Path(tmp) / artifact
         with _quiet_mlflow():  # its input-example check prints a progress bar and an INFO line per run
             mlflow.pyfunc.save_model(
                 path=str(model_dir), python_model=str(PYFUNC_CODE), artifacts={BUNDLE_ARTIFACT: str(staged)},
                 signature=_signature(encoders), input_example=input_example(encoders),
                 pip_requirements=list(REQUIREMENTS),
             )
-        client.log_artifacts(run_id, str(model_dir), MODEL_ARTIFACT)
-    uri = f"runs:/{run_id}/{MODEL_ARTIFACT}"
+        client.log_artifacts(run_id, str(model_dir), artifact)
+    uri = f"runs:/{run_id}/{artifact}"
     if register_as:
-        register(client, register_as, run_id)
+        register(client, register_as, run_id, artifact)
     return uri
 
 
@@ -123,7 +124,7 @@ def _quiet_mlflow() -> Iterator[None]:
             os.environ[PROGRESS_BAR_ENV] = bar
 
 
-def register(client: MlflowClient, name: str, run_id: str) -> int:
+def register(client: MlflowClient, name: str, run_id: str, artifact: str = MODEL_ARTIFACT) -> int:
     """A new version of registered model ``name`` (created when missing) from the run's model."""
     from mlflow.exceptions import MlflowException
 
@@ -133,7 +134,7 @@ def register(client: MlflowClient, name: str, run_id: str) -> int:
         except MlflowException as error:
             if "already exists" not in str(error).lower() and "RESOURCE_ALREADY_EXISTS" not in str(error):
                 raise
-        source = f"{client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT}"
+        source = f"{client.get_run(run_id).info.artifact_uri}/{artifact}"
         return int(client.create_model_version(name, source=source, run_id=run_id).version)
     except MlflowException as error:
         raise UserInputError(f"logger.register_model={name!r}: the registry refused it ({error.message})") from None

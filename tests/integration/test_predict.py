@@ -296,7 +296,9 @@ def test_a_federated_run_logs_its_global_model_to_score_raw_rows(tmp_path):
     overrides = ["data=synthetic", "data.rows=3000", "data.batch_size=256", "model=mmoe", "federated=fedavg",
                  "federated.partition=dirichlet", "federated.num_clients=3", "federated.rounds=1", "seed=7",
                  *isolated(tmp_path)[:4]]
-    federate(compose_train(overrides, config_name="federate"))
+    with pytest.raises(UserInputError, match="logger.client_model='client9' is not a client among client0, "):
+        federate(compose_train([*overrides, "logger.client_model=client9"], config_name="federate"))
+    federate(compose_train([*overrides, "logger.client_model=client1"], config_name="federate"))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("m3oe-federated").experiment_id])
@@ -314,6 +316,14 @@ def test_a_federated_run_logs_its_global_model_to_score_raw_rows(tmp_path):
     with torch.no_grad():
         expected = torch.sigmoid(network(batch)).numpy()
     np.testing.assert_allclose(served[["p_t0", "p_t1"]].to_numpy(), expected, rtol=0, atol=1e-6)
+    # logger.client_model: that client's personalized model (after one FedAvg round: its own local fit)
+    personal = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/client_model")
+    network.load_state_dict(torch.load(folder / "client_client1_weights.pt", weights_only=True))
+    with torch.no_grad():
+        own = torch.sigmoid(network(batch)).numpy()
+    scored = personal.predict(rows[["user_id", "item_id", "domain", "x0", "x1"]])[["p_t0", "p_t1"]].to_numpy()
+    np.testing.assert_allclose(scored, own, rtol=0, atol=1e-6)
+    assert np.abs(own - expected).max() > 1e-4  # not the global model
 
 
 def test_export_writes_an_onnx_graph_that_scores_like_the_checkpoint(trained, capsys, caplog):
