@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install train test bench bench-scaling ui movielens movielens-report reproduce reproduce-quick report diagnose \
-	federated federated-report bench-reproduce clean clean-logs clean-checkpoints predict export serve
+	federated federated-report bench-reproduce clean clean-logs clean-checkpoints predict export serve tune
 
 # Table 2/3 of the M3oE paper: every row of conf/experiment/paper/ (Hydra's glob() does not expand the
 # options of a subfolder, so the list is built here) × SEEDS, as one Hydra multirun.
@@ -43,6 +43,11 @@ install: $(STAMP) ## create .venv and install the project (idempotent)
 
 train: $(STAMP) ## train M3oE on MovieLens-1M with the paper's settings (extra Hydra overrides: ARGS="...")
 	$(BIN)/python -m m3oe_lightning.train $(ARGS)
+
+# Tune one row in a resumable Optuna study on validation: make tune ROW=paper/m3oe [ARGS="tune.sampler=tpe ..."]
+ROW ?=
+tune: $(STAMP) ## tune a row (default: the paper's lr grid), resumable → logs/tune/<study>/, conf/experiment/tuned/
+	$(BIN)/python -m m3oe_lightning.tune $(if $(ROW),experiment=$(ROW)) trainer.enable_model_summary=false $(ARGS)
 
 test: $(STAMP) ## run the whole test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -45,8 +45,9 @@ def folder_name(value: str) -> str:
 
 # Config groups each entry point does not compose (so its --help does not offer them).
 NOT_COMPOSED = {"train": ("federated", "experiment/federated", "shared"),
-                "federate": ("trainer", "callbacks", "hparams_search", "debug", "experiment/paper",
-                             "experiment/diagnose", "experiment/automl", "protocol", "shared")}
+                "federate": ("trainer", "callbacks", "debug", "experiment/paper",
+                             "experiment/diagnose", "experiment/automl", "protocol", "shared"),
+                "tune": ("federated", "experiment/federated", "shared")}
 # Entry points that compose only these groups (a trained model brings its own data and model settings).
 ONLY_COMPOSED = {"predict": ("logger", "paths"), "export": ("logger", "paths")}
 

@@ -327,9 +327,8 @@ def test_a_federated_run_logs_its_global_model_to_score_raw_rows(tmp_path):
 
 
 def test_export_writes_an_onnx_graph_that_scores_like_the_checkpoint(trained, capsys, caplog):
-    from m3oe_lightning.serving.onnx_export import onnx_logits
-
     from m3oe_lightning.export import export
+    from m3oe_lightning.serving.onnx_export import onnx_logits
 
     tmp, run_id = trained["tmp"], trained["run"].info.run_id
     target = tmp / "exported" / "model.onnx"
