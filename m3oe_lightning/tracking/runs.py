@@ -183,24 +183,31 @@ def open_run(*, tracking_uri: str, experiment_name: str, artifact_location: str 
         run_id = run.info.run_id
         lock = run_lock(checkpoint_root, run_id)
     else:
-        if joining is False:
+        if not joining:  # refused when another process holds it: that run is not ours to mark
             lock = run_lock(checkpoint_root, run_id)
         run_name = client.get_run(run_id).info.run_name
-        client.update_run(run_id, status="RUNNING")
     checkpoint_dir = checkpoint_root / run_id
-    try:
+    try:  # the run is ours from here on: a full disk or a signal must not leave it RUNNING
+        if resumed_from is not None or joining:
+            client.update_run(run_id, status="RUNNING")
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         state_file = state_path(checkpoint_dir)
         if not state_file.exists():
             write_json_atomic(state_file, {"run_id": run_id, "run_name": run_name, "config_hash": cfg_hash,
                                            "status": "RUNNING"})
-    except (OSError, UserInputError):
-        client.set_terminated(run_id, "FAILED")  # opened, then the disk refused: never left RUNNING
+        logger = MLFlowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri, run_id=run_id,
+                              artifact_location=artifact_location)
+    except BaseException as error:
+        if not joining:  # a DDP worker leaves its rank 0's run to rank 0
+            status = "KILLED" if isinstance(error, Interrupted) else "FAILED"
+            with contextlib.suppress(Exception):
+                client.set_terminated(run_id, status)
+                if state_path(checkpoint_dir).exists():
+                    state = json.loads(state_path(checkpoint_dir).read_text())
+                    write_json_atomic(state_path(checkpoint_dir), {**state, "status": status})
         if lock is not None:
             lock.close()
         raise
-    logger = MLFlowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri, run_id=run_id,
-                          artifact_location=artifact_location)
     return RunHandle(logger=logger, run_id=run_id, run_name=run_name, checkpoint_dir=checkpoint_dir,
                      resumed_from=resumed_from, lock=lock)
 
@@ -266,11 +273,11 @@ def tracked_run(cfg: DictConfig, *, cfg_hash: str, base_name: str, tags: Mapping
                    base_name=cfg.logger.run_name or base_name, tags=tags,
                    checkpoint_root=Path(cfg.paths.checkpoint_dir), cfg_hash=cfg_hash,
                    resume_artifact=resume_artifact, run_id=run_id)
-    if primary and run.resumed_from is None and run_id is None:
-        log_settings(run, provenance.flatten(OmegaConf.to_container(cfg, resolve=True)))
-    if run.resumed_from is not None:
-        print(f"resuming run {run.run_name} ({run.run_id}) from {run.resumed_from}")
-    try:
+    try:  # from here on a signal or an error ends the run marked (logging the settings takes a while)
+        if primary and run.resumed_from is None and run_id is None:
+            log_settings(run, provenance.flatten(OmegaConf.to_container(cfg, resolve=True)))
+        if run.resumed_from is not None:
+            print(f"resuming run {run.run_name} ({run.run_id}) from {run.resumed_from}")
         yield run
     except Interrupted:
         if primary:

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from m3oe_lightning.bench import reproduce as bench_reproduce
-from tests.helpers import isolated
+from tests.helpers import isolated, seeded_store
 
 TINY = ["data=synthetic", "data.rows=2000", "data.batch_size=500", "trainer.max_epochs=2", "model.star_dim=16",
         "model.bottom_dim=8", "model.expert_dims=[8]", "model.tower_dims=[8]"]
@@ -18,7 +18,7 @@ TINY = ["data=synthetic", "data.rows=2000", "data.batch_size=500", "trainer.max_
 def test_times_the_command_and_projects_from_its_runs(tmp_path):
     sweep = [sys.executable, "-m", "m3oe_lightning.train", "-m", *TINY, "seed=1,2", "+logger.tags.row=tiny",
              "+logger.tags.study=quick-test", *isolated(tmp_path), f"hydra.sweep.dir={tmp_path / 'sweep'}"]
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = f"sqlite:///{seeded_store(tmp_path)}"
     result = bench_reproduce.main(["--timed", shlex.join(sweep), "--tracking-uri", store, "--study", "quick-test",
                                    "--epochs", "10", "--seeds", "5", "--out", str(tmp_path)])
     runs = result["runs"]

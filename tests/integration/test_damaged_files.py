@@ -11,7 +11,7 @@ import pytest
 
 from m3oe_lightning.errors import UserInputError
 from m3oe_lightning.training import checkpoint_io
-from tests.helpers import REPO_ROOT, isolated, run_module
+from tests.helpers import REPO_ROOT, isolated, run_module, seeded_store
 
 RUN = ["data=synthetic", "data.rows=3000", "data.batch_size=256", "model=mlp", "trainer.max_epochs=4", "seed=5",
        "callbacks.early_stopping.patience=10"]
@@ -56,6 +56,7 @@ def runs(tmp_path):
 @pytest.mark.slow
 def test_resume_over_a_truncated_last_checkpoint(tmp_path):
     work = isolated(tmp_path)
+    seeded_store(tmp_path)
     killed = run_module("m3oe_lightning.train", [*RUN, *work, *KILL], cwd=REPO_ROOT)
     assert killed.returncode == -signal.SIGKILL
     (run,) = runs(tmp_path)

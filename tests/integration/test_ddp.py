@@ -11,13 +11,16 @@ import torch
 
 from m3oe_lightning.config import build
 from m3oe_lightning.training.module import MDMTModule
-from tests.helpers import REPO_ROOT, compose_train, isolated, run_module
+from tests.helpers import REPO_ROOT, compose_train, isolated, run_module, seeded_store
 
-RUN = ["data=synthetic", "data.rows=8000", "data.batch_size=512", "trainer.max_epochs=1", "seed=11"]
+# small widths: what is compared is two processes' evaluation against one process', not accuracy
+RUN = ["data=synthetic", "data.rows=8000", "data.batch_size=512", "trainer.max_epochs=1", "seed=11",
+       "model.star_dim=32", "model.bottom_dim=16", "model.expert_dims=[16]", "model.tower_dims=[16]"]
 
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_match_single_process_evaluation(tmp_path):
+    seeded_store(tmp_path)
     result = run_module("m3oe_lightning.train", [*RUN, "trainer=ddp", *isolated(tmp_path)], cwd=REPO_ROOT,
                         timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

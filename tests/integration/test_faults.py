@@ -16,7 +16,7 @@ import pytest
 
 from m3oe_lightning.errors import UserInputError
 from m3oe_lightning.tracking.runs import run_lock
-from tests.helpers import REPO_ROOT, isolated, run_module
+from tests.helpers import REPO_ROOT, isolated, run_module, seeded_store
 
 TINY = ["data=synthetic", "data.rows=600", "data.batch_size=128", "model.star_dim=8", "model.bottom_dim=8",
         "model.expert_dims=[8]", "model.tower_dims=[8]", "threads=1"]
@@ -47,6 +47,7 @@ def wait_for_run(tmp_path: Path, proc: subprocess.Popen[str], timeout: float = 1
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_exits_non_zero_and_marks_the_run_killed(tmp_path, signum):
+    seeded_store(tmp_path)
     proc = start("m3oe_lightning.train", [*isolated(tmp_path), *TINY, "data.rows=200000", "trainer.max_epochs=50"])
     wait_for_run(tmp_path, proc)
     proc.send_signal(signum)
@@ -59,6 +60,7 @@ def test_a_signal_exits_non_zero_and_marks_the_run_killed(tmp_path, signum):
 
 @pytest.mark.slow
 def test_sigterm_in_a_multirun_fails_the_sweep(tmp_path):
+    seeded_store(tmp_path)
     proc = start("m3oe_lightning.train", ["-m", *isolated(tmp_path), *TINY, "data.rows=200000",
                                           "trainer.max_epochs=50", "seed=1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
     wait_for_run(tmp_path, proc)
@@ -71,6 +73,7 @@ def test_sigterm_in_a_multirun_fails_the_sweep(tmp_path):
 
 @pytest.mark.slow
 def test_eight_processes_on_a_fresh_store_all_finish(tmp_path):
+    # a fresh store on purpose (never seeded_store): its creation is what the processes race for
     procs = [start("m3oe_lightning.train", [*isolated(tmp_path), *TINY, "trainer.max_epochs=1", f"seed={k}"])
              for k in range(8)]
     for proc in procs:
@@ -124,7 +127,7 @@ def test_an_apostrophe_or_a_wildcard_in_the_run_name_is_fine(tmp_path):
 
     from m3oe_lightning.tracking.runs import ensure_experiment, unique_run_name
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = f"sqlite:///{seeded_store(tmp_path)}"
     experiment = ensure_experiment(uri, "names", None)
     client = MlflowClient(uri)
     names = []
@@ -136,6 +139,7 @@ def test_an_apostrophe_or_a_wildcard_in_the_run_name_is_fine(tmp_path):
 
 @pytest.mark.bad_input
 def test_a_split_without_any_auc_stops_with_one_line(tmp_path):
+    seeded_store(tmp_path)
     rows = [{"user": u % 7, "item": u % 5, "dom": u % 2, "click": 0} for u in range(400)]
     path = tmp_path / "events.csv"
     with open(path, "w", newline="") as handle:

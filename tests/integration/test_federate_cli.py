@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from m3oe_lightning.config import report_user_errors
 from m3oe_lightning.federate import SERVER_STATE, federate
 from m3oe_lightning.federated.factory import build_federated
-from tests.helpers import REPO_ROOT, compose_train, isolated, run_module
+from tests.helpers import REPO_ROOT, compose_train, isolated, run_in_process, run_module, seeded_store
 
 EXPERIMENT = "m3oe-federated"
 SYNTHETIC = ["data=synthetic", "data.rows=4000", "data.batch_size=256", "model.star_dim=32", "model.bottom_dim=16",
@@ -32,6 +32,7 @@ def test_federate_on_synthetic_logs_every_round_to_sqlite(tmp_path):
     overrides = [*SYNTHETIC, "federated=fedavg", "federated.partition=dirichlet", "federated.num_clients=4",
                  "federated.alpha=1.0", "federated.heldout_clients=1", "federated.rounds=2",
                  "federated.local_epochs=2", *store(tmp_path)]
+    seeded_store(tmp_path)
     last = federate(compose_train(overrides, config_name="federate"))
 
     (run,) = runs(tmp_path)
@@ -57,6 +58,7 @@ def test_federate_on_synthetic_logs_every_round_to_sqlite(tmp_path):
 
 def test_same_seed_gives_identical_round_metrics(tmp_path):
     overrides = [*SYNTHETIC, "federated=ditto", "federated.rounds=1", *store(tmp_path)]
+    seeded_store(tmp_path)
     first = federate(compose_train(overrides, config_name="federate"))
     second = federate(compose_train(overrides, config_name="federate"))
     timeless = {k: v for k, v in first.items() if not k.startswith("time/")}
@@ -64,9 +66,10 @@ def test_same_seed_gives_identical_round_metrics(tmp_path):
     assert sorted(r.info.run_name for r in runs(tmp_path)) == ["ditto-m3oe-synthetic-s7", "ditto-m3oe-synthetic-s7-2"]
 
 
-def test_bad_settings_fail_with_one_line_before_any_run(tmp_path):
-    result = run_module("m3oe_lightning.federate", [*SYNTHETIC, *store(tmp_path), "federated.partition=dirichlet",
-                                                    "federated.alpha=0"], cwd=REPO_ROOT, timeout=120)
+def test_bad_settings_fail_with_one_line_before_any_run(tmp_path, capfd):
+    # in process (what main runs once Hydra composed): the refusal comes after torch loads, ~10 s in a subprocess
+    result = run_in_process(federate, [*SYNTHETIC, *store(tmp_path), "federated.partition=dirichlet",
+                                       "federated.alpha=0"], capfd, config_name="federate")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr + result.stdout
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("error:")]
@@ -87,6 +90,7 @@ def test_too_many_heldout_clients_fail_after_partitioning_but_before_the_run(tmp
 
 @pytest.mark.slow
 def test_cli_federates_movielens100k_by_region(tmp_path):
+    seeded_store(tmp_path, "x.db")
     result = run_module("m3oe_lightning.federate", [
         "data=movielens100k", "model=m3oe", "federated=fedprox", "federated.partition=region",
         "federated.heldout_clients=2", "federated.rounds=2", "federated.local_epochs=1", "seed=3",
@@ -108,6 +112,7 @@ def test_cli_federates_movielens100k_by_region(tmp_path):
 
 def test_centralized_reference_pools_the_training_clients_and_skip_finished_skips_it(tmp_path, capsys):
     common = [*SYNTHETIC, "federated.heldout_clients=1", "federated.rounds=1", *store(tmp_path)]
+    seeded_store(tmp_path)
     overrides = ["experiment=federated/centralized", *common]
     cfg = compose_train(overrides, config_name="federate")
     federated = build_federated(cfg).federation

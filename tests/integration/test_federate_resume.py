@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from m3oe_lightning.federate import SERVER_STATE, federate
 from m3oe_lightning.federated.factory import build_federated
-from tests.helpers import REPO_ROOT, compose_train, isolated, run_module
+from tests.helpers import REPO_ROOT, compose_train, isolated, run_module, seeded_store
 
 EXPERIMENT = "m3oe-federated"
 RUN = ["data=synthetic", "data.rows=3000", "data.batch_size=256", "model.star_dim=16", "model.bottom_dim=8",
@@ -37,6 +37,7 @@ def timeless(metrics):
 def reference(tmp_path_factory):
     """An uninterrupted 3-round PAGE run (in process)."""
     path = tmp_path_factory.mktemp("reference")
+    seeded_store(path)
     last = federate(compose_train([*RUN, *store(path)], config_name="federate"))
     return path, last
 
@@ -68,6 +69,7 @@ def test_page_run_logs_its_actions_per_round_and_checkpoints_its_agents(referenc
 
 def test_kill_after_a_round_then_resume_matches_the_uninterrupted_run(reference, tmp_path):
     ref_path, ref_last = reference
+    seeded_store(tmp_path)
     killed = run_module("m3oe_lightning.federate", [*RUN, *store(tmp_path), "federated.kill_after_round=2"],
                         cwd=REPO_ROOT, timeout=120)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
@@ -94,6 +96,7 @@ def test_kill_after_a_round_then_resume_matches_the_uninterrupted_run(reference,
 
 def test_resume_with_nothing_to_resume_starts_a_fresh_run(tmp_path):
     fedavg = [o for o in RUN if not o.startswith(("federated.warmup", "federated.epochs_max"))]
+    seeded_store(tmp_path)
     last = federate(compose_train([*fedavg, "federated=fedavg", "federated.rounds=1", *store(tmp_path),
                                    "federated.resume=true"], config_name="federate"))
     (run,) = runs(tmp_path)

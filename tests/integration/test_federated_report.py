@@ -8,7 +8,7 @@ import pytest
 
 from m3oe_lightning.federate import federate
 from m3oe_lightning.reports import federated as report_federated
-from tests.helpers import compose_train, isolated
+from tests.helpers import compose_train, isolated, seeded_store
 
 SYNTHETIC = ["data=synthetic", "data.rows=3000", "data.batch_size=256", "model.star_dim=16", "model.bottom_dim=8",
              "model.expert_dims=[8]", "model.tower_dims=[8]", "federated.rounds=2", "federated.heldout_clients=1",
@@ -17,6 +17,7 @@ SYNTHETIC = ["data=synthetic", "data.rows=3000", "data.batch_size=256", "model.s
 
 def test_report_reads_the_runs_from_mlflow_and_writes_tables_csv_and_curves(tmp_path):
     finals = {}
+    seeded_store(tmp_path)
     selections = {"fedavg": "federated=fedavg", "local": "federated=local",
                   "centralized": "experiment=federated/centralized"}  # the pooled reference is a preset
     for algorithm, selection in selections.items():

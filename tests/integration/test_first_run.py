@@ -7,7 +7,7 @@ import json
 
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import REPO_ROOT, isolated, run_module
+from tests.helpers import REPO_ROOT, isolated, run_module, seeded_store
 
 NOISE = ("litlogger", "LeafSpec", "Total FLOPs", "log_every_n_steps", "v_num", "Traceback")
 
@@ -56,6 +56,7 @@ def test_one_run_reads_cleanly_and_lands_complete_in_mlflow(tmp_path):
 
 
 def test_a_sweep_ends_with_one_summary_table(tmp_path):
+    seeded_store(tmp_path)  # the one-run test above is the one on a new store
     result = run_module("m3oe_lightning.train", [
         "-m", *isolated(tmp_path), "data=synthetic", "data.rows=600", "model=mlp", "trainer.max_epochs=1",
         "seed=1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=REPO_ROOT, timeout=300)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
 from m3oe_lightning.train import train
-from tests.helpers import REPO_ROOT, compose_train, isolated, run_module
+from tests.helpers import REPO_ROOT, compose_train, isolated, run_module, seeded_store
 
 TINY = ["data=synthetic", "data.rows=2000", "data.batch_size=500", "trainer.max_epochs=1",
         "model.star_dim=32", "model.bottom_dim=16", "model.expert_dims=[8]", "model.tower_dims=[8]"]
@@ -22,6 +20,7 @@ def runs(uri: str):
 
 def test_skip_finished_skips_a_finished_config_and_seed(tmp_path, capsys):
     base = [*TINY, "seed=5", "+logger.tags.row=tiny", *isolated(tmp_path)]
+    seeded_store(tmp_path)
     first = train(compose_train(base))  # skip_finished=false (default) trains; the hash ignores the switch
     (run,) = runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
     capsys.readouterr()
@@ -74,21 +73,3 @@ def test_parallel_sweep_nests_four_runs_under_one_parent(tmp_path):
     assert after["tiny-sweep-2"].data.tags["runs"] == "0 finished / 0"
 
 
-@pytest.mark.slow
-def test_optuna_search_selects_on_validation(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="optional extra: pip install -e '.[optuna]'")
-    sweep_dir = tmp_path / "search"
-    result = run_module("m3oe_lightning.train", [
-        "hparams_search=m3oe_optuna", *[o for o in TINY if not o.startswith("model.expert_dims")],
-        "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=2",
-        *isolated(tmp_path), f"hydra.sweep.dir={sweep_dir}",
-    ], cwd=REPO_ROOT, timeout=240)
-    assert result.returncode == 0, result.stderr[-3000:]
-    best = (Path(sweep_dir) / "optimization_results.yaml").read_text()
-    assert "best_params" in best and "expert_width" in best
-    trials = [r for r in runs(f"sqlite:///{tmp_path / 'mlflow.db'}") if "mlflow.parentRunId" in r.data.tags]
-    assert len(trials) == 2
-    for trial in trials:  # the sampled scalar width reaches the model's list of expert widths
-        assert trial.data.params["model.expert_dims"] == f"[{trial.data.params['expert_width']}]"
-    assert max(r.data.metrics["val/auc_mean_best"] for r in trials) == pytest.approx(
-        float(best.split("best_value:")[1].split()[0]))

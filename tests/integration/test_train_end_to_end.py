@@ -9,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from m3oe_lightning.train import train
-from tests.helpers import REPO_ROOT, compose_train, isolated, run_module
+from tests.helpers import REPO_ROOT, compose_train, isolated, run_module, seeded_store
 
 SYNTHETIC = ["data=synthetic", "data.batch_size=512", "trainer.max_epochs=2", "seed=7"]
 
@@ -20,6 +20,7 @@ def finished_runs(tmp_path: Path):
 
 
 def test_train_on_synthetic_logs_everything_to_sqlite(tmp_path):
+    seeded_store(tmp_path)
     metrics = train(compose_train([*SYNTHETIC, *isolated(tmp_path)]))
     assert metrics["test/auc_mean"] > 0.6  # learns the planted structure (a constant predictor is 0.5)
 
@@ -46,6 +47,7 @@ def test_train_on_synthetic_logs_everything_to_sqlite(tmp_path):
 
 def test_same_seed_twice_gives_identical_metrics_and_unique_run_names(tmp_path):
     overrides = [*SYNTHETIC, "trainer.max_epochs=1", *isolated(tmp_path)]
+    seeded_store(tmp_path)
     first = train(compose_train(overrides))
     second = train(compose_train(overrides))
     assert first == second
@@ -55,7 +57,7 @@ def test_same_seed_twice_gives_identical_metrics_and_unique_run_names(tmp_path):
 
 @pytest.mark.slow
 def test_cli_trains_movielens100k_one_epoch(tmp_path):
-    db = tmp_path / "x.db"
+    db = seeded_store(tmp_path, "x.db")
     result = run_module("m3oe_lightning.train", [
         "data=movielens100k", "model=m3oe", "seed=3", "trainer.max_epochs=1", f"logger.tracking_uri=sqlite:///{db}",
         f"paths.log_dir={tmp_path / 'logs'}", f"paths.cache_dir={tmp_path / 'cache'}",
