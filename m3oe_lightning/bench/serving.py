@@ -145,7 +145,6 @@ def onnx_vs_torch(scorer: Any, rows: pd.DataFrame, root: Path, repeats: int, bat
 
     batch, _ = scorer.encoders.encode(rows.head(batch_rows).reset_index(drop=True), str)
     path = export_onnx(scorer.network, root / "model.onnx")
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feeds = {name: batch[name].numpy() for name in ("sparse", "dense", "domain")}
 
     def torch_forward() -> torch.Tensor:
@@ -154,8 +153,13 @@ def onnx_vs_torch(scorer: Any, rows: pd.DataFrame, root: Path, repeats: int, bat
 
     for _ in range(3):  # warm-up
         torch_forward()
+    torch_seconds = timed(torch_forward, repeats)  # before the session exists: its thread pool never competes
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # the same threads as PyTorch
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads sleep, as torch's
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    for _ in range(3):
         session.run(None, feeds)
-    torch_seconds = timed(torch_forward, repeats)
     onnx_seconds = timed(lambda: session.run(None, feeds), repeats)
     difference = float(np.max(np.abs(session.run(None, feeds)[0] - torch_forward().numpy())))
     torch_rate = batch_rows / statistics.median(torch_seconds)
