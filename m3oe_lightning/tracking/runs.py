@@ -303,7 +303,11 @@ def log_dataset(run: RunHandle, name: str, source: str, settings: Mapping[str, A
     dataset = MetaDataset(source=origin, name=name,
                           digest=provenance.config_hash(settings)[:8])
     context = InputTag(key="mlflow.data.context", value="training")
-    run.client.log_inputs(run.run_id, datasets=[DatasetInput(dataset=dataset._to_mlflow_entity(), tags=[context])])
+    # under the store's lock: parallel sweep jobs logging the same dataset would both insert its row
+    # (sqlite: UNIQUE constraint failed: datasets.experiment_id, datasets.name, datasets.digest)
+    with store_lock(run.client.tracking_uri):
+        run.client.log_inputs(run.run_id,
+                              datasets=[DatasetInput(dataset=dataset._to_mlflow_entity(), tags=[context])])
 
 
 def where_to_look(run: RunHandle, tracking_uri: str) -> str:
