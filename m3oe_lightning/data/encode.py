@@ -9,6 +9,10 @@ Every dataset goes through this one function so that all of them share the same 
 * dense columns are min-max scaled with the train minimum and maximum (not clipped: val/test values
   outside the train range fall outside [0, 1]); ``TableSpec.dense_scaling`` may choose another scaling
   per column (:data:`DENSE_SCALINGS`: ``standard``, ``log1p``, ``none``), always fitted on train rows;
+* unless a federation's *feature specification* says otherwise (:class:`VocabularyPolicy`,
+  ``TableSpec.dense_params``): sparse ids from a hash of each value's text or from an agreed vocabulary
+  file, and dense parameters given rather than fitted, so that sites which never pool their rows still give
+  a value the same id and a number the same scale (docs/federated-sites.md, "Feature specification");
 * the domain of each row is an int64 index into ``spec.domains``; it is also appended as the last sparse
   feature (encoded like the others) because the M3oE reference feeds it to the embedding layer;
 * labels are float32 ``[N, T]`` in ``spec.tasks`` order;
@@ -20,8 +24,10 @@ All of it is vectorised (factorize / categorical codes + fancy indexing); nothin
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,6 +45,204 @@ from m3oe_lightning.data.schema import (
     SparseFeature,
 )
 from m3oe_lightning.errors import UserInputError
+
+DOMAIN_FEATURE = "domain"  # the sparse feature encode_table appends: each row's domain index
+FITTED = "fitted"
+HASHED = "hashed"
+VOCABULARY_FILE = "file"  # VocabularyPolicy.kind of a data.vocabulary that names a JSON file
+DEFAULT_HASH_BUCKETS = 1 << 16
+VOCABULARY_SETTING = "data.vocabulary"
+HASH_BUCKETS_SETTING = "data.hash_buckets"
+DENSE_PARAMS_SETTING = "data.dense_params"
+SPEC_SETTINGS: tuple[str, ...] = ("vocabulary", "hash_buckets", "dense_params")  # data.* keys of the feature spec
+
+
+@dataclass(frozen=True)
+class VocabularyPolicy:
+    """Where sparse ids come from: ``fitted`` on this table's train rows (ids differ between tables),
+    ``hashed`` (a hash of each value's text into ``buckets``) or a vocabulary ``file`` the federation agreed on.
+
+    The last two need no rows to know an id or a vocabulary size, which is what lets sites that never pool
+    data, and a coordinator that holds none, agree on what each embedding row means.
+    """
+
+    kind: str = FITTED
+    buckets: Mapping[str, int] = field(default_factory=dict)  # hashed: per feature (else default_buckets)
+    default_buckets: int = DEFAULT_HASH_BUCKETS
+    values: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # file: per feature, values in id order
+    source: str = ""  # file: its path (for messages)
+
+    @property
+    def shared(self) -> bool:
+        """Whether ids are fixed by the specification alone (the same at every site)."""
+        return self.kind != FITTED
+
+    def encoder(self, feature: str, kind: str = "string") -> EncoderVocabulary:
+        """The vocabulary the specification gives ``feature`` (a shared policy only)."""
+        if self.kind == HASHED:
+            return EncoderVocabulary(column=feature, values=(), kind=kind,
+                                     buckets=int(self.buckets.get(feature, self.default_buckets)))
+        if self.kind != VOCABULARY_FILE:
+            raise ValueError(f"a {self.kind} vocabulary is fitted on rows, not given by the specification")
+        if feature not in self.values:
+            raise UserInputError(f"{self.source} ({VOCABULARY_SETTING}) has no entry for feature {feature!r}; "
+                                 f"add \"{feature}\": [value, ...] to it (it lists {', '.join(self.values) or 'none'})")
+        return EncoderVocabulary(column=feature, values=self.values[feature], kind=kind)
+
+    def vocab_size(self, feature: str) -> int:
+        return self.encoder(feature).size
+
+
+def domain_vocabulary(num_domains: int) -> EncoderVocabulary:
+    """The domain feature under a shared policy: every domain of the specification, id = domain index + 1
+    (whether or not this table's train rows hold the domain)."""
+    return EncoderVocabulary(column=DOMAIN_FEATURE, values=tuple(str(d) for d in range(num_domains)), kind="long")
+
+
+def check_vocabulary(value: Any) -> str:
+    """``data.vocabulary`` as given: ``fitted`` (also for null), ``hashed`` or a path (read later)."""
+    if value is None:
+        return FITTED
+    if not isinstance(value, str) or not value.strip():
+        raise UserInputError(f"{VOCABULARY_SETTING}={value!r}: use {FITTED} (ids fitted on this table's train "
+                             f"rows), {HASHED} (ids from a hash of each value) or the path of a JSON vocabulary file")
+    return value
+
+
+def check_hash_buckets(value: Any, features: Sequence[str]) -> int | dict[str, int]:
+    """``data.hash_buckets``: one integer ≥ 2 for every sparse feature, or ``{feature: integer ≥ 2}``
+    (an unlisted feature gets :data:`DEFAULT_HASH_BUCKETS`)."""
+    def count(setting: str, n: Any) -> int:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+            raise UserInputError(f"{setting}={n!r}: use an integer ≥ 2 (id 0 is kept for a missing value, "
+                                 f"so a feature needs at least 2 buckets)")
+        return n
+
+    if isinstance(value, Mapping):
+        unknown = [str(f) for f in value if str(f) not in features]
+        if unknown:
+            raise UserInputError(f"{HASH_BUCKETS_SETTING} names {unknown[0]!r}, which is not a sparse feature "
+                                 f"(sparse features: {', '.join(features) or 'none'})")
+        return {str(f): count(f"{HASH_BUCKETS_SETTING}.{f}", n) for f, n in value.items()}
+    return count(HASH_BUCKETS_SETTING, value)
+
+
+SCALING_PARAMS: dict[str, tuple[str, ...]] = {  # what fit_scaling returns for each kind, in order
+    "minmax": ("min", "max"),
+    "log1p": ("min of sign(x)*log1p(|x|)", "max of sign(x)*log1p(|x|)"),
+    "standard": ("mean", "std"),
+    "none": (),
+}
+
+
+def check_scaling_params(column: str, kind: str, params: Any, setting: str = DENSE_PARAMS_SETTING) -> list[float]:
+    """Parameters given for ``column`` (scaled ``kind``), in :func:`fit_scaling`'s form: the right count of finite
+    numbers, ``min <= max``, ``std >= 0``."""
+    names = SCALING_PARAMS[check_dense_scaling(kind, column)]
+    shape = f"a {kind} column takes [{', '.join(names)}]" if names else f"a {kind} column takes []"
+    if isinstance(params, (str, bytes)) or not isinstance(params, Sequence) or len(params) != len(names) or any(
+            isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) for p in params):
+        raise UserInputError(f"{setting}.{column}={params!r}: {shape} (finite numbers, as fitting them would give)")
+    values = [float(p) for p in params]
+    if kind in ("minmax", "log1p") and values[0] > values[1]:
+        raise UserInputError(f"{setting}.{column}={params!r}: min {values[0]:g} is above max {values[1]:g}")
+    if kind == "standard" and values[1] < 0:
+        raise UserInputError(f"{setting}.{column}={params!r}: std {values[1]:g} is negative")
+    return values
+
+
+def check_dense_params(value: Any, scalings: Mapping[str, str]) -> dict[str, list[float]]:
+    """``data.dense_params`` ({dense column: params}); columns not listed are fitted on train rows as before."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise UserInputError(f"{DENSE_PARAMS_SETTING}={value!r}: give {{dense column: [params...]}}, e.g. "
+                             f"{{age: [0, 100]}} for a minmax column")
+    out: dict[str, list[float]] = {}
+    for column, params in value.items():
+        if str(column) not in scalings:
+            raise UserInputError(f"{DENSE_PARAMS_SETTING} names {str(column)!r}, which is not a dense feature "
+                                 f"(dense features: {', '.join(scalings) or 'none'})")
+        out[str(column)] = check_scaling_params(str(column), scalings[str(column)], params)
+    return out
+
+
+def feature_spec_settings(options: Mapping[str, Any], *, sparse: Sequence[str],
+                          dense: Mapping[str, str]) -> dict[str, Any]:
+    """The feature-specification settings (:data:`SPEC_SETTINGS`) checked, canonical, and only where they differ
+    from fitting everything locally: a run without them keys its cache and hashes exactly as before."""
+    vocabulary = check_vocabulary(options.get("vocabulary"))
+    buckets = options.get("hash_buckets")
+    if buckets is not None and vocabulary != HASHED:
+        raise UserInputError(f"{HASH_BUCKETS_SETTING} is set but {VOCABULARY_SETTING}={vocabulary}; set "
+                             f"+{VOCABULARY_SETTING}={HASHED} or drop {HASH_BUCKETS_SETTING}")
+    out: dict[str, Any] = {}
+    if vocabulary != FITTED:
+        out["vocabulary"] = vocabulary
+    if vocabulary == HASHED:
+        out["hash_buckets"] = DEFAULT_HASH_BUCKETS if buckets is None else check_hash_buckets(buckets, sparse)
+    params = check_dense_params(options.get("dense_params"), dense)
+    if params:
+        out["dense_params"] = params
+    return out
+
+
+def vocabulary_path(vocabulary: str, base: Path) -> Path | None:
+    """The JSON file ``data.vocabulary`` names (relative to ``base``), or None for fitted/hashed; a file that
+    is not there is one line (a typo of ``hashed`` reads as a path too)."""
+    if vocabulary in (FITTED, HASHED):
+        return None
+    path = Path(vocabulary).expanduser()
+    full = path if path.is_absolute() else Path(base) / path
+    if not full.is_file():
+        raise UserInputError(f"{VOCABULARY_SETTING}={vocabulary!r}: {full} is not a file; use {FITTED}, {HASHED} "
+                             f"or the path of a JSON vocabulary file {{\"<feature>\": [\"value\", ...]}}")
+    return full
+
+
+def read_vocabulary_file(path: Path) -> dict[str, tuple[str, ...]]:
+    """``{"<feature>": [value, ...]}``: each value (a string or an integer, matched by its text) gets id
+    position + 1; any other value gets 0."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise UserInputError(f"{path} ({VOCABULARY_SETTING}) cannot be read: {error.strerror or error}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserInputError(f"{path} ({VOCABULARY_SETTING}) is not UTF-8 JSON ({error}); it must hold "
+                             f"{{\"<feature>\": [\"value\", ...]}}") from None
+    if not isinstance(data, dict):
+        raise UserInputError(f"{path} ({VOCABULARY_SETTING}) must hold one JSON object "
+                             f"{{\"<feature>\": [\"value\", ...]}}, not a {type(data).__name__}")
+    out: dict[str, tuple[str, ...]] = {}
+    for feature, values in data.items():
+        if not isinstance(values, list):
+            raise UserInputError(f"{path}: feature {feature!r} must map to a list of values, got "
+                                 f"{type(values).__name__}")
+        bad = next((v for v in values if isinstance(v, bool) or not isinstance(v, (str, int))), None)
+        if bad is not None or None in values:
+            raise UserInputError(f"{path}: feature {feature!r} holds {bad!r}; values are strings or integers "
+                                 f"(matched by their text: 7 and \"7\" are one value)")
+        texts = tuple(str(v) for v in values)
+        if len(set(texts)) != len(texts):
+            twice = next(t for t in texts if texts.count(t) > 1)
+            raise UserInputError(f"{path}: feature {feature!r} lists {twice!r} more than once (a value has one id)")
+        out[str(feature)] = texts
+    return out
+
+
+def vocabulary_policy(settings: Mapping[str, Any], base: Path) -> VocabularyPolicy:
+    """The :class:`VocabularyPolicy` of canonical settings (:func:`feature_spec_settings`); a file is read here."""
+    vocabulary = settings.get("vocabulary", FITTED)
+    if vocabulary == FITTED:
+        return VocabularyPolicy()
+    if vocabulary == HASHED:
+        buckets = settings.get("hash_buckets", DEFAULT_HASH_BUCKETS)
+        if isinstance(buckets, Mapping):
+            return VocabularyPolicy(kind=HASHED, buckets=dict(buckets))
+        return VocabularyPolicy(kind=HASHED, default_buckets=int(buckets))
+    path = vocabulary_path(vocabulary, base)
+    assert path is not None
+    return VocabularyPolicy(kind=VOCABULARY_FILE, values=read_vocabulary_file(path), source=str(path))
 
 
 @dataclass(frozen=True)
@@ -59,7 +263,7 @@ class TableSpec:
     domains: tuple[str, ...]
     domain_column: str
     domain_of_value: Mapping[Hashable, int]
-    domain_feature: str | None = "domain"
+    domain_feature: str | None = DOMAIN_FEATURE
     embed_dim: int = 16
     extras: Mapping[str, Any] = field(default_factory=dict)
     dense_scaling: Mapping[str, str] = field(default_factory=dict)
@@ -74,6 +278,9 @@ class TableSpec:
     # column (``click = rating >= 4``; op None: the column holds the 0/1 label). Scoring with --evaluate
     # applies them to a request that carries those columns.
     label_rules: tuple[tuple[str, str, str | None, float | None], ...] = ()
+    # the feature specification: where sparse ids come from, and dense parameters given instead of fitted
+    vocabulary: VocabularyPolicy = field(default_factory=VocabularyPolicy)
+    dense_params: Mapping[str, Sequence[float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -234,13 +441,20 @@ def encode_table(
     sparse_names = list(spec.sparse) + ([spec.domain_feature] if spec.domain_feature else [])
     sparse = np.empty((n, len(sparse_names)), dtype=np.int64)
     features: list[SparseFeature] = []
-    vocabularies: list[Vocabulary] = []
+    vocabularies: list[EncoderVocabulary] = []
     for j, name in enumerate(sparse_names):
-        column = domain if name == spec.domain_feature else frame[name]
-        vocab = fit_vocabulary(column, train_idx)
-        sparse[:, j] = vocab.ids
-        features.append(SparseFeature(name=name, vocab_size=vocab.size, embed_dim=spec.embed_dim))
-        vocabularies.append(vocab)
+        is_domain = name == spec.domain_feature
+        column = domain if is_domain else frame[name]
+        kind = "long" if is_domain else column_type(frame[name])
+        if spec.vocabulary.shared:  # the encoder scoring uses is the one that encodes: bit-identical ids
+            vocabulary = domain_vocabulary(len(spec.domains)) if is_domain else spec.vocabulary.encoder(name, kind)
+            sparse[:, j], _ = vocabulary.ids(pd.Series(column))
+        else:
+            fitted = fit_vocabulary(column, train_idx)
+            sparse[:, j] = fitted.ids
+            vocabulary = EncoderVocabulary(column=name, values=tuple(value_texts(fitted.values)), kind=kind)
+        features.append(SparseFeature(name=name, vocab_size=vocabulary.size, embed_dim=spec.embed_dim))
+        vocabularies.append(vocabulary)
 
     dense = np.empty((n, len(spec.dense)), dtype=np.float32)
     ranges: dict[str, list[float]] = {}
@@ -248,7 +462,12 @@ def encode_table(
     scalers: list[Scaler] = []
     for j, name in enumerate(spec.dense):
         kind = check_dense_scaling(spec.dense_scaling.get(name, "minmax"), name)
-        dense[:, j], params = scale_dense(frame[name].to_numpy(np.float64), train_idx, kind)
+        values = frame[name].to_numpy(np.float64)
+        if name in spec.dense_params:  # given by the specification: the same scale at every site
+            params = check_scaling_params(name, kind, spec.dense_params[name])
+            dense[:, j] = apply_scaling(values, kind, params)
+        else:
+            dense[:, j], params = scale_dense(values, train_idx, kind)
         scalers.append(Scaler(column=name, scaling=kind, params=tuple(params), kind=column_type(frame[name])))
         if kind == "minmax":
             ranges[name] = params
@@ -257,6 +476,8 @@ def encode_table(
 
     labels = frame[list(spec.tasks)].to_numpy(np.float32)
     extras = {"dataset": spec.name, "dense_range": ranges, **({"dense_scaling": scalings} if scalings else {}),
+              **({"vocabulary": spec.vocabulary.kind} if spec.vocabulary.shared else {}),
+              **({"dense_params_given": sorted(spec.dense_params)} if spec.dense_params else {}),
               **dict(spec.extras)}
     json.dumps(extras)  # extras travel through the cache as JSON: fail here, not at save time
     schema = FeatureSchema(
@@ -277,15 +498,12 @@ def encode_table(
     )
 
 
-def fitted_encoders(frame: pd.DataFrame, spec: TableSpec, schema: FeatureSchema, vocabularies: list[Vocabulary],
-                    scalers: list[Scaler]) -> Encoders:
-    """What scoring a raw row of this table needs (:mod:`m3oe_lightning.data.encoders`), from the fitted parts."""
-    raw = [EncoderVocabulary(column=name, values=tuple(value_texts(vocab.values)), kind=column_type(frame[name]))
-           for name, vocab in zip(spec.sparse, vocabularies)]
-    domain_feature = None
-    if spec.domain_feature:
-        domain_feature = EncoderVocabulary(column=spec.domain_feature,
-                                           values=tuple(value_texts(vocabularies[-1].values)), kind="long")
+def fitted_encoders(frame: pd.DataFrame, spec: TableSpec, schema: FeatureSchema,
+                    vocabularies: list[EncoderVocabulary], scalers: list[Scaler]) -> Encoders:
+    """What scoring a raw row of this table needs (:mod:`m3oe_lightning.data.encoders`): the vocabularies that
+    encoded it (the domain feature's last, when there is one) and the scalers."""
+    raw = vocabularies[:len(spec.sparse)]
+    domain_feature = vocabularies[-1] if spec.domain_feature else None
     if spec.domain_source is not None:
         domain_column, of_value = spec.domain_source[0], dict(spec.domain_source[1])
         domain_kind = "string"

@@ -8,6 +8,9 @@ plain files (``encoders.json`` + one Parquet file per vocabulary and lookup tabl
 * a sparse value is matched by its **text** (``as_string_category``: the integer 7 and the text ``"7"`` are the
   same value, in CSV and Parquet alike); a value outside the vocabulary, or a missing one, gets the reserved
   id 0 exactly as an unseen validation value did in training, and is counted;
+* a *hashed* vocabulary (``data.vocabulary=hashed``) holds no values, only its bucket count: a value's id is
+  :func:`hashed_ids` of its text, the same function training used, so sites and scoring agree without sharing
+  a list of values;
 * dense values are scaled with the train statistics (a missing value becomes 0, as in training);
 * a domain value the model does not know is an error: there is no tower to score it with;
 * a *lookup* completes interaction-only rows: MovieLens rows need only ``user_id, movie_id``, the user's and
@@ -16,6 +19,7 @@ plain files (``encoders.json`` + one Parquet file per vocabulary and lookup tabl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -31,7 +35,8 @@ from m3oe_lightning.data.schema import Batch, FeatureSchema
 from m3oe_lightning.data.textio import as_numbers, as_string_category, first_non_numeric
 from m3oe_lightning.errors import UserInputError
 
-FORMAT = 1
+FORMAT = 2  # 2: a vocabulary may be hashed (written only then, so older files and readers keep format 1)
+READABLE_FORMATS = (1, 2)
 ENCODERS_FILE = "encoders.json"
 Where = Callable[[int], str]  # row position -> "<file>, line N" (what a user can open)
 
@@ -59,18 +64,49 @@ def _mixed(values: Sequence[Any] | np.ndarray) -> bool:
     return isinstance(values, list) and len({type(v) for v in values}) > 1
 
 
+HASH_DIGEST_BYTES = 8  # blake2b digest read as one little-endian uint64
+
+
+def hashed_ids(texts: Sequence[str] | np.ndarray, buckets: int) -> np.ndarray:
+    """``1 + blake2b-64(UTF-8 text) mod (buckets - 1)`` for each text: ids in ``[1, buckets)``, 0 left for missing.
+
+    A keyed cryptographic hash of the bytes, not Python's ``hash`` (salted per process) nor pandas' (may change
+    between versions): the same text gets the same id in every process, on every machine, in every release.
+    Callers hash distinct values only (a categorical's categories), so the Python loop runs once per value.
+    """
+    if buckets < 2:
+        raise ValueError(f"hashed_ids needs at least 2 buckets, got {buckets}")
+    digest = hashlib.blake2b
+    joined = b"".join([digest(str(t).encode("utf-8"), digest_size=HASH_DIGEST_BYTES).digest() for t in texts])
+    hashes = np.frombuffer(joined, dtype="<u8")
+    return (hashes % np.uint64(buckets - 1)).astype(np.int64) + 1
+
+
 @dataclass(frozen=True)
 class Vocabulary:
-    """One sparse column: the train values (as text) in id order; id ``k`` is ``values[k - 1]``, 0 = unseen."""
+    """One sparse column: the train values (as text) in id order; id ``k`` is ``values[k - 1]``, 0 = unseen.
+
+    With ``buckets`` set the vocabulary is hashed: ``values`` is empty and a value's id is :func:`hashed_ids`
+    of its text (only a missing value gets 0).
+    """
 
     column: str
     values: tuple[str, ...]
     kind: str = "string"  # the raw column's type (for a request's signature)
+    buckets: int | None = None
+
+    @property
+    def size(self) -> int:
+        """The embedding rows this vocabulary addresses (ids ``0 .. size - 1``)."""
+        return self.buckets if self.buckets is not None else len(self.values) + 1
 
     def ids(self, column: pd.Series) -> tuple[np.ndarray, int]:
         """Ids of a raw column and how many of its rows were not in the vocabulary (or missing)."""
         category = as_string_category(column)
-        lookup = pd.Index(self.values).get_indexer(pd.Index(category.categories, dtype=object)) + 1
+        if self.buckets is not None:
+            lookup = hashed_ids(np.asarray(category.categories, dtype=object), self.buckets)
+        else:
+            lookup = pd.Index(self.values).get_indexer(pd.Index(category.categories, dtype=object)) + 1
         codes = category.codes.astype(np.int64)
         ids = np.where(codes >= 0, np.append(lookup, 0)[codes], 0).astype(np.int64)
         return ids, int((ids == 0).sum())
@@ -253,14 +289,13 @@ class Encoders:
     def to_dict(self) -> dict[str, Any]:
         """Plain lists and numbers only (what the dataset cache stores; :meth:`save` moves the long lists into
         Parquet files)."""
+        hashed = any(v.buckets is not None for v in self.sparse)
         return {
-            "format": FORMAT,
+            "format": FORMAT if hashed else 1,  # format 1 unless a reader of format 1 would misread the file
             "dataset": self.dataset,
             "schema": self.schema.to_dict(),
-            "sparse": [{"column": v.column, "kind": v.kind, "values": list(v.values)} for v in self.sparse],
-            "domain_feature": None if self.domain_feature is None else {
-                "column": self.domain_feature.column, "kind": self.domain_feature.kind,
-                "values": list(self.domain_feature.values)},
+            "sparse": [_vocabulary_entry(v) for v in self.sparse],
+            "domain_feature": None if self.domain_feature is None else _vocabulary_entry(self.domain_feature),
             "dense": [{"column": s.column, "kind": s.kind, "scaling": s.scaling, "params": list(s.params)}
                       for s in self.dense],
             "domain": {"column": self.domain_column, "kind": self.domain_kind, "values": dict(self.domain_of_value)},
@@ -273,12 +308,13 @@ class Encoders:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Encoders:
-        if d.get("format") != FORMAT:
-            raise ValueError(f"encoders format {d.get('format')!r}, expected {FORMAT}")
+        if d.get("format") not in READABLE_FORMATS:
+            raise ValueError(f"encoders format {d.get('format')!r}, expected one of {READABLE_FORMATS}")
 
         def vocabulary(entry: Mapping[str, Any]) -> Vocabulary:
+            buckets = entry.get("buckets")
             return Vocabulary(column=entry["column"], values=tuple(str(v) for v in entry["values"]),
-                              kind=entry.get("kind", "string"))
+                              kind=entry.get("kind", "string"), buckets=None if buckets is None else int(buckets))
 
         return cls(
             dataset=d["dataset"],
@@ -342,6 +378,14 @@ class Encoders:
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise UserInputError(f"{folder}: the encoders cannot be read ({error}); retrain the model or restore "
                                  f"its encoders/ folder") from None
+
+
+def _vocabulary_entry(vocabulary: Vocabulary) -> dict[str, Any]:
+    """A vocabulary as plain data; ``buckets`` only when hashed (a fitted one's entry is as it always was)."""
+    entry: dict[str, Any] = {"column": vocabulary.column, "kind": vocabulary.kind, "values": list(vocabulary.values)}
+    if vocabulary.buckets is not None:
+        entry["buckets"] = vocabulary.buckets
+    return entry
 
 
 def _write_parquet(folder: Path, name: str, frame: pd.DataFrame) -> str:

@@ -4,7 +4,9 @@
 disk lives in a folder (``folder``, or one of ``also``) under the data root, or the root itself holds its
 files. A dataset with ``settings`` accepts dataset-specific ``data.*`` options: ``settings(**options)``
 checks them and fills in defaults, and the result goes to ``build`` and ``source_files`` and keys the
-cache. A dataset without it accepts no extra option (MovieLens), as before. Each entry also says what the
+cache. A dataset without it accepts no extra option. MovieLens takes only the feature specification's
+(:data:`~m3oe_lightning.data.encode.SPEC_SETTINGS`); with none given its settings are empty and its cache key
+is as before. Each entry also says what the
 generic code here must not know by name: how to fetch the files (``download``), whether its rows
 carry a region (``has_regions``: the reader fills :attr:`EncodedDataset.regions`) and which key marks a
 repeated interaction (``duplicate_key``: the reader then applies ``data.duplicates``, see
@@ -86,6 +88,7 @@ FILE_DATASETS: dict[str, FileDataset] = {
         build=movielens.load_movielens1m,
         source_files=movielens.movielens1m_source_files,
         download=movielens.download_movielens1m,
+        settings=functools.partial(movielens.movielens_settings, "movielens1m"),
         has_regions=True,
         duplicate_key=movielens.duplicate_key,
     ),
@@ -94,6 +97,7 @@ FILE_DATASETS: dict[str, FileDataset] = {
         markers=(("u.data", "u.user", "u.item"),),
         build=movielens.load_movielens100k,
         source_files=movielens.movielens100k_source_files,
+        settings=functools.partial(movielens.movielens_settings, "movielens100k"),
         has_regions=True,
         duplicate_key=movielens.duplicate_key,
     ),

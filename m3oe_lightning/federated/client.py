@@ -3,23 +3,27 @@
 One class serves every algorithm; what it does in a round is decided by the round's config, which
 the strategy writes (as a Flower strategy writes a ``ConfigRecord``):
 
-==================  ============================================================================
-config key          effect
-==================  ============================================================================
-``local_epochs``    epochs of each local fit (a fresh Lightning ``Trainer`` per fit)
-``lr``              the client optimiser's learning rate
-``mu``              FedProx: adds ``μ/2·‖w − w_global‖²`` to the training loss (0 = off)
-``lam``             Ditto: also trains the persistent personal model ``v`` with ``λ/2·‖v − w_global‖²``
-``personal_epochs`` Ditto: epochs of the personal fit
-``local_only``      Local: train the persistent personal model, send nothing back
-``score_split``     PAGE: ``val`` (default of PAGE) or ``test`` (``paper_parity``): the reply's metrics
-                    also hold ``score/received_auc`` / ``score/received_logloss`` (the received
-                    model on that local split, before training: the client agent's next state) and
-                    ``score/trained_auc`` / ``score/trained_logloss`` (after training: its reward)
-``deadline_s``      set by the runner from ``client_timeout``: local training stops at the first
-                    batch boundary past it and the fit raises :class:`ClientTimeout` (the client's
-                    persistent state is left as it was)
-==================  ============================================================================
+======================  ============================================================================
+config key              effect
+======================  ============================================================================
+``local_epochs``        epochs of each local fit (a fresh Lightning ``Trainer`` per fit)
+``lr``                  the client optimiser's learning rate
+``mu``                  FedProx: adds ``μ/2·‖w − w_global‖²`` to the training loss (0 = off)
+``lam``                 Ditto: also trains the persistent personal model ``v`` with ``λ/2·‖v − w_global‖²``
+``personal_epochs``     Ditto: epochs of the personal fit
+``local_only``          Local: train the persistent personal model, send nothing back
+``score_split``         PAGE: ``val`` (default of PAGE) or ``test`` (``paper_parity``): the reply's metrics
+                        also hold ``score/received_auc`` / ``score/received_logloss`` (the received
+                        model on that local split, before training: the client agent's next state) and
+                        ``score/trained_auc`` / ``score/trained_logloss`` (after training: its reward)
+``dp_clipping_norm``    ``federated.dp.mode=client_fixed`` / ``local``: the reply's update (sent float arrays −
+                        the received global ones) is clipped to this L2 norm; ``dp/clipped`` in the reply
+                        says whether it was scaled down (:func:`~.privacy.protect_reply`)
+``dp_local_noise_std``  ``local``: Gaussian noise of this std is then added to it (seeded per round)
+``deadline_s``          set by the runner from ``client_timeout``: local training stops at the first
+                        batch boundary past it and the fit raises :class:`ClientTimeout` (the client's
+                        persistent state is left as it was)
+======================  ============================================================================
 
 The *personalized model* (evaluated on the local test split) is the model this round's local
 training produced (FedAvg/FedProx, as PAGE's code), Ditto's persistent ``v``, or Local's own model.
@@ -71,6 +75,7 @@ from m3oe_lightning.federated.messages import (
     overlay,
     set_arrays,
 )
+from m3oe_lightning.federated.privacy import protect_reply
 from m3oe_lightning.models.base import MDMTModel, PersonalSlices
 from m3oe_lightning.seeds import derive_seed
 from m3oe_lightning.training.module import MDMTModule
@@ -259,7 +264,10 @@ class MDMTClient:
                                               server_round=server_round, deadline=deadline)
         else:
             self.personal = trained
-        return self.reply(trained, n_train, {TRAIN_LOSS: loss, **metrics})
+        reply = self.reply(trained, n_train, {TRAIN_LOSS: loss, **metrics})
+        # client-side DP (``dp_clipping_norm`` in the config): the update against the global model as sent,
+        # not the overlaid start; the client's own model stays as trained
+        return protect_reply(reply, ins.arrays, config, seed=derive_seed(self.seed, "dp-noise", server_round))
 
     def fit_personal(self, received: Arrays, *, lam: float, lr: float, epochs: int, server_round: int,
                      deadline: float | None = None) -> Arrays:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,12 +25,13 @@ from omegaconf import DictConfig, OmegaConf
 from m3oe_lightning import metric_keys as keys
 from m3oe_lightning.config import build
 from m3oe_lightning.data.encoders import Encoders
-from m3oe_lightning.data.schema import EncodedSplit
+from m3oe_lightning.data.schema import EncodedDataset, EncodedSplit
 from m3oe_lightning.errors import UserInputError, check_int, check_number
 from m3oe_lightning.federated.client import MDMTClient
 from m3oe_lightning.federated.evaluation import evaluate_split, finite, part_metrics
 from m3oe_lightning.federated.messages import Arrays, Metrics, get_arrays, set_arrays
 from m3oe_lightning.federated.partition import Federation, check_settings, partition, pooled, region_keys
+from m3oe_lightning.federated.privacy import DP_DEFAULTS, build_privacy
 from m3oe_lightning.federated.simulation import InProcessTransport, Simulation
 from m3oe_lightning.federated.strategies.base import Strategy
 from m3oe_lightning.models.base import USER_COLUMN, USER_EMBEDDINGS, MDMTModel, PersonalSlices
@@ -45,7 +46,7 @@ NOT_IDENTITY = ("paths", "logger", "skip_finished")
 NOT_FEDERATED_IDENTITY = ("resume", "kill_after_round")
 # ``federated.*`` settings of no strategy added after runs were stored: at these values they are left out of a
 # run's identity (as a strategy's ``identity_defaults``), so a run that did not have them keeps its hash
-FEDERATED_IDENTITY_DEFAULTS: dict[str, object] = {"sparse_embeddings": False}
+FEDERATED_IDENTITY_DEFAULTS: dict[str, object] = {"sparse_embeddings": False, "dp": DP_DEFAULTS}
 
 
 class ServerEvaluator:
@@ -220,12 +221,38 @@ def federated_identity(resolved: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # -------------------------------------------------------------------------------------------- build
+ClientBuilder = Callable[[str, EncodedDataset], MDMTClient]
+
+
+def client_builder(cfg: DictConfig, template: MDMTModel, *, batch_size: int, eval_batch_size: int) -> ClientBuilder:
+    """``(client id, its local data) -> MDMTClient`` with the run's local training settings: what every client
+    of the in-process simulation is, and what a site holding its own data builds for itself
+    (:mod:`m3oe_lightning.federated.sites`). ``template`` gives the common initial weights."""
+    fed = cfg.federated
+    trainer_fn = hydra.utils.instantiate(cfg.client_trainer, _partial_=True)
+    system_fn = system_factory(cfg)
+    model_name = type(template).__name__
+    personal = personal_slices(template, fed.get("personal", "none"), model_name)
+    private = private_entries(template, fed.get("personal", "none"))
+    tables = sparse_tables(template, fed.get("sparse_embeddings", False), model_name)
+
+    def make(client_id: str, data: EncodedDataset) -> MDMTClient:
+        return MDMTClient(client_id, data, model_fn=functools.partial(copy.deepcopy, template), system_fn=system_fn,
+                          trainer_fn=trainer_fn, batch_size=batch_size, eval_batch_size=eval_batch_size,
+                          seed=derive_seed(cfg.seed, "client", client_id), personal_slices=personal, private=private,
+                          embedding_tables=tables)
+
+    return make
+
+
 def build_federated(cfg: DictConfig) -> FederatedSetup:
     """Everything a federated run needs, from the composed ``federate`` config (clients in this process:
     :meth:`Simulation.with_transport` delivers the same run elsewhere)."""
     fed = cfg.federated
     check_federated(fed)
     strategy = build_strategy(fed, cfg.seed)
+    strategy.use_privacy(build_privacy(fed.get("dp"), seed=cfg.seed,
+                                       sparse_embeddings=fed.get("sparse_embeddings", False)))
     datamodule, model, _ = build_system(cfg)
     dataset = datamodule.load()
     region = region_keys(datamodule, dataset) if fed.partition == "region" else None
@@ -238,20 +265,9 @@ def build_federated(cfg: DictConfig) -> FederatedSetup:
     strategy.prepare(federation, lambda split: SplitEvaluator(copy.deepcopy(template), split,
                                                               datamodule.eval_batch_size))
 
-    trainer_fn = hydra.utils.instantiate(cfg.client_trainer, _partial_=True)
-    system_fn = system_factory(cfg)
-    model_name = type(model).__name__
-    personal = personal_slices(model, fed.get("personal", "none"), model_name)
-    private = private_entries(model, fed.get("personal", "none"))
-    tables = sparse_tables(model, fed.get("sparse_embeddings", False), model_name)
-    clients = {
-        c.client_id: MDMTClient(c.client_id, c.data, model_fn=functools.partial(copy.deepcopy, template),
-                                system_fn=system_fn, trainer_fn=trainer_fn, batch_size=datamodule.batch_size,
-                                eval_batch_size=datamodule.eval_batch_size,
-                                seed=derive_seed(cfg.seed, "client", c.client_id), personal_slices=personal,
-                                private=private, embedding_tables=tables)
-        for c in federation.clients
-    }
+    make_client = client_builder(cfg, template, batch_size=datamodule.batch_size,
+                                 eval_batch_size=datamodule.eval_batch_size)
+    clients = {c.client_id: make_client(c.client_id, c.data) for c in federation.clients}
     evaluator = ServerEvaluator(model, federation.global_test, federation.heldout_test, datamodule.eval_batch_size,
                                 client_test_rows=[len(c.data.test) for c in federation.clients])
     simulation = Simulation(strategy, InProcessTransport(clients), initial_arrays=get_arrays(template),

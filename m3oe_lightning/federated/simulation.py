@@ -22,7 +22,8 @@ and ``global/auc/{domain}/{task}``), ``global/auc_client_mean`` (the global mode
 test split, mean over clients: like-for-like with ``personal/auc_mean``), ``heldout/auc_mean``
 (+ logloss), ``train/loss``, ``comm/bytes_down``, ``comm/bytes_up`` (row-sparse replies: the rows sent
 and their int64 ids), ``comm/bytes_sent``, ``round/clients_*`` and ``time/{round,fit,evaluate,other}_s``,
-plus the metrics the strategy's ``aggregate_train`` returns (PAGE: ``page/*``).
+plus the metrics the strategy's ``aggregate_train`` returns (PAGE: ``page/*``; ``federated.dp``:
+``dp/clipped_fraction``, ``dp/noise_std``, see :mod:`.privacy`).
 """
 
 from __future__ import annotations
@@ -90,6 +91,10 @@ class Transport(Protocol):
     def local_clients(self) -> Mapping[str, Client]:
         """The clients whose persistent state lives in this process (saved with the server state);
         empty when it lives elsewhere (Flower nodes keep it in their ``context.state``)."""
+        ...
+
+    def round_metrics(self, server_round: int) -> Metrics:
+        """What the delivery itself measured in this round (e.g. the sites' own compute time), logged with it."""
         ...
 
     def fit(self, server_round: int, instructions: Mapping[str, FitIns], *, timeout: float | None,
@@ -168,6 +173,9 @@ class InProcessTransport:
     @property
     def local_clients(self) -> Mapping[str, Client]:
         return self.clients
+
+    def round_metrics(self, server_round: int) -> Metrics:
+        return {}
 
     def fit(self, server_round: int, instructions: Mapping[str, FitIns], *, timeout: float | None,
             fail: FailureCallback) -> dict[str, FitRes]:
@@ -302,6 +310,7 @@ class Simulation:
             "time/round_s": round_seconds, "time/fit_s": fit_seconds, "time/evaluate_s": eval_seconds,
             "time/other_s": max(0.0, round_seconds - fit_seconds - eval_seconds),
         })
+        metrics.update(transport.round_metrics(server_round))
         state.server_round = server_round
         state.history.append(metrics)
         return metrics

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from m3oe_lightning.data.encode import TableSpec, encode_table, fit_vocabulary
+from m3oe_lightning.data.encode import (
+    HASHED,
+    VOCABULARY_FILE,
+    TableSpec,
+    VocabularyPolicy,
+    encode_table,
+    fit_vocabulary,
+)
+from m3oe_lightning.data.encoders import hashed_ids
 from m3oe_lightning.errors import UserInputError
 
 SPEC = TableSpec(
@@ -99,3 +109,31 @@ def test_fit_vocabulary_on_strings_and_missing():
     vocab = fit_vocabulary(column, np.array([0, 1, 2]))
     assert vocab.values == ["a", "b"] and vocab.size == 3
     assert vocab.ids.tolist() == [2, 1, 0, 0, 1]
+
+
+def test_a_shared_vocabulary_ignores_which_values_the_train_rows_hold():
+    """Under the feature specification a val/test value has its id too, and every domain keeps index + 1 even
+    when the train rows hold none of it (here: no "old" row in train)."""
+    train = np.array([0, 2, 4])  # groups a, b, a: only the "young" domain
+    policy = VocabularyPolicy(kind=VOCABULARY_FILE, values={"user": ("30", "10"), "color": ("green",)}, source="v")
+    ds = encode_table(toy_frame(), train, VAL, np.array([1, 5]), dataclasses.replace(SPEC, vocabulary=policy))
+    assert [f.vocab_size for f in ds.schema.sparse] == [3, 2, 3]
+    assert ds.train.sparse.tolist() == [[2, 0, 1], [2, 0, 1], [0, 0, 1]]
+    assert ds.val.sparse.tolist() == [[1, 1, 2]]  # user 30 and green are in the file
+    assert ds.test.sparse[:, 2].tolist() == [2, 2]  # "old" = domain 1 -> id 2, though train has no such row
+    hashed = encode_table(toy_frame(), train, VAL, np.array([1, 5]),
+                          dataclasses.replace(SPEC, vocabulary=VocabularyPolicy(kind=HASHED, default_buckets=50)))
+    expected = hashed_ids(["10", "20", "10", "30", "40", "20"], 50)
+    users = np.concatenate([hashed.train.sparse[:, 0], hashed.val.sparse[:, 0], hashed.test.sparse[:, 0]])
+    assert users.tolist() == expected[[0, 2, 4, 3, 1, 5]].tolist()
+    assert hashed.test.sparse[1, 1] == 0  # a missing value is 0 under every policy
+    assert hashed.schema.extras["vocabulary"] == HASHED
+
+
+def test_given_dense_params_replace_the_fitted_ones():
+    spec = dataclasses.replace(SPEC, dense_params={"age": [0.0, 100.0]})
+    ds = encode_table(toy_frame(), TRAIN, VAL, TEST, spec)
+    assert ds.train.dense[:, 0].tolist() == pytest.approx([0.2, 0.4, 0.3])
+    assert ds.encoders.dense[0].params == (0.0, 100.0)
+    with pytest.raises(UserInputError, match=r"data\.dense_params\.age=\[0\.0\]: a minmax column takes"):
+        encode_table(toy_frame(), TRAIN, VAL, TEST, dataclasses.replace(SPEC, dense_params={"age": [0.0]}))

@@ -30,10 +30,10 @@ RANK: dict[str, int] = {
     "serving": 6,                                   # a trained model scoring raw rows, ONNX (no MLflow)
     "tracking": 7,                                  # above the library
     "reports": 8, "bench": 8, "tuning": 8,          # may import tracking and the library
-    "train": 9, "federate": 9, "flower_app": 9, "predict": 9, "export": 9, "tune": 9,
+    "train": 9, "federate": 9, "flower_app": 9, "predict": 9, "export": 9, "tune": 9, "site_node": 9,
     "__main__": 9,                                  # entry points: nobody imports them
 }
-ENTRY_POINTS = frozenset({"train", "federate", "flower_app", "predict", "export", "tune", "__main__"})
+ENTRY_POINTS = frozenset({"train", "federate", "flower_app", "predict", "export", "tune", "site_node", "__main__"})
 ALLOWED = frozenset({("__main__", "train")})  # `python -m m3oe_lightning` is the training entry point
 
 

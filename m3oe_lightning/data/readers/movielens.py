@@ -24,6 +24,10 @@ highest user ids there, ``released`` the users who appear last in the merged fil
 Readers are strict: any malformed line is one :class:`UserInputError` naming the file and line. A rating
 repeating an earlier one's (user, item) is handled by ``data.duplicates`` before the split (default
 ``drop``; see :mod:`m3oe_lightning.data.duplicates`).
+
+The only ``data.*`` settings MovieLens accepts are the feature specification's (``+data.vocabulary=hashed``,
+``data.hash_buckets``, ``data.dense_params``; :mod:`m3oe_lightning.data.spec`); without them the ids and the
+age scale are fitted on the train rows, as always.
 """
 
 from __future__ import annotations
@@ -44,7 +48,15 @@ import numpy as np
 import pandas as pd
 
 from m3oe_lightning.data.duplicates import DEFAULT_POLICY, handle_duplicates
-from m3oe_lightning.data.encode import TableSpec, encode_table
+from m3oe_lightning.data.encode import (
+    FITTED,
+    SPEC_SETTINGS,
+    TableSpec,
+    encode_table,
+    feature_spec_settings,
+    vocabulary_path,
+    vocabulary_policy,
+)
 from m3oe_lightning.data.readers.frames import Where, lookup_rows, require_unique
 from m3oe_lightning.data.schema import EncodedDataset
 from m3oe_lightning.data.splits import (
@@ -160,10 +172,25 @@ def movielens1m_files(root: Path, *, download: bool = False) -> Ml1mFiles:
     )
 
 
-def movielens1m_source_files(root: Path, *, download: bool = False) -> list[Path]:
+def movielens_settings(dataset: str, **options: Any) -> dict[str, Any]:
+    """The feature-specification settings (the only ones MovieLens takes), checked; empty when none is given
+    (the registry then keys the cache as before)."""
+    unknown = sorted(set(options) - set(SPEC_SETTINGS))
+    if unknown:
+        raise UserInputError(f"unknown data settings for {dataset}: {unknown}; known: {', '.join(SPEC_SETTINGS)}")
+    return feature_spec_settings(options, sparse=SPARSE_COLUMNS, dense=dict.fromkeys(DENSE_COLUMNS, "minmax"))
+
+
+def spec_file(settings: Mapping[str, Any]) -> list[Path]:
+    """The vocabulary file ``data.vocabulary`` names (relative to the working directory), if any."""
+    path = vocabulary_path(settings.get("vocabulary", FITTED), Path.cwd())
+    return [] if path is None else [path]
+
+
+def movielens1m_source_files(root: Path, *, download: bool = False, **settings: Any) -> list[Path]:
     """The files whose contents key the ML-1M cache (pass ``download`` so a fresh root is fetched)."""
     files = movielens1m_files(root, download=download)
-    return [files.ratings, files.users, files.movies]
+    return [files.ratings, files.users, files.movies, *spec_file(settings)]
 
 
 def _find_ml100k_dir(root: Path) -> Path:
@@ -176,10 +203,10 @@ def _find_ml100k_dir(root: Path) -> Path:
                          f"u.user, u.item and u.genre; {ML100K_HOWTO}")
 
 
-def movielens100k_source_files(root: Path) -> list[Path]:
+def movielens100k_source_files(root: Path, **settings: Any) -> list[Path]:
     """The files whose contents key the ML-100K cache: ``u.data, u.user, u.item, u.genre``."""
     folder = _find_ml100k_dir(root)
-    return [_require_file(folder / name, ML100K_HOWTO) for name in ML100K_FILES]
+    return [*(_require_file(folder / name, ML100K_HOWTO) for name in ML100K_FILES), *spec_file(settings)]
 
 
 # --- shared validation helpers ------------------------------------------------------------------------
@@ -421,11 +448,15 @@ def zip_regions(zips: pd.Series) -> pd.Categorical:
     return pd.Categorical.from_codes(of_zip[codes], names)
 
 
-def _spec(name: str, **extras: object) -> TableSpec:
+def table_spec(name: str, settings: Mapping[str, Any] | None = None, **extras: object) -> TableSpec:
+    """How MovieLens rows are encoded; ``settings`` (:func:`movielens_settings`) may fix ids and the age scale."""
+    settings = settings or {}
     return TableSpec(name=name, sparse=SPARSE_COLUMNS, dense=DENSE_COLUMNS, tasks=TASKS, domains=DOMAINS,
                      domain_column="age", domain_of_value=AGE_TO_DOMAIN, extras=extras, region_column="region",
                      lookups=LOOKUPS,
-                     label_rules=(("click", "rating", ">=", 4.0), ("like", "rating", "==", 5.0)))
+                     label_rules=(("click", "rating", ">=", 4.0), ("like", "rating", "==", 5.0)),
+                     vocabulary=vocabulary_policy(settings, Path.cwd()),
+                     dense_params=dict(settings.get("dense_params", {})))
 
 
 RELEASED = "released"  # the split kind of the released code's file order (module docstring)
@@ -438,31 +469,36 @@ def released_order(frame: pd.DataFrame) -> np.ndarray:
     return merge_grouped_order(frame["movie_id"].to_numpy(), frame["user_id"].to_numpy())
 
 
-def _encode(frame: pd.DataFrame, name: str, split: str, split_seed: int, **extras: object) -> EncodedDataset:
+def _encode(frame: pd.DataFrame, name: str, split: str, split_seed: int, settings: Mapping[str, Any],
+            **extras: object) -> EncodedDataset:
     advice = "the ratings file is far too short; replace it with the original"
     if split == RELEASED:
         train, val, test = split_in_order(released_order(frame), nonempty=TRAINING_SPLITS, advice=advice)
     else:
         train, val, test = split_indices(len(frame), split, split_seed, nonempty=TRAINING_SPLITS, advice=advice)
     frame = frame.assign(region=zip_regions(frame["zip"]))
-    return encode_table(frame, train, val, test, _spec(name, split=split, split_seed=split_seed, **extras))
+    spec = table_spec(name, settings, split=split, split_seed=split_seed, **extras)
+    return encode_table(frame, train, val, test, spec)
 
 
 def load_movielens1m(root: Path, *, split: str = "random", split_seed: int = 2022,
-                     download: bool = False, duplicates: str = DEFAULT_POLICY) -> EncodedDataset:
+                     download: bool = False, duplicates: str = DEFAULT_POLICY, **settings: Any) -> EncodedDataset:
     """ML-1M as an encoded dataset; ``root`` holds the files (or an ``ml-1m/`` folder with them)."""
     check_split_kind(split, also=SPLITS)
+    settings = movielens_settings("movielens1m", **settings)
     files = movielens1m_files(Path(root), download=download)
     layout = "reconstruction" if files.reconstructed else "ratings.dat"
     return _encode(read_movielens1m(Path(root), duplicates=duplicates), "movielens1m", split, split_seed,
-                   layout=layout)
+                   settings, layout=layout)
 
 
 def load_movielens100k(root: Path, *, split: str = "random", split_seed: int = 2022,
-                       duplicates: str = DEFAULT_POLICY) -> EncodedDataset:
+                       duplicates: str = DEFAULT_POLICY, **settings: Any) -> EncodedDataset:
     """ML-100K as an encoded dataset with ML-1M's domains, tasks and feature columns."""
     check_split_kind(split, also=SPLITS)
-    return _encode(read_movielens100k(Path(root), duplicates=duplicates), "movielens100k", split, split_seed)
+    settings = movielens_settings("movielens100k", **settings)
+    return _encode(read_movielens100k(Path(root), duplicates=duplicates), "movielens100k", split, split_seed,
+                   settings)
 
 
 # --- download -----------------------------------------------------------------------------------------

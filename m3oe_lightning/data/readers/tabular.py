@@ -16,7 +16,9 @@ Everything the reader needs is checked before anything is encoded, and every pro
 (Parquet): a missing column, a dense value that is not a number, a label outside {0, 1}, a rule on an
 empty or non-numeric value, a listed domain without rows. With ``data.duplicate_key`` (columns, e.g.
 ``[user_id, item_id]``; default none) a row repeating an earlier row's key is handled by
-``data.duplicates`` (drop | error | keep) before the split.
+``data.duplicates`` (drop | error | keep) before the split. ``data.vocabulary`` (fitted | hashed | a JSON
+file), ``data.hash_buckets`` and ``data.dense_params`` are the federation's feature specification
+(:mod:`m3oe_lightning.data.spec`): given, every site encodes a value alike without pooling rows.
 
 The helpers here (:func:`read_checked`, :class:`RowOrigins`, :func:`encode_frame`) are shared by the
 other file readers (KuaiRand, AliExpress, Open Bandit).
@@ -37,7 +39,17 @@ import numpy as np
 import pandas as pd
 
 from m3oe_lightning.data.duplicates import DEFAULT_POLICY, handle_duplicates
-from m3oe_lightning.data.encode import DENSE_SCALINGS, TableSpec, check_dense_scaling, encode_table
+from m3oe_lightning.data.encode import (
+    DENSE_SCALINGS,
+    SPEC_SETTINGS,
+    TableSpec,
+    VocabularyPolicy,
+    check_dense_scaling,
+    encode_table,
+    feature_spec_settings,
+    vocabulary_path,
+    vocabulary_policy,
+)
 from m3oe_lightning.data.encoders import LABEL_OPS
 from m3oe_lightning.data.readers.frames import shown
 from m3oe_lightning.data.schema import EncodedDataset
@@ -128,6 +140,10 @@ TABULAR_DEFAULTS: dict[str, Any] = {
     "split_fractions": [0.8, 0.1, 0.1],
     "embed_dim": 16,
     "duplicate_key": None,  # optional (+data.duplicate_key=[...]): columns identifying one interaction
+    # optional, the feature specification (+data.vocabulary=hashed, ...): absent = everything fitted locally
+    "vocabulary": None,
+    "hash_buckets": None,
+    "dense_params": None,
 }
 
 
@@ -216,6 +232,7 @@ def tabular_settings(**options: Any) -> dict[str, Any]:
         "split_fractions": check_fractions("data.split_fractions", s["split_fractions"], nonempty=TRAINING_SPLITS),
         "embed_dim": embed_dim,
         **({"duplicate_key": duplicate_key} if duplicate_key else {}),  # absent by default: cache keys kept
+        **feature_spec_settings({k: s[k] for k in SPEC_SETTINGS}, sparse=sparse, dense=dense),  # likewise
     }
 
 
@@ -491,8 +508,11 @@ def encode_frame(
     extras: Mapping[str, Any] | None = None,
     split_advice: str = "",
     label_rules: Sequence[TaskRule] = (),
+    vocabulary: VocabularyPolicy | None = None,
+    dense_params: Mapping[str, Sequence[float]] | None = None,
 ) -> EncodedDataset:
-    """Kept rows -> :class:`EncodedDataset` via :func:`encode_table` (train-only vocabularies and scaling).
+    """Kept rows -> :class:`EncodedDataset` via :func:`encode_table` (train-only vocabularies and scaling, unless
+    the feature specification ``vocabulary`` / ``dense_params`` fixes them).
 
     ``splits`` (row numbers into the kept rows) overrides the ``split``/``split_seed`` split. Every split
     must hold a row (else one line with the counts; ``split_advice`` says which setting to change).
@@ -514,6 +534,7 @@ def encode_frame(
         embed_dim=embed_dim, dense_scaling=dict(dense),
         domain_source=(domains.column, domains.value_to_domain) if domains.column else None,
         label_rules=tuple((r.task, r.column, r.op, r.threshold) for r in label_rules),
+        vocabulary=vocabulary or VocabularyPolicy(), dense_params=dict(dense_params or {}),
         extras={"split": split, "split_seed": split_seed, "rows": len(frame), "dropped_rows": domains.dropped,
                 **dict(extras or {})},
     )
@@ -524,9 +545,11 @@ def encode_frame(
 
 
 def tabular_source_files(folder: Path, **settings: Any) -> list[Path]:
-    """The files that key the cache: what ``data.path`` matches (relative to ``folder``)."""
+    """The files that key the cache: what ``data.path`` matches (relative to ``folder``), and the vocabulary
+    file ``data.vocabulary`` names (its contents decide the ids)."""
     s = tabular_settings(**settings)
-    return resolve_table_files(s["path"], Path(folder))
+    vocabulary = vocabulary_path(s.get("vocabulary", "fitted"), Path(folder))
+    return [*resolve_table_files(s["path"], Path(folder)), *([vocabulary] if vocabulary else [])]
 
 
 def without_duplicates(table: TableColumns, assignment: DomainAssignment, key: Sequence[str],
@@ -549,6 +572,10 @@ def load_tabular(folder: Path, *, split: str = "random", split_seed: int = 2022,
     check_split_kind(split)
     s = tabular_settings(**settings)
     files = resolve_table_files(s["path"], Path(folder))
+    policy = vocabulary_policy(s, Path(folder))  # a vocabulary file is read (and checked) before the table
+    if policy.shared:
+        for feature in s["sparse_features"]:
+            policy.vocab_size(feature)  # a feature the file lacks fails here, not after reading the table
     rules = [TaskRule.parse(task, text) for task, text in s["tasks"].items()]
     domain_column = s["domain_column"]
     needed: dict[str, str] = {domain_column: "data.domain_column"}
@@ -571,7 +598,7 @@ def load_tabular(folder: Path, *, split: str = "random", split_seed: int = 2022,
         dense=s["dense_features"], tasks=[r.task for r in rules], split=split, split_seed=split_seed,
         fractions=s["split_fractions"], embed_dim=s["embed_dim"], split_advice=" or change data.split_fractions",
         extras={"files": len(files), "tasks": s["tasks"]},
-        label_rules=rules,
+        label_rules=rules, vocabulary=policy, dense_params=s.get("dense_params"),
     )
 
 

@@ -19,6 +19,7 @@ EMBEDDING_ROWS = "embedding-rows"  # a row-sparse fit reply's updated row ids pe
 NUM_EXAMPLES = "num-examples"
 PARTITION_ID = "partition-id"
 STATE_PREFIX = "m3oe."  # context.state keys holding MDMTClient.state_dict() entries
+SITE = "site"  # a reply's ConfigRecord of what the node measured itself (``seconds``: its compute for the message)
 
 def arrays_to_record(arrays: Mapping[str, Any]) -> ArrayRecord:
     """A state dict → ``ArrayRecord`` (dtypes, shapes and values kept exactly)."""
@@ -112,3 +113,16 @@ def load_client_state(state: RecordDict) -> dict[str, Arrays]:
     """``context.state`` → the ``MDMTClient.load_state_dict`` argument (``{}`` on a node's first message)."""
     return {key[len(STATE_PREFIX):]: record_to_arrays(record)
             for key, record in state.array_records.items() if key.startswith(STATE_PREFIX)}
+
+
+def with_site_seconds(content: RecordDict, seconds: float) -> RecordDict:
+    """A reply's content carrying the node's own compute time for the message (the deployment's overhead is
+    the round's wall time minus it)."""
+    content[SITE] = ConfigRecord({"seconds": float(seconds)})
+    return content
+
+
+def site_seconds(content: RecordDict) -> float:
+    """The compute time a reply says its node spent (0 when the node did not say)."""
+    record = content.config_records.get(SITE)
+    return float(record["seconds"]) if record is not None and "seconds" in record else 0.0

@@ -19,8 +19,9 @@ from m3oe_lightning.federated.flower.records import (
     content_to_fit_res,
     evaluate_ins_to_content,
     fit_ins_to_content,
+    site_seconds,
 )
-from m3oe_lightning.federated.messages import EvaluateIns, EvaluateRes, FitIns, FitRes
+from m3oe_lightning.federated.messages import EvaluateIns, EvaluateRes, FitIns, FitRes, Metrics
 from m3oe_lightning.federated.partition import Federation
 from m3oe_lightning.federated.simulation import Client, FailureCallback
 
@@ -45,6 +46,7 @@ class FlowerTransport:
         self.grid = grid
         self.nodes = dict(nodes)
         self.round_timeout = float(round_timeout)
+        self.compute_s: dict[int, dict[str, float]] = {}  # round -> client -> the node's own seconds (fit + evaluate)
 
     @property
     def client_ids(self) -> list[str]:
@@ -53,6 +55,12 @@ class FlowerTransport:
     @property
     def local_clients(self) -> Mapping[str, Client]:
         return {}  # the clients' persistent states live in the nodes' context.state
+
+    def round_metrics(self, server_round: int) -> Metrics:
+        """``time/site_compute_max_s``: the slowest node's own compute in this round (fit + evaluate), so that
+        ``time/round_s`` minus it is what the deployment itself cost."""
+        seconds = self.compute_s.pop(server_round, {})
+        return {"time/site_compute_max_s": max(seconds.values())} if seconds else {}
 
     def fit(self, server_round: int, instructions: Mapping[str, FitIns], *, timeout: float | None,
             fail: FailureCallback) -> dict[str, FitRes]:
@@ -84,6 +92,8 @@ class FlowerTransport:
                 failed.add(cid)
             else:
                 received[cid] = reply.content
+                spent = self.compute_s.setdefault(server_round, {})
+                spent[cid] = spent.get(cid, 0.0) + site_seconds(reply.content)
         for cid in contents:
             if cid not in received and cid not in failed:
                 fail(server_round, phase, cid, f"no reply within {wait:g} s")

@@ -9,10 +9,15 @@ A round, as the simulation runner drives it (in process or through a Flower Grid
 4. ``configure_evaluate`` / ``aggregate_evaluate`` → the personalized-model metrics;
 5. the server's ``evaluate_fn(round, arrays)`` → global and held-out test metrics.
 
-Algorithms differ only in these hooks, the config they send (see ``client.py``) and three run-level hooks
+Algorithms differ only in these hooks, the config they send (see ``client.py``) and the run-level hooks
 the factory and the entry point call instead of asking which algorithm this is: :meth:`Strategy.prepare`
-(once the partition is known), :meth:`Strategy.run_tags` and :meth:`Strategy.notices`. Strategies never
-import MLflow: the runner hands the metrics to whoever logs them.
+(once the partition is known), :meth:`Strategy.use_privacy` (``federated.dp``), :meth:`Strategy.run_tags`
+and :meth:`Strategy.notices`. Strategies never import MLflow: the runner hands the metrics to whoever logs them.
+
+Differential privacy (:mod:`~m3oe_lightning.federated.privacy`) is one object, :attr:`Strategy.privacy`:
+every strategy that aggregates clips the replies with ``privacy.clip_replies`` before using them and
+noises its aggregate with ``privacy.noise``; ``configure_train`` adds ``privacy.fit_config()`` to each
+round config (client-side clipping). With ``federated.dp.mode=none`` these hand back what they were given.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from m3oe_lightning.errors import UserInputError, check_int, check_number
 from m3oe_lightning.federated.evaluation import finite
 from m3oe_lightning.federated.messages import Arrays, Config, EvaluateIns, EvaluateRes, FitIns, FitRes, Metrics
 from m3oe_lightning.federated.partition import Federation
+from m3oe_lightning.federated.privacy import Privacy
 from m3oe_lightning.seeds import derive_seed
 
 SplitScore = Callable[[Arrays], Metrics]                # arrays -> metrics of a model on one split
@@ -54,6 +60,9 @@ class Strategy:
     # settings added after runs were stored: at these values they are left out of a run's identity, so a run
     # that did not have them (and computed the same) keeps its hash
     identity_defaults: dict[str, object] = {}
+    # True: the server uses each client's individual model, not only their weighted sum (PAGE scores them);
+    # such a strategy cannot run under secure aggregation, and DP does not cover what it learns from them
+    uses_individual_updates = False
 
     def __init__(self, *, local_epochs: int = 1, client_lr: float = 1e-2, fraction_train: float = 1.0,
                  min_clients: int = 1, seed: int = 0) -> None:
@@ -69,6 +78,7 @@ class Strategy:
         # the global model this round's clients were sent (configure_train keeps it): row-sparse replies and
         # entries clients keep to themselves are aggregated onto it (federated/aggregation.py)
         self.round_arrays: Arrays | None = None
+        self.privacy = Privacy()  # federated.dp: off until use_privacy
 
     # ------------------------------------------------------------------------------ run-level hooks
     def prepare(self, federation: Federation, make_split_evaluator: SplitEvaluatorFactory) -> None:
@@ -79,12 +89,24 @@ class Strategy:
             raise UserInputError(f"federated.min_clients={self.min_clients} but only {num_clients} client(s) "
                                  f"train; lower min_clients or heldout_clients")
 
+    def use_privacy(self, privacy: Privacy) -> None:
+        """Apply ``privacy`` (``federated.dp``) around this strategy's aggregation; refused when the strategy
+        releases no global model (there is nothing for central or local DP to protect)."""
+        if privacy.enabled and not self.has_global_model:
+            raise UserInputError(f"federated.dp.mode={privacy.settings.mode}: federated={self.name} has no global "
+                                 f"model (no update leaves a client); use federated.dp.mode=none")
+        self.privacy = privacy
+
     def run_tags(self) -> dict[str, str]:
         """Tags the run's record must carry because of how this strategy runs (e.g. a leaky variant)."""
         return {}
 
     def notices(self) -> list[str]:
         """Warnings to print when the run starts (one line each)."""
+        if self.privacy.enabled and self.uses_individual_updates:
+            return [f"federated.dp.mode={self.privacy.settings.mode}: federated={self.name} uses each client's "
+                    f"(clipped) model un-noised on the server; the DP guarantee covers the noised global model, "
+                    f"not what the server learns from individual models (docs/privacy.md)"]
         return []
 
     # ------------------------------------------------------------------------------------ train
@@ -102,7 +124,7 @@ class Strategy:
         return {"server_round": server_round, "local_epochs": self.local_epochs, "lr": self.client_lr}
 
     def configure_train(self, server_round: int, arrays: Arrays | None, client_ids: list[str]) -> dict[str, FitIns]:
-        config = self.fit_config(server_round)
+        config = {**self.fit_config(server_round), **self.privacy.fit_config()}
         self.round_arrays = arrays
         return {cid: FitIns(arrays=arrays, config=dict(config)) for cid in self.sample(server_round, client_ids)}
 

@@ -2,6 +2,7 @@
 
 Row-sparse replies (``federated.sparse_embeddings``) are averaged row by row over the clients that updated
 each row, with these weights renormalised over them (:func:`~m3oe_lightning.federated.aggregation.aggregate`).
+Under ``federated.dp`` the updates are clipped before and the average noised after (:attr:`Strategy.privacy`).
 """
 
 from __future__ import annotations
@@ -24,5 +25,8 @@ class FedAvg(Strategy):
         replies = {cid: r for cid, r in replies.items() if r.arrays is not None}
         if len(replies) < self.min_clients:
             return None, {}
+        replies, metrics = self.privacy.clip_replies(server_round, replies, self.round_arrays)
         weights = self.aggregation_weights(server_round, replies)
-        return aggregate(replies, weights, self.round_arrays), {}
+        new, noise_metrics = self.privacy.noise(server_round, aggregate(replies, weights, self.round_arrays),
+                                                replies, weights)
+        return new, {**metrics, **noise_metrics}

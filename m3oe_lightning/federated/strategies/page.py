@@ -35,6 +35,10 @@ the lr and epochs travel in each client's round config. Our decisions (docs/page
   (``federated.sparse_embeddings``) average each embedding row over the clients that updated it, these
   weights renormalised over them, and a client's state entry scores its model as :func:`expand` rebuilds it
   (the global model with the client's updated rows).
+* Differential privacy (``federated.dp``): the replies are clipped first, so the server agent's state
+  scores the clipped models; the noise std uses the agent's largest weight (``z·C·w_max``, not ``z·C/n``),
+  and the server's reward scores the noised model, the one released. The agent's state itself is computed
+  from individual models without noise, which the DP guarantee does not cover (:meth:`Strategy.notices`).
 * Replay (``replay``): ``raw`` (docs/page.md, Decision 2) stores the actor's own output; ``transformed``
   stores what was applied, as the released code does: the client's ``u`` after the mapping's clip, the
   server's weight vector (0 for a client that did not reply).
@@ -121,6 +125,7 @@ class PAGE(FedAvg):
 
     name = "page"
     identity_defaults = {"action_map": DEFAULT_ACTION_MAP, "replay": DEFAULT_REPLAY}
+    uses_individual_updates = True  # the server agent's state scores each client's model
 
     def __init__(self, *, warmup: int = 3, lr_min: float = 1e-3, lr_max: float = 2e-2, lr_scale: str = "linear",
                  epochs_max: int = 3, learn_lr: bool = True, learn_epochs: bool = True, learn_weights: bool = True,
@@ -190,7 +195,7 @@ class PAGE(FedAvg):
         return {PARITY_TAG: PARITY_TAG_VALUE} if self.paper_parity else {}
 
     def notices(self) -> list[str]:
-        return [PARITY_NOTICE] if self.paper_parity else []
+        return [*super().notices(), *([PARITY_NOTICE] if self.paper_parity else [])]
 
     # --------------------------------------------------------------------------------------- agents
     def _agent_seed(self, *agent: str | int) -> int:
@@ -265,7 +270,7 @@ class PAGE(FedAvg):
             self._action_metrics[page_key("client", cid, "lr")] = lr
             self._action_metrics[page_key("client", cid, "epochs")] = float(epochs)
             out[cid] = FitIns(arrays=arrays, config={"server_round": server_round, "local_epochs": epochs, "lr": lr,
-                                                     "score_split": self.score_split})
+                                                     "score_split": self.score_split, **self.privacy.fit_config()})
         assert self.server_agent is not None
         self._server_action = (self.server_agent.random_action() if warm else
                                self.server_agent.select_action(self.server_state, explore=self.server_noise))
@@ -299,7 +304,8 @@ class PAGE(FedAvg):
         (the actions chosen at configure time included; non-finite values left out)."""
         replies = {cid: r for cid, r in replies.items() if r.arrays is not None}
         assert self.server_agent is not None and self.server_state is not None
-        metrics: Metrics = dict(self._action_metrics)
+        replies, dp_metrics = self.privacy.clip_replies(server_round, replies, self.round_arrays)
+        metrics: Metrics = {**self._action_metrics, **dp_metrics}
         # client transitions (s, a_raw, r, s'): only clients that replied with a score
         for cid, (state, raw) in self._pending.items():
             reply = replies.get(cid)
@@ -319,7 +325,9 @@ class PAGE(FedAvg):
         new = None
         if len(replies) >= self.min_clients:
             weights = self.aggregation_weights(server_round, replies)
-            new = aggregate(replies, weights, self.round_arrays)
+            new, noise_metrics = self.privacy.noise(server_round, aggregate(replies, weights, self.round_arrays),
+                                                    replies, weights)
+            metrics.update(noise_metrics)
             for cid, w in weights.items():
                 metrics[page_key("weight", cid)] = w
             score = self._server_score(new)
