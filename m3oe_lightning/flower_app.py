@@ -36,9 +36,10 @@ from dataclasses import replace
 import flwr
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
+from omegaconf import DictConfig
 
 from m3oe_lightning.errors import UserInputError
-from m3oe_lightning.federated.factory import build_federated
+from m3oe_lightning.federated.factory import FederatedSetup, build_federated
 from m3oe_lightning.federated.flower.client_app import make_client_app
 from m3oe_lightning.federated.flower.run_config import (
     RUN_CONFIG_DEFAULTS,
@@ -46,8 +47,9 @@ from m3oe_lightning.federated.flower.run_config import (
     overrides_from,
     seconds_setting,
 )
-from m3oe_lightning.federated.flower.runner import FlowerTransport, discover_nodes
+from m3oe_lightning.federated.flower.runner import FlowerTransport, discover_nodes, discover_sites
 from m3oe_lightning.federated.messages import Metrics
+from m3oe_lightning.federated.sites import build_coordinator, coordinator_setup, site_mode
 from m3oe_lightning.tracking.federation import run_federation
 
 __all__ = ["RUN_CONFIG_DEFAULTS", "compose_federate", "make_client_app", "make_server_app", "clientapp", "serverapp"]
@@ -59,16 +61,36 @@ def run_server(grid: Grid, context: Context, base: Sequence[str] = ()) -> Metric
     """The ServerApp's main: compose, build, map nodes, then the tracked run delivered through the Grid."""
     overrides = overrides_from(context.run_config, base)
     cfg = compose_federate(overrides)
-    if cfg.federated.get("resume"):
-        raise UserInputError("federated.resume=true is not supported under Flower: the clients' persistent "
-                             "states live on the nodes, not in the server's checkpoint")
-    setup = build_federated(cfg)  # every settings error is raised here, before any node is contacted
-    nodes = discover_nodes(grid, setup.federation, seconds_setting(context.run_config, "node-timeout"))
-    transport = FlowerTransport(grid, nodes, round_timeout=seconds_setting(context.run_config, "round-timeout"))
-    flower_setup = replace(setup, simulation=setup.simulation.with_transport(transport))
+    node_timeout = seconds_setting(context.run_config, "node-timeout")
+    round_timeout = seconds_setting(context.run_config, "round-timeout")
+    if site_mode(cfg.federated):
+        flower_setup = sites_setup(grid, cfg, node_timeout, round_timeout)
+    else:
+        if cfg.federated.get("resume"):
+            raise UserInputError("federated.resume=true under Flower needs sites that keep their state "
+                                 "(federated.partition=sites, node config state-dir=…): the emulated nodes' "
+                                 "persistent states live in their memory, not in the server's checkpoint")
+        setup = build_federated(cfg)  # every settings error is raised here, before any node is contacted
+        nodes = discover_nodes(grid, setup.federation, node_timeout)
+        transport = FlowerTransport(grid, nodes, round_timeout=round_timeout)
+        flower_setup = replace(setup, simulation=setup.simulation.with_transport(transport))
     tags = {"runtime": f"flower {flwr.__version__}",
             "command": " ".join(["flwr run", f"hydra-overrides={shlex.join(overrides)!r}"])}
     return run_federation(cfg, lambda: flower_setup, extra_tags=tags)
+
+
+def sites_setup(grid: Grid, cfg: DictConfig, node_timeout: float, round_timeout: float) -> FederatedSetup:
+    """A federation of sites holding their own data: the global model from the feature specification, the
+    sites found by their client-id, the strategy prepared with their row counts (federated/sites.py)."""
+    coordinator = build_coordinator(cfg)  # every settings error here, before any site is contacted
+    found = discover_sites(grid, coordinator.training, coordinator.heldout, node_timeout)
+    if cfg.federated.get("resume"):
+        forgetful = [cid for cid, kept in found.kept_state.items() if not kept]
+        if forgetful:
+            raise UserInputError(f"federated.resume=true: site(s) {forgetful} keep no state between runs; start "
+                                 f"them with state-dir=… in their node config (or run without resume)")
+    transport = FlowerTransport(grid, found.nodes, round_timeout=round_timeout, training=coordinator.training)
+    return coordinator_setup(coordinator, transport, transport.evaluate_now, found.rows)
 
 
 def make_server_app(overrides: Sequence[str] = ()) -> ServerApp:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import signal
 import subprocess
 import sys
@@ -54,12 +53,10 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def supernode_command(args: argparse.Namespace, extra: Sequence[str]) -> list[str]:
-    """``flower-supernode`` from this environment, its tasks left to this process (``--isolation process``)."""
-    beside = Path(sys.executable).with_name("flower-supernode")
-    program = str(beside) if beside.exists() else shutil.which("flower-supernode")
-    if program is None:
-        raise UserInputError("m3oe-site: flower-supernode is not installed here (make install)")
-    command = [program, "--superlink", args.superlink, "--isolation", "process", "--host", "127.0.0.1",
+    """Flower's SuperNode from this environment, its tasks left to this process (``--isolation process``)."""
+    # Flower's SuperNode, its idle polls shortened (federated/flower/supernode.py; M3OE_SUPERNODE_POLL_S)
+    command = [sys.executable, "-m", "m3oe_lightning.federated.flower.supernode", "--superlink", args.superlink,
+               "--isolation", "process", "--host", "127.0.0.1",
                "--port", str(args.port)]
     command += ["--insecure"] if args.insecure else ["--root-certificates", args.root_certificates]
     if args.node_config:
@@ -104,7 +101,8 @@ def run(argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per task poll otherwise
     try:
         code = run(sys.argv[1:] if argv is None else argv)
     except UserInputError as error:

@@ -282,12 +282,13 @@ class MDMTClient:
     # --------------------------------------------------------------------------------- evaluate
     def evaluate(self, ins: EvaluateIns) -> EvaluateRes:
         """The personalized model (``config["model"] == "personal"``, default) or ``ins.arrays`` on the
-        local test split."""
+        local ``config["split"]`` (``test`` by default; ``val`` for a server-side scorer run at the sites)."""
         which = ins.config.get("model", "personal")
         arrays = self.personal if which == "personal" else ins.arrays
         if arrays is None:
             raise ValueError(f"client {self.client_id}: no {which} model to evaluate")
         model = self.model
         set_arrays(model, arrays)
-        metrics = evaluate_split(model, self.data.test, self.eval_batch_size)
-        return EvaluateRes(num_examples=len(self.data.test), metrics=metrics)
+        split = self.score_split(str(ins.config.get("split", "test")))
+        metrics = evaluate_split(model, split, self.eval_batch_size)
+        return EvaluateRes(num_examples=len(split), metrics=metrics)

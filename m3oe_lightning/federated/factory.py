@@ -30,7 +30,14 @@ from m3oe_lightning.errors import UserInputError, check_int, check_number
 from m3oe_lightning.federated.client import MDMTClient
 from m3oe_lightning.federated.evaluation import evaluate_split, finite, part_metrics
 from m3oe_lightning.federated.messages import Arrays, Metrics, get_arrays, set_arrays
-from m3oe_lightning.federated.partition import Federation, check_settings, partition, pooled, region_keys
+from m3oe_lightning.federated.partition import (
+    Federation,
+    check_settings,
+    partition,
+    pooled,
+    pooled_split,
+    region_keys,
+)
 from m3oe_lightning.federated.privacy import DP_DEFAULTS, build_privacy
 from m3oe_lightning.federated.simulation import InProcessTransport, Simulation
 from m3oe_lightning.federated.strategies.base import Strategy
@@ -46,7 +53,8 @@ NOT_IDENTITY = ("paths", "logger", "skip_finished")
 NOT_FEDERATED_IDENTITY = ("resume", "kill_after_round")
 # ``federated.*`` settings of no strategy added after runs were stored: at these values they are left out of a
 # run's identity (as a strategy's ``identity_defaults``), so a run that did not have them keeps its hash
-FEDERATED_IDENTITY_DEFAULTS: dict[str, object] = {"sparse_embeddings": False, "dp": DP_DEFAULTS}
+FEDERATED_IDENTITY_DEFAULTS: dict[str, object] = {"sparse_embeddings": False, "dp": DP_DEFAULTS, "sites": None,
+                                                  "heldout_sites": None}
 
 
 class ServerEvaluator:
@@ -103,7 +111,7 @@ class SplitEvaluator:
 @dataclass
 class FederatedSetup:
     simulation: Simulation
-    federation: Federation
+    federation: Federation | Any  # a partitioned Federation, or a coordinator's SiteRoster (federated/sites.py)
     strategy: Strategy
     model: MDMTModel
     rounds: int
@@ -245,14 +253,25 @@ def client_builder(cfg: DictConfig, template: MDMTModel, *, batch_size: int, eva
     return make
 
 
+def strategy_for(cfg: DictConfig) -> Strategy:
+    """The run's strategy with its privacy settings (``federated.dp``) applied; bad settings fail here."""
+    fed = cfg.federated
+    strategy = build_strategy(fed, cfg.seed)
+    strategy.use_privacy(build_privacy(fed.get("dp"), seed=cfg.seed,
+                                       sparse_embeddings=fed.get("sparse_embeddings", False)))
+    return strategy
+
+
 def build_federated(cfg: DictConfig) -> FederatedSetup:
     """Everything a federated run needs, from the composed ``federate`` config (clients in this process:
     :meth:`Simulation.with_transport` delivers the same run elsewhere)."""
     fed = cfg.federated
     check_federated(fed)
-    strategy = build_strategy(fed, cfg.seed)
-    strategy.use_privacy(build_privacy(fed.get("dp"), seed=cfg.seed,
-                                       sparse_embeddings=fed.get("sparse_embeddings", False)))
+    if fed.partition == "sites":
+        raise UserInputError("federated.partition=sites: the sites hold their own data, so this run needs a Flower "
+                             "deployment (each site runs m3oe-site; README, \"Federated across sites\"); in one "
+                             "process use federated.partition=domain, region or dirichlet")
+    strategy = strategy_for(cfg)
     datamodule, model, _ = build_system(cfg)
     dataset = datamodule.load()
     region = region_keys(datamodule, dataset) if fed.partition == "region" else None
@@ -262,8 +281,8 @@ def build_federated(cfg: DictConfig) -> FederatedSetup:
     if fed.get("centralized"):  # the reference: one client holding every training client's rows
         federation = pooled(federation)
     template = copy.deepcopy(model)  # the common initial weights of every client and the server
-    strategy.prepare(federation, lambda split: SplitEvaluator(copy.deepcopy(template), split,
-                                                              datamodule.eval_batch_size))
+    strategy.prepare(federation, lambda name: SplitEvaluator(copy.deepcopy(template), pooled_split(federation, name),
+                                                             datamodule.eval_batch_size))
 
     make_client = client_builder(cfg, template, batch_size=datamodule.batch_size,
                                  eval_batch_size=datamodule.eval_batch_size)

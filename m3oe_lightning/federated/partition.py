@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ from m3oe_lightning.data.splits import check_fractions, split_indices
 from m3oe_lightning.errors import UserInputError, check_int, check_number
 from m3oe_lightning.seeds import derive_seed
 
-PARTITIONS: tuple[str, ...] = ("domain", "region", "dirichlet")
+PARTITIONS: tuple[str, ...] = ("domain", "region", "dirichlet", "sites")  # sites: see federated/sites.py
 MAX_DIRICHLET_DRAWS = 100
 
 
@@ -50,8 +50,40 @@ class ClientData:
     rows: np.ndarray
 
     @property
+    def num_train(self) -> int:
+        return len(self.data.train)
+
+    @property
+    def num_val(self) -> int:
+        return len(self.data.val)
+
+    @property
     def num_test(self) -> int:
         return len(self.data.test)
+
+
+class ClientView(Protocol):
+    """What a strategy may know of a client before training: its id and row counts (a partitioned client's,
+    or what a site that holds its own data reported)."""
+
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def num_train(self) -> int: ...
+    @property
+    def num_val(self) -> int: ...
+    @property
+    def num_test(self) -> int: ...
+
+
+class Roster(Protocol):
+    """The training and held-out clients a strategy is prepared with: a :class:`Federation` in process, a
+    coordinator's :class:`~m3oe_lightning.federated.sites.SiteRoster` when sites hold their own data."""
+
+    @property
+    def clients(self) -> Sequence[ClientView]: ...
+    @property
+    def heldout(self) -> Sequence[ClientView]: ...
 
 
 @dataclass
@@ -241,3 +273,13 @@ def region_keys(datamodule: Any, dataset: EncodedDataset) -> np.ndarray:
         raise UserInputError(f"federated.partition=region needs a region per row; data {datamodule.name!r} has "
                              f"none (regions: {region_datasets()}); use partition=domain or dirichlet")
     return np.concatenate([dataset.regions.of(split) for split in ("train", "val", "test")])
+
+
+def pooled_split(federation: Federation, name: str) -> EncodedSplit:
+    """The union of the training clients' local ``name`` split (``val`` or ``test``; the latter is the global
+    test set): what a server-side scorer scores on (PAGE's server validation set)."""
+    if name == "test":
+        return federation.global_test
+    if name != "val":
+        raise ValueError(f"pooled split {name!r}: use val or test")
+    return concat_splits([c.data.val for c in federation.clients])

@@ -145,6 +145,20 @@ class InProcessGrid:
     def get_node_ids(self) -> list[int]:
         return list(self.contexts)
 
+    def push_messages(self, messages) -> list[str]:
+        """Delivered at once; the replies wait for ``pull_messages`` (Flower's Grid contract)."""
+        self.replies = getattr(self, "replies", {})
+        ids = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = msg.object_id  # what pushing a message to a SuperLink sets
+            for reply in self.send_and_receive([msg]):
+                self.replies[msg.object_id] = reply
+            ids.append(msg.object_id)
+        return ids
+
+    def pull_messages(self, message_ids) -> list[Message]:
+        return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
+
     def send_and_receive(self, messages, *, timeout=None) -> list[Message]:
         replies = []
         for msg in messages:
@@ -167,7 +181,7 @@ def test_nodes_are_mapped_to_clients_and_a_lost_node_is_dropped_from_the_round(t
     assert nodes == {"d0": 17, "d1": 5555, "d2": 901}
     assert "node 42 is left out" in caplog.text and "partition-id=3" in caplog.text
 
-    runner = setup.simulation.with_transport(FlowerTransport(grid, nodes))
+    runner = setup.simulation.with_transport(FlowerTransport(grid, nodes, round_timeout=1.0))  # the lost node: 1 s
     assert runner.client_ids == ["d0", "d1", "d2"] and runner.clients == {}  # the states live on the nodes
     metrics = runner.run_round()
     assert metrics["round/clients_sampled"] == 3 and metrics["round/clients_ok"] == 2

@@ -11,7 +11,7 @@ from m3oe_lightning.data.readers.synthetic import make_synthetic
 from m3oe_lightning.errors import UserInputError
 from m3oe_lightning.federated.factory import build_strategy
 from m3oe_lightning.federated.messages import FitRes
-from m3oe_lightning.federated.partition import partition
+from m3oe_lightning.federated.partition import partition, pooled_split
 from m3oe_lightning.federated.simulation import ServerState
 from m3oe_lightning.federated.strategies import PAGE
 from m3oe_lightning.federated.strategies.page_agents import Actor, DDPGAgent, OUNoise, ReplayBuffer, soft_update
@@ -223,14 +223,16 @@ def test_page_prepare_checks_validation_rows_binds_its_server_set_and_tags_parit
     no_val = partition(dataset, partition="domain", local_split=[0.8, 0.0, 0.2])
     bound = []
 
-    def evaluator_of(split):
-        bound.append(len(split))
-        return fake_score
+    def evaluator_for(federation):
+        def evaluator_of(name):  # the factory's contract: a scorer on the pooled split of that name
+            bound.append(len(pooled_split(federation, name)))
+            return fake_score
+        return evaluator_of
 
     with pytest.raises(UserInputError, match="without validation rows"):
-        PAGE(warmup=1).prepare(no_val, evaluator_of)
+        PAGE(warmup=1).prepare(no_val, evaluator_for(no_val))
     leaky = PAGE(paper_parity=True)
-    leaky.prepare(no_val, evaluator_of)  # the released code's variant scores on the test sets instead
+    leaky.prepare(no_val, evaluator_for(no_val))  # the released code's variant scores on the test sets instead
     assert bound == [len(no_val.global_test)] and leaky.server_evaluate is fake_score
     assert leaky.run_tags() == {"page_parity": "true: PAGE's states and rewards come from the TEST splits "
                                                "(leaky, as the released code)"}
@@ -238,11 +240,11 @@ def test_page_prepare_checks_validation_rows_binds_its_server_set_and_tags_parit
 
     federation = partition(dataset, partition="domain")
     page = PAGE()
-    page.prepare(federation, evaluator_of)
+    page.prepare(federation, evaluator_for(federation))
     assert bound[-1] == sum(len(c.data.val) for c in federation.clients)  # the union of the clients' val splits
     assert page.run_tags() == {} and page.notices() == []
     with pytest.raises(UserInputError, match="min_clients=5 but only 3"):
-        PAGE(min_clients=5).prepare(federation, evaluator_of)
+        PAGE(min_clients=5).prepare(federation, evaluator_for(federation))
 
 
 # ------------------------------------------------------------------------------------ action mapping

@@ -8,9 +8,16 @@ personalized model, which Ditto, Local and ``federated.personal`` build on) live
 between rounds, because Flower may create a fresh ClientApp (and a fresh process) for every message. A
 ``query`` message answers which client the node is, so the server can address clients by id.
 
-Which client a node is: ``federation.clients[partition-id]`` (``context.node_config["partition-id"]``):
-every node builds the same partition from the same data and seed and keeps its own part (the server
-checks the client id and the training-row count each node reports).
+Which client a node is:
+
+* a **site** holding its own data (node config ``data-path``, ``client-id``, optionally ``heldout=true`` and
+  ``state-dir``; run with ``federated.partition=sites``): the client built from that file alone
+  (:func:`m3oe_lightning.federated.sites.build_site`); with ``state-dir`` its persistent state is also kept
+  on the site's disk after every fit (:class:`~m3oe_lightning.federated.sites.SiteStateStore`), so a run the
+  coordinator resumes (``federated.resume=true``, a new Flower run) continues from it;
+* otherwise ``federation.clients[partition-id]`` (``context.node_config["partition-id"]``): every node
+  builds the same partition from the same data and seed and keeps its own part (an emulation of sites on
+  shared data; the server checks the client id and the training-row count each node reports).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from m3oe_lightning.federated.flower.records import (
     with_site_seconds,
 )
 from m3oe_lightning.federated.flower.run_config import compose_federate, overrides_from
+from m3oe_lightning.federated.sites import SiteConfig, SiteSetup, SiteStateStore, build_site, data_override
 
 
 @functools.lru_cache(maxsize=2)
@@ -46,10 +54,30 @@ def _federation_for(overrides: tuple[str, ...]) -> FederatedSetup:
     return build_federated(compose_federate(overrides))
 
 
-def node_client(context: Context, base: Sequence[str] = ()) -> MDMTClient:
-    """This node's client (``federation.clients[partition-id]``), its persistent state loaded from
-    ``context.state`` (the cached object may have served another node or be stale)."""
-    setup = _federation_for(tuple(overrides_from(context.run_config, base)))
+@functools.lru_cache(maxsize=4)
+def _site_for(overrides: tuple[str, ...], site: SiteConfig) -> tuple[SiteSetup, SiteStateStore | None]:
+    """A site's client from its own file, once per process (the site worker keeps it between messages)."""
+    cfg = compose_federate(overrides)
+    cfg = compose_federate([*overrides, data_override(cfg.data, site.data_path)])
+    store = SiteStateStore.for_run(site, cfg) if site.state_dir else None
+    if store is not None and not cfg.federated.get("resume"):
+        store.clear()  # a fresh run: an older run's rounds must never be mistaken for this one's
+    return build_site(cfg, site), store
+
+
+def node_client(context: Context, base: Sequence[str] = (), server_round: int | None = None) -> MDMTClient:
+    """This node's client, its persistent state loaded from ``context.state`` (the cached object may have
+    served another node or be stale), or on a site's first message of a run from its ``state-dir``."""
+    overrides = tuple(overrides_from(context.run_config, base))
+    site = SiteConfig.from_node_config(context.node_config)
+    if site is not None:
+        setup, store = _site_for(overrides, site)
+        state = load_client_state(context.state)
+        if not state and store is not None:
+            state = store.load(before_round=server_round)
+        setup.client.load_state_dict(state)
+        return setup.client
+    setup = _federation_for(overrides)
     client_ids = list(setup.simulation.clients)
     if PARTITION_ID not in context.node_config:
         raise ValueError(f"node config has no {PARTITION_ID!r}: start the SuperNode with "
@@ -64,6 +92,14 @@ def node_client(context: Context, base: Sequence[str] = ()) -> MDMTClient:
     return client
 
 
+def site_store(context: Context, base: Sequence[str] = ()) -> SiteStateStore | None:
+    """The site's on-disk state store (``state-dir`` in its node config), if it keeps one."""
+    site = SiteConfig.from_node_config(context.node_config)
+    if site is None or not site.state_dir:
+        return None
+    return _site_for(tuple(overrides_from(context.run_config, base)), site)[1]
+
+
 def make_client_app(overrides: Sequence[str] = ()) -> ClientApp:
     """A ClientApp running :class:`MDMTClient` on this node's partition.
 
@@ -76,9 +112,14 @@ def make_client_app(overrides: Sequence[str] = ()) -> ClientApp:
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         start = time.perf_counter()
-        client = node_client(context, base)
-        reply = client.fit(content_to_fit_ins(msg.content))
+        ins = content_to_fit_ins(msg.content)
+        server_round = int(ins.config.get("server_round", 0))
+        client = node_client(context, base, server_round)
+        reply = client.fit(ins)
         save_client_state(context.state, client.state_dict())  # not reached on failure: state stays as it was
+        store = site_store(context, base)
+        if store is not None:
+            store.save(server_round, client.state_dict())
         return Message(with_site_seconds(fit_res_to_content(reply), time.perf_counter() - start), reply_to=msg)
 
     @app.evaluate()
@@ -92,8 +133,11 @@ def make_client_app(overrides: Sequence[str] = ()) -> ClientApp:
     def query(msg: Message, context: Context) -> Message:
         """Which client this node is (the server maps node ids to client ids with it)."""
         client = node_client(context, base)
-        info = ConfigRecord({"client-id": client.client_id, PARTITION_ID: int(context.node_config[PARTITION_ID]),
-                             "train-rows": len(client.data.train)})
+        info = ConfigRecord({"client-id": client.client_id, "train-rows": len(client.data.train),
+                             "val-rows": len(client.data.val), "test-rows": len(client.data.test),
+                             "state-kept": site_store(context, base) is not None})
+        if PARTITION_ID in context.node_config:
+            info[PARTITION_ID] = int(context.node_config[PARTITION_ID])
         return Message(RecordDict({INFO: info}), reply_to=msg)
 
     return app

@@ -1,33 +1,49 @@
 """Our messages ↔ Flower records, at the transport boundary and nowhere else.
 
 Record keys follow Flower's conventions (its FedAvg reads ``"arrays"``, ``"config"`` and weights by
-``"num-examples"``). A client's persistent state (:meth:`~m3oe_lightning.federated.client.MDMTClient.state_dict`)
+``"num-examples"``); the arrays themselves travel packed into one byte array (:func:`arrays_to_record`).
+A client's persistent state (:meth:`~m3oe_lightning.federated.client.MDMTClient.state_dict`)
 lives in the ClientApp's ``context.state`` between messages, under :data:`STATE_PREFIX`.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from m3oe_lightning.federated.messages import Arrays, EvaluateIns, EvaluateRes, FitIns, FitRes, Metrics
 
 ARRAYS, CONFIG, METRICS, INFO = "arrays", "config", "metrics", "info"
 EMBEDDING_ROWS = "embedding-rows"  # a row-sparse fit reply's updated row ids per table (FitRes.embedding_rows)
 NUM_EXAMPLES = "num-examples"
+PACKED = "m3oe.packed-state-dict"  # the one array of a packed ArrayRecord (arrays_to_record)
 PARTITION_ID = "partition-id"
 STATE_PREFIX = "m3oe."  # context.state keys holding MDMTClient.state_dict() entries
 SITE = "site"  # a reply's ConfigRecord of what the node measured itself (``seconds``: its compute for the message)
 
 def arrays_to_record(arrays: Mapping[str, Any]) -> ArrayRecord:
-    """A state dict → ``ArrayRecord`` (dtypes, shapes and values kept exactly)."""
-    return ArrayRecord(torch_state_dict=dict(arrays))
+    """A state dict → an ``ArrayRecord`` holding it as one packed byte array (dtypes, shapes, values exact).
+
+    Why packed: Flower moves every array of a record as separate objects (an array and its chunks), each
+    its own HTTP request at every hop (server → SuperLink → SuperNode → ClientApp and back), two at a time;
+    an M3oE state dict of ~50 tensors was ~100 objects and 2–4 s per message on localhost, one packed array
+    is 3 objects (experiments/bench/deployment.md). The bytes are ``torch.save``'s; reading them back uses
+    ``weights_only=True`` (tensors and plain containers only: nothing a sender packs can run code here).
+    """
+    buffer = io.BytesIO()
+    torch.save({name: value for name, value in arrays.items()}, buffer)
+    return ArrayRecord({PACKED: Array(np.frombuffer(buffer.getbuffer(), dtype=np.uint8).copy())})
 
 
 def record_to_arrays(record: ArrayRecord) -> Arrays:
-    """``ArrayRecord`` → a plain state dict of tensors."""
+    """``ArrayRecord`` → a plain state dict of tensors (a packed record, or one array per tensor)."""
+    if PACKED in record:
+        return dict(torch.load(io.BytesIO(record[PACKED].numpy().tobytes()), weights_only=True))
     return dict(record.to_torch_state_dict())
 
 

@@ -30,20 +30,37 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
-from flwr.app import Message
+from flwr.app import Context, Message
 from flwr.app.error import Error
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode, SubStatus
-from flwr.proto.runtime_pb2 import AcquireTaskRequest, SendTaskHeartbeatRequest  # pylint: disable=E0611
+from flwr.common.serde import context_from_proto
+from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
+from flwr.proto.runtime_pb2 import (  # pylint: disable=E0611
+    AcquireTaskRequest,
+    PullAppMessagesRequest,
+    PullTaskInputRequest,
+    SendTaskHeartbeatRequest,
+)
 from flwr.supercore.constant import TaskType
 from flwr.supercore.heartbeat import HeartbeatSender
+from flwr.supercore.inflatable.inflatable_protobuf_utils import (
+    make_confirm_message_received_fn_protobuf,
+    make_pull_object_fn_protobuf,
+)
+from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
 from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
 from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
-from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+from flwr.supercore.task_identity import TaskIdentity
+from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
 log = logging.getLogger(__name__)
 POLL_INTERVAL_S = 0.05  # between task polls of the local SuperNode (Flower's own SuperExec polls every 1 s)
+# A task is handed out when its message's header has arrived, possibly before its arrays have: the pull of
+# its parts is retried. Flower's ClientApp backs off from 1 s up to 10 s (1 + 2 + 4 s lost on a model of a
+# few hundred kB); these bounds keep the wait near the transfer time.
+PULL_BACKOFF_S, PULL_BACKOFF_CAP_S = 0.02, 0.5
 
 
 @dataclass
@@ -81,6 +98,26 @@ def _heartbeat(client: RuntimeHttpClient, refused: threading.Event) -> Callable[
     return beat
 
 
+def pull_task_input(client: RuntimeHttpClient) -> tuple[Message, Context]:
+    """The task's message and node context from the SuperNode (the message's parts pulled with short back-off)."""
+    task = client.PullTaskInput(PullTaskInputRequest())
+    # who this process is working for, as Flower's ClientApp process records it before creating any Message
+    TaskIdentity.task_id, TaskIdentity.run_id = task.task_id, task.run.run_id
+    TaskIdentity.node_id = task.context.node_id
+    context = context_from_proto(task.context)
+    pulled = client.PullMessages(PullAppMessagesRequest())
+    if not pulled.messages_list:
+        raise RuntimeError("the SuperNode handed out a task without a message")
+    tree = pulled.message_object_trees[0]
+    node = Node(node_id=context.node_id)
+    message = pull_and_inflate_object_from_tree(
+        tree, make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
+        make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node, context.run_id),
+        return_type=Message, initial_backoff=PULL_BACKOFF_S, backoff_cap=PULL_BACKOFF_CAP_S)
+    message.metadata.__dict__["_message_id"] = tree.object_id  # a deflated message does not carry its own id
+    return message, context
+
+
 def run_task(address: str, token: str, app: ClientApp, *, insecure: bool = True,
              root_certificates: bytes | None = None) -> bool:
     """Run one acquired task (its ``token``) through ``app`` in this process; True when it completed."""
@@ -92,7 +129,7 @@ def run_task(address: str, token: str, app: ClientApp, *, insecure: bool = True,
     context = message = reply = None
     status, details = SubStatus.FAILED, "ClientApp task failed"
     try:
-        message, context, _run, _fab = pull_task_input(client)
+        message, context = pull_task_input(client)
         reply = app(message=message, context=context)
         status, details = SubStatus.COMPLETED, ""
     except Exception as error:  # noqa: BLE001 - a failing task is the server's failed client, not a dead site
@@ -135,9 +172,11 @@ def serve(address: str, app: ClientApp, *, stop: threading.Event, insecure: bool
             start = time.perf_counter()
             completed = run_task(address, acquired.token, app, insecure=insecure,
                                  root_certificates=root_certificates)
+            seconds = time.perf_counter() - start
             stats.tasks += 1
             stats.failed += 0 if completed else 1
-            stats.seconds_in_tasks += time.perf_counter() - start
+            stats.seconds_in_tasks += seconds
+            log.info("task %d %s in %.2f s", acquired.task.task_id, "done" if completed else "FAILED", seconds)
     finally:
         acquirer.close()
     return stats

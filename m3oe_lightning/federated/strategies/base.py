@@ -29,16 +29,17 @@ from typing import Any
 import numpy as np
 
 from m3oe_lightning import metric_keys as keys
-from m3oe_lightning.data.schema import EncodedSplit
 from m3oe_lightning.errors import UserInputError, check_int, check_number
 from m3oe_lightning.federated.evaluation import finite
 from m3oe_lightning.federated.messages import Arrays, Config, EvaluateIns, EvaluateRes, FitIns, FitRes, Metrics
-from m3oe_lightning.federated.partition import Federation
+from m3oe_lightning.federated.partition import Roster
 from m3oe_lightning.federated.privacy import Privacy
 from m3oe_lightning.seeds import derive_seed
 
 SplitScore = Callable[[Arrays], Metrics]                # arrays -> metrics of a model on one split
-SplitEvaluatorFactory = Callable[[EncodedSplit], SplitScore]
+# ``make(name)``: a scorer on the union of the training clients' local ``name`` split (``val`` | ``test``), wherever
+# the rows live (pooled in process; at the sites, :class:`~m3oe_lightning.federated.sites.SiteSplitScore`)
+SplitEvaluatorFactory = Callable[[str], SplitScore]
 
 
 class Strategy:
@@ -81,9 +82,10 @@ class Strategy:
         self.privacy = Privacy()  # federated.dp: off until use_privacy
 
     # ------------------------------------------------------------------------------ run-level hooks
-    def prepare(self, federation: Federation, make_split_evaluator: SplitEvaluatorFactory) -> None:
+    def prepare(self, federation: Roster, make_split_evaluator: SplitEvaluatorFactory) -> None:
         """Once the partition is known, before anything trains: check the settings that depend on it and
-        bind server-side data (``make_split_evaluator(split)`` gives a scorer of arrays on that split)."""
+        bind server-side scoring (``make_split_evaluator("val")`` scores arrays on the training clients' pooled
+        validation rows)."""
         num_clients = len(federation.clients)
         if self.min_clients > num_clients:
             raise UserInputError(f"federated.min_clients={self.min_clients} but only {num_clients} client(s) "

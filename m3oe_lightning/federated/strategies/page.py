@@ -58,7 +58,6 @@ from typing import Any
 import torch
 
 from m3oe_lightning import metric_keys as keys
-from m3oe_lightning.data.schema import EncodedSplit
 from m3oe_lightning.errors import UserInputError, check_int, check_number
 from m3oe_lightning.federated.aggregation import aggregate, expand
 from m3oe_lightning.federated.evaluation import finite
@@ -70,7 +69,7 @@ from m3oe_lightning.federated.messages import (
     FitRes,
     Metrics,
 )
-from m3oe_lightning.federated.partition import Federation, concat_splits
+from m3oe_lightning.federated.partition import Roster
 from m3oe_lightning.federated.strategies.base import SplitEvaluatorFactory, SplitScore
 from m3oe_lightning.federated.strategies.fedavg import FedAvg
 from m3oe_lightning.federated.strategies.page_agents import DDPGAgent
@@ -95,14 +94,6 @@ def page_key(*parts: str) -> str:
 
 def _auc_or_half(value: float | None) -> float:
     return float(value) if finite(value) else 0.5
-
-
-def server_validation_set(federation: Federation, paper_parity: bool) -> EncodedSplit:
-    """PAGE's server set: the union of the training clients' local validation splits (docs/page.md,
-    Decision 1), or, under ``paper_parity``, the pooled global test set (the released code's leaky variant)."""
-    if paper_parity:
-        return federation.global_test
-    return concat_splits([c.data.val for c in federation.clients])
 
 
 class PAGE(FedAvg):
@@ -175,17 +166,19 @@ class PAGE(FedAvg):
         return "test" if self.paper_parity else "val"
 
     # ------------------------------------------------------------------------------ run-level hooks
-    def prepare(self, federation: Federation, make_split_evaluator: SplitEvaluatorFactory) -> None:
+    def prepare(self, federation: Roster, make_split_evaluator: SplitEvaluatorFactory) -> None:
         """Every client must have validation rows to score on (unless ``paper_parity``); bind the
         server validation set's evaluator."""
         super().prepare(federation, make_split_evaluator)
         if not self.paper_parity:
-            empty = [c.client_id for c in federation.clients if len(c.data.val) == 0]
+            empty = [c.client_id for c in federation.clients if c.num_val == 0]
             if empty:
                 raise UserInputError(f"federated=page scores on each client's validation split, but "
                                      f"federated.local_split leaves client(s) {empty} without validation rows; "
                                      f"give val a larger share (or paper_parity=true)")
-        self.bind_server_evaluator(make_split_evaluator(server_validation_set(federation, self.paper_parity)))
+        # the server set: the union of the training clients' validation splits (docs/page.md, Decision 1), or
+        # under paper_parity their test splits, i.e. the pooled global test set (the released code's leaky variant)
+        self.bind_server_evaluator(make_split_evaluator(self.score_split))
 
     def bind_server_evaluator(self, evaluate: SplitScore) -> None:
         """The server validation set's evaluator (:meth:`prepare` binds it; tests bind a stand-in)."""
