@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +46,11 @@ class LocalFederation:
         root: a folder for Flower's home (``FLWR_HOME``), the processes' logs and anything the runs write.
         node_configs: one ``--node-config`` string per site (e.g. ``"data-path='/x.csv' client-id='a'"``).
         persistent: ``m3oe-site`` (True) or a plain ``flower-supernode`` per site (False).
+        env: extra environment of every process started (the SuperLink, its ServerApps, the sites).
     """
 
-    def __init__(self, root: Path, node_configs: Sequence[str], *, persistent: bool = True) -> None:
+    def __init__(self, root: Path, node_configs: Sequence[str], *, persistent: bool = True,
+                 env: Mapping[str, str] | None = None) -> None:
         self.root = Path(root)
         self.node_configs = list(node_configs)
         self.persistent = persistent
@@ -59,7 +61,8 @@ class LocalFederation:
         self.env = {**os.environ, "FLWR_HOME": str(self.root / "flwr"), "FLWR_DISABLE_UPDATE_CHECK": "1",
                     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PYTHONUNBUFFERED": "1",
                     # the SuperLink and SuperNodes start flower-superexec / flwr-clientapp from PATH
-                    "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+                    "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+                    **(env or {})}
 
     # ------------------------------------------------------------------------------------ lifecycle
     def __enter__(self) -> LocalFederation:

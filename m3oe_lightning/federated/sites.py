@@ -47,6 +47,7 @@ from m3oe_lightning.models.base import MDMTModel
 from m3oe_lightning.training.checkpoint_io import write_whole
 
 log = logging.getLogger(__name__)
+LOGLOSS_CLIENT_MEAN = "logloss_client_mean"  # the row-weighted logloss over sites (as AUC_CLIENT_MEAN for AUC)
 SITES = "sites"  # federated.partition of a federation whose sites hold their own data
 DATA_PATH, CLIENT_ID, HELDOUT, STATE_DIR = "data-path", "client-id", "heldout", "state-dir"  # node-config keys
 
@@ -279,9 +280,9 @@ def site_means(replies: Mapping[str, EvaluateRes]) -> dict[str, float]:
     losses = [(v, n) for v, n in losses if finite(v) and n > 0]
     out: dict[str, float] = {}
     if aucs:
-        out["auc_client_mean"] = float(np.mean(aucs))
+        out[keys.AUC_CLIENT_MEAN] = float(np.mean(aucs))
     if losses:
-        out["logloss_client_mean"] = float(sum(v * n for v, n in losses) / sum(n for _, n in losses))
+        out[LOGLOSS_CLIENT_MEAN] = float(sum(v * n for v, n in losses) / sum(n for _, n in losses))
     return out
 
 

@@ -40,6 +40,8 @@ def round_line(server_round: int, rounds: int, m: Metrics) -> str:
         return f"{m[key]:.4f}" if key in m else "—"
     personal, global_, heldout = (keys.key(scope, keys.AUC_MEAN) for scope in (keys.PERSONAL, keys.GLOBAL,
                                                                                keys.HELDOUT))
+    if global_ not in m:  # sites holding their own data: the coordinator has only the means over sites
+        global_, heldout = keys.GLOBAL_AUC_CLIENT_MEAN, keys.key(keys.HELDOUT, keys.AUC_CLIENT_MEAN)
     return (f"round {server_round}/{rounds}: personal {fmt(personal)} "
             f"(weighted {fmt(keys.key(keys.PERSONAL, keys.AUC_MEAN_WEIGHTED))}) · global {fmt(global_)} · "
             f"heldout {fmt(heldout)} · clients {int(m['round/clients_ok'])}/"

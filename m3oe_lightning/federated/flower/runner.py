@@ -32,23 +32,25 @@ ROUND_TIMEOUT_S = 3600.0  # seconds to wait for a round's replies when federated
 REPLY_POLL_S = 0.1  # between the server's polls for replies (Grid.send_and_receive waits a fixed 3 s)
 
 
-def exchange(grid: Grid, messages: Sequence[Message], timeout: float, poll_s: float = REPLY_POLL_S) -> list[Message]:
-    """Push ``messages`` and collect their replies until all came or ``timeout`` seconds passed: what
-    ``Grid.send_and_receive`` does, polling every ``poll_s`` instead of every 3 s (Flower 1.41's fixed wait,
-    which cost up to 3 s per message exchange, several exchanges a round)."""
+def exchange(grid: Grid, messages: Sequence[Message], timeout: float, poll_s: float = REPLY_POLL_S
+             ) -> list[Message | None]:
+    """Push ``messages`` and collect their replies until all came or ``timeout`` seconds passed; the reply to
+    each message in order (``None``: none came). What ``Grid.send_and_receive`` does, polling every ``poll_s``
+    instead of every 3 s (Flower 1.41's fixed wait, up to 3 s per exchange, several exchanges a round), and
+    matching replies by the message they answer (the SuperLink itself answers for a node that went offline)."""
     start = time.monotonic()
-    waiting = set(grid.push_messages(messages))
+    ids = list(grid.push_messages(messages))
+    waiting, replies = set(ids), {}
     deadline = start + timeout
-    replies: list[Message] = []
     while waiting:
-        got = list(grid.pull_messages(waiting))
-        replies += got
-        waiting -= {reply.metadata.reply_to_message_id for reply in got}
+        for reply in grid.pull_messages(waiting):
+            replies[reply.metadata.reply_to_message_id] = reply
+            waiting.discard(reply.metadata.reply_to_message_id)
         if not waiting or time.monotonic() >= deadline:
             break
         time.sleep(poll_s)
-    log.debug("%d message(s), %d repl(ies) in %.2f s", len(messages), len(replies), time.monotonic() - start)
-    return replies
+    log.debug("%d message(s), %d repl(ies) in %.2f s", len(ids), len(replies), time.monotonic() - start)
+    return [replies.get(i) for i in ids]
 
 
 class FlowerTransport:
@@ -130,12 +132,10 @@ class FlowerTransport:
         wait = float(timeout) if timeout is not None else self.round_timeout
         messages = [Message(content, dst_node_id=self.nodes[cid], message_type=message_type,
                             group_id=str(server_round)) for cid, content in contents.items()]
-        client_of = {node: cid for cid, node in self.nodes.items()}
         received: dict[str, RecordDict] = {}
         failed: set[str] = set()
-        for reply in exchange(self.grid, messages, wait):
-            cid = client_of.get(reply.metadata.src_node_id)
-            if cid is None or cid not in contents:
+        for cid, reply in zip(contents, exchange(self.grid, messages, wait)):
+            if reply is None:
                 continue
             if reply.has_error():
                 fail(server_round, phase, cid, f"node {self.nodes[cid]}: {reply.error.reason}")
@@ -166,9 +166,9 @@ def query_nodes(grid: Grid, node_ids: Sequence[int], timeout: float) -> dict[int
     queries = [Message(RecordDict({CONFIG: ConfigRecord({})}), dst_node_id=node, message_type=MessageType.QUERY,
                        group_id="discover") for node in node_ids]
     answers: dict[int, ConfigRecord | str] = {}
-    for reply in exchange(grid, queries, max(1.0, timeout)):
-        node = reply.metadata.src_node_id
-        answers[node] = reply.error.reason if reply.has_error() else reply.content.config_records[INFO]
+    for node, reply in zip(node_ids, exchange(grid, queries, max(1.0, timeout))):
+        if reply is not None:
+            answers[node] = reply.error.reason if reply.has_error() else reply.content.config_records[INFO]
     return answers
 
 
