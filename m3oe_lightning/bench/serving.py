@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +34,7 @@ import pandas as pd
 import torch
 
 from m3oe_lightning.bench import common
+from m3oe_lightning.bench.processes import free_port, stop_group
 from m3oe_lightning.config import compose
 
 MODULE = "m3oe_lightning.bench.serving"
@@ -85,12 +84,6 @@ def batch_scoring(scorer: Any, rows: pd.DataFrame, root: Path, repeats: int, chu
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _post(url: str, body: bytes) -> None:
     request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=120) as response:
@@ -130,12 +123,7 @@ def http_serving(run_id: str, uri: str, rows: pd.DataFrame, requests: int) -> di
                                    "rows_per_s": size * 1000 / float(np.median(latencies))}
         return out
     finally:
-        try:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_group(server)
 
 
 def onnx_vs_torch(scorer: Any, rows: pd.DataFrame, root: Path, repeats: int, batch_rows: int) -> dict[str, Any]:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +23,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
+from m3oe_lightning.bench.processes import free_port, stop_group
 from m3oe_lightning.config import build, compose
 from m3oe_lightning.data.splits import split_indices
 from m3oe_lightning.errors import UserInputError
@@ -162,12 +161,6 @@ def test_pyfunc_model_loads_and_scores_without_unpickling_and_is_registered(trai
     assert ".pkl" not in model_files and ".pickle" not in model_files
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def post(url: str, payload: dict) -> tuple[int, dict]:
     request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
@@ -209,22 +202,7 @@ def test_mlflow_models_serve_answers_like_predict(trained):
                               {"dataframe_split": json.loads(bad.to_json(orient="split", index=False))})
         assert status == 400 and "request row 2: region='MARS' belongs to no domain" in answer["message"]
     finally:
-        stop(server)
-
-
-def stop(process: subprocess.Popen) -> None:
-    """SIGTERM to the server's whole process group (mlflow starts uvicorn under it), SIGKILL if it lingers."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            process.wait(timeout=30)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    process.wait()
+        stop_group(server)
 
 
 # --- bad input: one line naming the file, row and column (or the run), and no output file -------------------

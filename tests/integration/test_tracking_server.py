@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,17 +13,12 @@ import urllib.request
 import pytest
 from mlflow.tracking import MlflowClient
 
+from m3oe_lightning.bench.processes import free_port
 from m3oe_lightning.tracking import clean
 from m3oe_lightning.train import train
 from tests.helpers import REPO_ROOT, compose_train, isolated, run_module, seeded_store
 
 TINY = ["data=synthetic", "data.rows=800", "model=mlp", "trainer.max_epochs=2", "threads=1"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
