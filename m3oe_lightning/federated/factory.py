@@ -15,7 +15,7 @@ import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 import numpy as np
@@ -44,6 +44,9 @@ from m3oe_lightning.federated.strategies.base import Strategy
 from m3oe_lightning.models.base import USER_COLUMN, USER_EMBEDDINGS, MDMTModel, PersonalSlices
 from m3oe_lightning.seeds import derive_seed
 from m3oe_lightning.training.system import build_system, system_factory
+
+if TYPE_CHECKING:  # sites.py builds on this module
+    from m3oe_lightning.federated.sites import SiteRoster
 
 # Settings whose name changed when the strategy node stopped repeating them: new name → the name the
 # old strategy node had (the config hash of runs already in a store is computed with the old names).
@@ -111,7 +114,7 @@ class SplitEvaluator:
 @dataclass
 class FederatedSetup:
     simulation: Simulation
-    federation: Federation | Any  # a partitioned Federation, or a coordinator's SiteRoster (federated/sites.py)
+    federation: Federation | SiteRoster  # partitioned rows in process; a coordinator's view of sites holding theirs
     strategy: Strategy
     model: MDMTModel
     rounds: int

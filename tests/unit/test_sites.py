@@ -14,7 +14,7 @@ from m3oe_lightning.errors import UserInputError
 from m3oe_lightning.federated import sites
 from m3oe_lightning.federated.factory import build_federated
 from m3oe_lightning.federated.flower.run_config import compose_federate
-from m3oe_lightning.federated.messages import EvaluateRes
+from m3oe_lightning.federated.messages import EvaluateIns, EvaluateRes, FitIns, get_arrays
 from m3oe_lightning.federated.sites import (
     SiteConfig,
     SiteEvaluator,
@@ -26,7 +26,7 @@ from m3oe_lightning.federated.sites import (
     site_lists,
     site_means,
 )
-from tests.helpers import isolated
+from tests.helpers import isolated, run_module
 
 SPEC = ["data=tabular", "data.domain_column=region", "data.domains={EU: eu, US: us}", "data.tasks={click: click}",
         "data.sparse_features=[user_id,item_id]", "data.dense_features={age: minmax}", "+data.vocabulary=hashed",
@@ -125,3 +125,26 @@ def test_a_site_keeps_its_state_per_round_and_starts_a_round_from_the_one_before
     assert store.load(before_round=2) == {}
     store.clear()
     assert store.rounds() == []
+
+
+def test_the_site_command_refuses_a_connection_without_tls_or_insecure_in_one_line(tmp_path):
+    for args, message in ((["--superlink", "127.0.0.1:1"], "give --root-certificates <ca.pem> (TLS) or --insecure"),
+                          (["--superlink", "127.0.0.1:1", "--root-certificates", str(tmp_path / "no.pem")],
+                           "no.pem: no such file")):
+        done = run_module("m3oe_lightning.site_node", args, cwd=tmp_path, timeout=60)
+        assert done.returncode == 2 and message in done.stderr
+        assert done.stderr.strip().count("\n") == 0 and "Traceback" not in done.stderr
+
+
+def test_a_site_holding_only_some_of_the_federations_domains_trains_and_scores(tmp_path, capsys):
+    path = site_file(tmp_path / "eu", seed=2)
+    frame = pd.read_csv(path)
+    frame[frame.region == "EU"].to_csv(path, index=False)  # this site has no US rows at all
+    setup = build_site(site_cfg(tmp_path, path), SiteConfig("a", str(path)))
+    assert "domain 'us' (region = US) has no rows" in capsys.readouterr().out
+    assert setup.client.data.schema.domains == ("eu", "us")  # the federation's domains, ids unchanged
+    reply = setup.client.fit(FitIns(get_arrays(setup.client.model), {"server_round": 1, "local_epochs": 1,
+                                                                     "lr": 0.01}))
+    assert reply.num_examples == len(setup.client.data.train)
+    scored = setup.client.evaluate(EvaluateIns(reply.arrays, {"model": "global"}))
+    assert 0.0 <= scored.metrics["auc_mean"] <= 1.0 and "auc/us/click" not in scored.metrics

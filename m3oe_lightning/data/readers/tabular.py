@@ -434,12 +434,15 @@ def assign_domains(
     strict: bool,
     label: str,
     setting: str = "data.domains",
+    allow_empty: bool = False,
 ) -> DomainAssignment:
     """Domain index of every row from its ``column`` value (text).
 
     With ``mapping`` (value -> name; order of first appearance gives the domain order) rows whose value is
     not listed are dropped with a printed count, or are an error at their line when ``strict``; every
-    listed domain must keep rows. Without it each distinct value is a domain (natural order).
+    listed domain must keep rows, unless ``allow_empty`` (a shared feature specification: the domains are the
+    federation's, and a site may hold rows of only some of them; each such domain is named on one line).
+    Without it each distinct value is a domain (natural order).
     """
     values = pd.Categorical(values)
     codes = values.codes.astype(np.int64)
@@ -476,6 +479,10 @@ def assign_domains(
         if counts[d] == 0:
             values_of = [v for v, i in value_to_domain.items() if i == d]
             present = ", ".join(categories[:12]) + (" ..." if len(categories) > 12 else "")
+            if allow_empty:
+                print(f"{label}: domain {name!r} ({column} = {', '.join(values_of)}) has no rows in "
+                      f"{origins.files()} (kept: the shared specification lists it)")
+                continue
             raise UserInputError(f"{setting}: domain {name!r} ({column} = {', '.join(values_of)}) has no rows in "
                                  f"{origins.files()}; the {column} values there are {present}")
     return DomainAssignment(domains=domains, index=index[keep], keep=keep, dropped=int(unlisted.size), column=column,
@@ -590,7 +597,8 @@ def load_tabular(folder: Path, *, split: str = "random", split_seed: int = 2022,
         numbers={c: "data.dense_features" for c in s["dense_features"]}, rules=rules, delimiter=s["delimiter"],
     )
     assignment = assign_domains(table.text[domain_column], s["domains"], column=domain_column,
-                                origins=table.origins, strict=s["strict"], label="tabular")
+                                origins=table.origins, strict=s["strict"], label="tabular",
+                                allow_empty=policy.shared and s["domains"] is not None)
     if key:
         assignment = without_duplicates(table, assignment, key, duplicates)
     return encode_frame(
