@@ -9,6 +9,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 PYTEST_ARGS ?=
+# test processes (pytest-xdist; whole files per process, since a file's tests share module fixtures); 0 = serial
+TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help install train test bench bench-scaling ui movielens movielens-report reproduce reproduce-quick report diagnose \
@@ -49,8 +51,8 @@ ROW ?=
 tune: $(STAMP) ## tune a row (default: the paper's lr grid), resumable → logs/tune/<study>/, conf/experiment/tuned/
 	$(BIN)/python -m m3oe_lightning.tune $(if $(ROW),experiment=$(ROW)) trainer.enable_model_summary=false $(ARGS)
 
-test: $(STAMP) ## run the whole test suite
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+test: $(STAMP) ## run the whole test suite (TEST_WORKERS processes, default 2)
+	$(BIN)/python -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 movielens: $(STAMP) ## M3oE paper + released presets × random + ordered splits on ML-1M, then the report
 	$(BIN)/python -m m3oe_lightning.train -m experiment=m3oe_paper,m3oe_released data.split=random,ordered \
