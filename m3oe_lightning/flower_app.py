@@ -19,11 +19,16 @@ boundary and nothing else:
 
 Both apps are built from the ``federate`` Hydra config: the run config key ``hydra-overrides`` (a
 shell-quoted string of Hydra overrides, e.g. ``"data=synthetic federated=page federated.rounds=5"``)
-is composed onto ``conf/federate.yaml`` on the server and on every node. A node is the training
-client ``federation.clients[partition-id]`` (``context.node_config["partition-id"]``): every node
-builds the same partition from the same data and seed and keeps its own part (the server checks the
-client id and the training-row count each node reports). Not supported here: ``federated.resume``
-(client states live on the nodes, not in the server's checkpoint).
+is composed onto ``conf/federate.yaml`` on the server and on every node. Two kinds of federation:
+
+* ``federated.partition=sites`` (:func:`sites_setup`): each site reads only its own file (node config
+  ``data-path``, ``client-id``); the server builds the model from the feature specification, finds the
+  listed sites by their client ids and evaluates at the sites (:mod:`m3oe_lightning.federated.sites`).
+  ``federated.resume`` continues from the server checkpoint and the sites' ``state-dir``.
+* any other partition emulates sites: node ``partition-id=k`` is ``federation.clients[k]``; every node
+  builds the same partition from the same data and seed and keeps its own part (the server checks the
+  client id and the training-row count each node reports). ``federated.resume`` is refused (the client
+  states live in the nodes' memory, not in the server's checkpoint).
 """
 
 from __future__ import annotations
