@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import lightning as L  # noqa: N812
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from m3oe_lightning import metric_keys as keys
 from m3oe_lightning.config import build
@@ -40,11 +41,19 @@ from m3oe_lightning.data.spec import spec_schema
 from m3oe_lightning.errors import UserInputError
 from m3oe_lightning.federated.client import MDMTClient
 from m3oe_lightning.federated.evaluation import finite
-from m3oe_lightning.federated.factory import FederatedSetup, check_federated, client_builder, strategy_for
+from m3oe_lightning.federated.factory import (
+    FederatedSetup,
+    check_federated,
+    client_builder,
+    federated_identity,
+    strategy_for,
+)
 from m3oe_lightning.federated.messages import Arrays, EvaluateIns, EvaluateRes, Metrics, get_arrays
 from m3oe_lightning.federated.simulation import Simulation, Transport
+from m3oe_lightning.federated.strategies.base import Strategy
 from m3oe_lightning.models.base import MDMTModel
 from m3oe_lightning.training.checkpoint_io import write_whole
+from m3oe_lightning.training.system import build_system
 
 log = logging.getLogger(__name__)
 LOGLOSS_CLIENT_MEAN = "logloss_client_mean"  # the row-weighted logloss over sites (as AUC_CLIENT_MEAN for AUC)
@@ -113,8 +122,6 @@ class SiteSetup:
 
 def build_site(cfg: DictConfig, site: SiteConfig) -> SiteSetup:
     """The site's client from its own file (``cfg`` composed with :func:`data_override`)."""
-    from m3oe_lightning.training.system import build_system
-
     fed = cfg.federated
     if not site_mode(fed):
         raise UserInputError(f"node config {DATA_PATH}={site.data_path!r}: a site with its own data needs the run "
@@ -156,10 +163,6 @@ class SiteStateStore:
 
     @classmethod
     def for_run(cls, site: SiteConfig, cfg: DictConfig) -> SiteStateStore:
-        from omegaconf import OmegaConf
-
-        from m3oe_lightning.federated.factory import federated_identity
-
         resolved = OmegaConf.to_container(cfg, resolve=True)
         text = json.dumps(federated_identity(resolved), sort_keys=True, default=str)
         identity = hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -228,6 +231,7 @@ class Coordinator:
     cfg: DictConfig
     schema: FeatureSchema
     template: MDMTModel
+    strategy: Strategy  # prepared once the sites' row counts are known (coordinator_setup)
     training: list[str]
     heldout: list[str]
 
@@ -238,16 +242,15 @@ class Coordinator:
 
 def build_coordinator(cfg: DictConfig) -> Coordinator:
     """The global model from the feature specification alone (no data file is opened)."""
-    import lightning as L  # noqa: N812
-
     check_federated(cfg.federated)
     training, heldout = site_lists(cfg.federated)
-    strategy_for(cfg)  # its settings errors now, before any site is contacted
+    strategy = strategy_for(cfg)  # its settings errors now, before any site is contacted
     schema = spec_schema(cfg.data)
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # the same initial weights as build_system's
     model = build(cfg.model, schema=schema)
     model.set_eval_chunk_rows(cfg.get("eval_chunk_rows"))
-    return Coordinator(cfg=cfg, schema=schema, template=model, training=training, heldout=heldout)
+    return Coordinator(cfg=cfg, schema=schema, template=model, strategy=strategy, training=training,
+                       heldout=heldout)
 
 
 def coordinator_setup(coordinator: Coordinator, transport: Transport, evaluate_at: EvaluateAt,
@@ -258,7 +261,7 @@ def coordinator_setup(coordinator: Coordinator, transport: Transport, evaluate_a
     cfg = coordinator.cfg
     roster = SiteRoster(coordinator.schema, clients=[SiteInfo(cid, *site_rows[cid]) for cid in coordinator.training],
                         heldout=[SiteInfo(cid, *site_rows[cid]) for cid in coordinator.heldout])
-    strategy = strategy_for(cfg)
+    strategy = coordinator.strategy
     strategy.prepare(roster, lambda name: SiteSplitScore(evaluate_at, coordinator.training, name))
     simulation = Simulation(strategy, transport, initial_arrays=coordinator.initial_arrays,
                             evaluate_fn=SiteEvaluator(evaluate_at, coordinator.training, coordinator.heldout),
@@ -271,18 +274,23 @@ def coordinator_setup(coordinator: Coordinator, transport: Transport, evaluate_a
 EvaluateAt = Callable[[Mapping[str, EvaluateIns]], dict[str, EvaluateRes]]  # deliver, and the replies that came
 
 
+def row_weighted(replies: Mapping[str, EvaluateRes], name: str) -> float | None:
+    """The replies' ``name`` averaged with each site's row count as its weight (``None``: no site has it)."""
+    values = [(r.metrics[name], r.num_examples) for r in replies.values()
+              if finite(r.metrics.get(name)) and r.num_examples > 0]
+    return float(sum(v * n for v, n in values) / sum(n for _, n in values)) if values else None
+
+
 def site_means(replies: Mapping[str, EvaluateRes]) -> dict[str, float]:
     """Means over sites: AUC (each site counts once, as ``personal/auc_mean`` does) and the row-weighted
     logloss (what the pooled logloss would be if every (domain, task) group were equally split)."""
-    aucs = [r.metrics.get(keys.AUC_MEAN) for r in replies.values()]
-    aucs = [a for a in aucs if finite(a)]
-    losses = [(r.metrics.get(keys.LOGLOSS_MEAN), r.num_examples) for r in replies.values()]
-    losses = [(v, n) for v, n in losses if finite(v) and n > 0]
+    aucs = [r.metrics[keys.AUC_MEAN] for r in replies.values() if finite(r.metrics.get(keys.AUC_MEAN))]
+    logloss = row_weighted(replies, keys.LOGLOSS_MEAN)
     out: dict[str, float] = {}
     if aucs:
         out[keys.AUC_CLIENT_MEAN] = float(np.mean(aucs))
-    if losses:
-        out[LOGLOSS_CLIENT_MEAN] = float(sum(v * n for v, n in losses) / sum(n for _, n in losses))
+    if logloss is not None:
+        out[LOGLOSS_CLIENT_MEAN] = logloss
     return out
 
 
@@ -320,10 +328,5 @@ class SiteSplitScore:
         instructions = {cid: EvaluateIns(arrays=arrays, config={"model": "global", "split": self.split})
                         for cid in self.training}
         replies = self.evaluate_at(instructions)
-        weighted = [(r.metrics, r.num_examples) for r in replies.values() if r.num_examples > 0]
-        out: Metrics = {}
-        for name in (keys.AUC_MEAN, keys.LOGLOSS_MEAN):
-            values = [(m.get(name), n) for m, n in weighted if finite(m.get(name))]
-            if values:
-                out[name] = float(sum(v * n for v, n in values) / sum(n for _, n in values))
-        return out
+        means = {name: row_weighted(replies, name) for name in (keys.AUC_MEAN, keys.LOGLOSS_MEAN)}
+        return {name: value for name, value in means.items() if value is not None}

@@ -65,9 +65,11 @@ def _site_for(overrides: tuple[str, ...], site: SiteConfig) -> tuple[SiteSetup, 
     return build_site(cfg, site), store
 
 
-def node_client(context: Context, base: Sequence[str] = (), server_round: int | None = None) -> MDMTClient:
+def node_client(context: Context, base: Sequence[str] = (), server_round: int | None = None
+                ) -> tuple[MDMTClient, SiteStateStore | None]:
     """This node's client, its persistent state loaded from ``context.state`` (the cached object may have
-    served another node or be stale), or on a site's first message of a run from its ``state-dir``."""
+    served another node or be stale), or on a site's first message of a run from its ``state-dir``; and the
+    site's on-disk state store (``None``: an emulated node, or a site without ``state-dir``)."""
     overrides = tuple(overrides_from(context.run_config, base))
     site = SiteConfig.from_node_config(context.node_config)
     if site is not None:
@@ -76,7 +78,7 @@ def node_client(context: Context, base: Sequence[str] = (), server_round: int | 
         if not state and store is not None:
             state = store.load(before_round=server_round)
         setup.client.load_state_dict(state)
-        return setup.client
+        return setup.client, store
     setup = _federation_for(overrides)
     client_ids = list(setup.simulation.clients)
     if PARTITION_ID not in context.node_config:
@@ -89,15 +91,7 @@ def node_client(context: Context, base: Sequence[str] = (), server_round: int | 
     client = setup.simulation.clients[client_ids[partition_id]]
     assert isinstance(client, MDMTClient)
     client.load_state_dict(load_client_state(context.state))
-    return client
-
-
-def site_store(context: Context, base: Sequence[str] = ()) -> SiteStateStore | None:
-    """The site's on-disk state store (``state-dir`` in its node config), if it keeps one."""
-    site = SiteConfig.from_node_config(context.node_config)
-    if site is None or not site.state_dir:
-        return None
-    return _site_for(tuple(overrides_from(context.run_config, base)), site)[1]
+    return client, None
 
 
 def make_client_app(overrides: Sequence[str] = ()) -> ClientApp:
@@ -114,10 +108,9 @@ def make_client_app(overrides: Sequence[str] = ()) -> ClientApp:
         start = time.perf_counter()
         ins = content_to_fit_ins(msg.content)
         server_round = int(ins.config.get("server_round", 0))
-        client = node_client(context, base, server_round)
+        client, store = node_client(context, base, server_round)
         reply = client.fit(ins)
         save_client_state(context.state, client.state_dict())  # not reached on failure: state stays as it was
-        store = site_store(context, base)
         if store is not None:
             store.save(server_round, client.state_dict())
         return Message(with_site_seconds(fit_res_to_content(reply), time.perf_counter() - start), reply_to=msg)
@@ -125,17 +118,17 @@ def make_client_app(overrides: Sequence[str] = ()) -> ClientApp:
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         start = time.perf_counter()
-        client = node_client(context, base)
+        client, _ = node_client(context, base)
         reply = client.evaluate(content_to_evaluate_ins(msg.content))
         return Message(with_site_seconds(evaluate_res_to_content(reply), time.perf_counter() - start), reply_to=msg)
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
         """Which client this node is (the server maps node ids to client ids with it)."""
-        client = node_client(context, base)
+        client, store = node_client(context, base)
         info = ConfigRecord({"client-id": client.client_id, "train-rows": len(client.data.train),
                              "val-rows": len(client.data.val), "test-rows": len(client.data.test),
-                             "state-kept": site_store(context, base) is not None})
+                             "state-kept": store is not None})
         if PARTITION_ID in context.node_config:
             info[PARTITION_ID] = int(context.node_config[PARTITION_ID])
         return Message(RecordDict({INFO: info}), reply_to=msg)
