@@ -148,10 +148,29 @@ def open_storage(url: str, heartbeat_s: int) -> RDBStorage:
     # the callback's keyword was renamed in Optuna 4.9 (failed_trial_callback before)
     renamed = "heartbeat_stale_trial_callback" in inspect.signature(RDBStorage.__init__).parameters
     callback = {"heartbeat_stale_trial_callback" if renamed else "failed_trial_callback": queue_again}
-    try:
-        return RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=3 * heartbeat_s, **callback)
-    except Exception as error:  # a URL SQLAlchemy cannot open: a settings problem
-        raise UserInputError(f"tune.storage={url!r}: cannot open it as an Optuna storage ({error})") from None
+    for attempt in range(SCHEMA_RACE_TRIES):
+        try:
+            return RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=3 * heartbeat_s, **callback)
+        except Exception as error:
+            if _lost_schema_race(error) and attempt + 1 < SCHEMA_RACE_TRIES:
+                time.sleep(0.2 * (attempt + 1))  # the other process is creating the tables: open them after it
+                continue
+            # a URL SQLAlchemy cannot open: a settings problem
+            raise UserInputError(f"tune.storage={url!r}: cannot open it as an Optuna storage ({error})") from None
+    raise AssertionError("unreachable")
+
+
+SCHEMA_RACE_TRIES = 5
+
+
+def _lost_schema_race(error: Exception) -> bool:
+    """A new storage whose tables another process created at the same moment (a second tuner, a dashboard).
+
+    Optuna creates the schema on first open with ``CREATE TABLE`` (no ``IF NOT EXISTS`` across processes),
+    so the slower of two processes opening a fresh file fails with "table … already exists"; opened again,
+    it finds the tables and goes on.
+    """
+    return "already exists" in str(error)
 
 
 def existing_study(storage: RDBStorage, name: str) -> optuna.Study | None:

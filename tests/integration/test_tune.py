@@ -7,6 +7,7 @@ with SIGKILL after its first trial and resumed. Everything else is checked in pr
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -57,20 +58,26 @@ def mlflow_runs(tmp_path: Path):
     return client, client.search_runs([experiment.experiment_id], max_results=1000)
 
 
-def _wait_for(condition, timeout_s: float, what: str):
+def _wait_for(condition, timeout_s: float, what: str, process: subprocess.Popen, log: Path):
+    """``condition()``'s first true value; fails at once (with the log's tail) when ``process`` has ended."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
+        if process.poll() is not None:
+            raise AssertionError(f"the tuner exited ({process.returncode}) before {what}:\n{log.read_text()[-3000:]}")
         time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what}:\n{log.read_text()[-3000:]}")
 
 
 def _trials_or_none(url: str):
+    """The study's trials, read without writing: a poll that opened the file for writing would create Optuna's
+    tables itself and race the tuner doing the same."""
+    path = url.removeprefix("sqlite:///")
     try:
-        return optuna.load_study(study_name=STUDY, storage=url).trials
-    except Exception:  # not created yet
+        return optuna.load_study(study_name=STUDY, storage=f"sqlite:///file:{path}?mode=ro&uri=true").trials
+    except Exception:  # no file, no tables or no study yet
         return None
 
 
@@ -105,11 +112,13 @@ def sittings(tmp_path_factory) -> Sittings:
         states = [t.state for t in trials]
         return trials if any(s in ended for s in states) and optuna.trial.TrialState.RUNNING in states else None
 
-    with open(tmp_path / "first.log", "w") as out:
+    log = tmp_path / "first.log"
+    with open(log, "w") as out:
         first = subprocess.Popen([sys.executable, "-m", "m3oe_lightning.tune", *args], cwd=REPO_ROOT, stdout=out,
                                  stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            before = _wait_for(one_ended_one_running, 240, "the first trial to end and the second to start")
+            before = _wait_for(one_ended_one_running, 360, "the first trial to end and the second to start", first,
+                               log)
         finally:
             os.killpg(first.pid, signal.SIGKILL)  # the tuner and its trial, as a lost machine would
             first.wait()
@@ -195,6 +204,34 @@ def test_the_study_writes_its_table_and_the_tuned_config(sittings):
     config = OmegaConf.load(tuned)
     assert config.optimizer.lr == 0.03 and config.logger.tags.tuned == STUDY
     assert "defaults" not in config  # the row was no experiment preset: nothing to include
+
+
+def test_a_storage_whose_tables_another_process_is_creating_is_opened_again(tmp_path, monkeypatch):
+    """Two processes opening a fresh file at once: the slower one's CREATE TABLE fails; it retries, not gives up."""
+    from optuna.storages import RDBStorage
+    from sqlalchemy.exc import OperationalError
+
+    made = []
+
+    class Racing(RDBStorage):
+        @functools.wraps(RDBStorage.__init__)  # the same keywords, as open_storage inspects them
+        def __init__(self, *args, **kwargs):
+            if not made:
+                made.append("lost")
+                raise OperationalError("CREATE TABLE study_directions", {},
+                                       Exception("table study_directions already exists"))
+            made.append("opened")
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr("optuna.storages.RDBStorage", Racing)
+    storage = studies.open_storage(storage_url(tmp_path), heartbeat_s=10)
+    assert made == ["lost", "opened"] and storage.get_all_studies() == []
+    storage.engine.dispose()
+
+
+def test_a_storage_that_cannot_be_opened_is_one_line_naming_the_setting(tmp_path):
+    with pytest.raises(UserInputError, match=r"tune.storage='sqlite:///.*nothere.*': cannot open it"):
+        studies.open_storage(f"sqlite:///file:{tmp_path / 'nothere.db'}?mode=ro&uri=true", heartbeat_s=10)
 
 
 # ------------------------------------------------------------------------------------------- refusals
