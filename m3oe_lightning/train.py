@@ -25,7 +25,7 @@ RUN_ID_ENV = "M3OE_MLFLOW_RUN_ID"  # hands rank 0's run to DDP worker processes
 # What a run's config hash leaves out (it does not change what the run computes), what it copies in from
 # there, and the trainer settings that enter only when set otherwise (so older runs keep their hash).
 NOT_IDENTITY = ("resume", "paths", "logger", "trainer", "callbacks", "skip_finished", "optimized_metric",
-                "eval_chunk_rows")
+                "eval_chunk_rows", "allocator")
 COPIED_IN = {"max_epochs": "trainer.max_epochs"}
 UNLESS_DEFAULT = {"trainer.precision": "32-true"}
 

@@ -104,6 +104,12 @@ def process_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def kernel_seconds_and_faults() -> tuple[float, int]:
+    """This process's CPU seconds in the kernel and its minor page faults so far (memory faulted in afresh)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_stime, usage.ru_minflt
+
+
 def system_busy_seconds() -> float:
     """CPU seconds every process on the machine has used (guest time is inside user/nice on Linux)."""
     times = psutil.cpu_times()
@@ -147,6 +153,9 @@ class StepTimer(L.Callback):
         self.cpu_seconds = 0.0           # this process's CPU time during the epochs
         self.system_busy_seconds = 0.0   # every process's CPU time during the epochs (whole machine)
         self.steal_seconds = 0.0         # CPU time the hypervisor took away during the epochs
+        self.kernel_seconds = 0.0        # of cpu_seconds, the part in the kernel (page faults, mmap/munmap)
+        self.minor_faults = 0            # pages this process faulted in during the epochs
+        self._kernel0, self._faults0 = 0.0, 0
         self._last_end = self._start = self._epoch_start = self._cpu0 = self._busy0 = self._steal0 = 0.0
         self._marks: dict[str, float] = {}
         self._hooked = False
@@ -163,6 +172,7 @@ class StepTimer(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._cpu0, self._busy0 = process_cpu_seconds(), system_busy_seconds()
         self._steal0 = steal_seconds()
+        self._kernel0, self._faults0 = kernel_seconds_and_faults()
         self._epoch_start = self._last_end = time.perf_counter()
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
@@ -198,6 +208,9 @@ class StepTimer(L.Callback):
         self.cpu_seconds += process_cpu_seconds() - self._cpu0
         self.system_busy_seconds += system_busy_seconds() - self._busy0
         self.steal_seconds += steal_seconds() - self._steal0
+        kernel, faults = kernel_seconds_and_faults()
+        self.kernel_seconds += kernel - self._kernel0
+        self.minor_faults += faults - self._faults0
 
 
 def quiet_for_this_process() -> None:

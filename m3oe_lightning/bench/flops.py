@@ -1,7 +1,7 @@
 """Model FLOP utilisation: the model's matmul FLOPs vs plain matmuls of the same shapes, same machine.
 
 :func:`record_matmuls` runs one training-loss forward + backward under a dispatch mode that records
-every matrix product (``mm``, ``addmm``, ``bmm``, ``baddbmm``) with its shapes. :func:`matmul_throughput`
+every matrix product (``mm``, ``addmm``, ``bmm``, ``baddbmm``) with its shapes. :func:`matmul_floor`
 then times plain ``torch.mm`` / ``torch.bmm`` on exactly that mix of shapes. Achieved FLOP/s (the
 model's matmul FLOPs per sample × training samples/s) divided by that throughput is the model FLOP
 utilisation: how close the whole training step gets to the matmuls it cannot avoid.
@@ -9,6 +9,7 @@ utilisation: how close the whole training step gets to the matmuls it cannot avo
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -61,30 +62,55 @@ def record_matmuls(step: Callable[[], None]) -> Counter[Matmul]:
     return recorder.seen
 
 
-def matmul_throughput(matmuls: Counter[Matmul], *, min_seconds: float = 1.0, warmup: int = 2) -> float:
-    """FLOP/s of plain ``torch.mm``/``torch.bmm`` over the same mix of shapes (fp32, random data)."""
+@dataclass(frozen=True)
+class MatmulFloor:
+    """FLOP/s of plain matmuls over a model's shapes: the median of ``repeats`` timed blocks, and their range."""
+
+    median: float
+    low: float
+    high: float
+    repeats: int
+    dtype: str
+
+
+def matmul_floor(matmuls: Counter[Matmul], *, dtype: torch.dtype = torch.float32, repeats: int = 7,
+                 min_seconds: float = 0.25, warmup: int = 3) -> MatmulFloor:
+    """Time plain ``torch.mm``/``torch.bmm`` over the same mix of shapes (random data of ``dtype``).
+
+    Why it is steady: outputs are preallocated (``out=``), so the probe times the matmuls and not the
+    allocator; it is warmed up first; and it reports the median of ``repeats`` blocks of at least
+    ``min_seconds`` each, with their range, instead of one block (one block swung MFU by ±10 %).
+    """
     generator = torch.Generator().manual_seed(0)
-    operands = {mm: (torch.randn(mm.left, generator=generator), torch.randn(mm.right, generator=generator))
-                for mm in matmuls}
+    operands = {}
+    for mm in matmuls:
+        left = torch.randn(mm.left, generator=generator).to(dtype)
+        right = torch.randn(mm.right, generator=generator).to(dtype)
+        out_shape = (*mm.left[:-1], mm.right[-1])
+        operands[mm] = (left, right, torch.empty(out_shape, dtype=dtype))
 
     def one_pass() -> None:
         for mm, count in matmuls.items():
-            left, right = operands[mm]
+            left, right, out = operands[mm]
             op = torch.mm if mm.kind == "mm" else torch.bmm
             for _ in range(count):
-                op(left, right)
+                op(left, right, out=out)
 
     for _ in range(warmup):
         one_pass()
-    passes, start = 0, time.perf_counter()
-    while True:
-        one_pass()
-        passes += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_seconds:
-            break
     flops = sum(mm.flops * count for mm, count in matmuls.items())
-    return flops * passes / elapsed
+    rates = []
+    for _ in range(repeats):
+        passes, start = 0, time.perf_counter()
+        while True:
+            one_pass()
+            passes += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_seconds:
+                break
+        rates.append(flops * passes / elapsed)
+    return MatmulFloor(median=statistics.median(rates), low=min(rates), high=max(rates), repeats=repeats,
+                       dtype=str(dtype).removeprefix("torch."))
 
 
 def flops_per_sample(matmuls: Counter[Matmul], batch_rows: int) -> float:

@@ -56,6 +56,9 @@ PRESETS: dict[str, list[str]] = {
     "star": ["model=star"],
     "paper-bf16": ["trainer.precision=bf16-mixed"],  # bf16 autocast (Lightning's precision plugin)
     "released-bf16": ["experiment=m3oe_released", "trainer.precision=bf16-mixed"],
+    # glibc's own allocator thresholds (the "before" of allocator=retain: freed large blocks unmapped)
+    "paper-glibc": ["allocator=system"],
+    "released-glibc": ["experiment=m3oe_released", "allocator=system"],
     "paper-compile": ["callbacks=compile"],      # torch.compile (minutes of compiling: not in the default run)
     "paper-reference": [],                       # the paper preset through m3oe_reference (the "before")
     # evaluation forwards whole eval batches (the "before"); a run setting, outside the run's identity
@@ -71,6 +74,7 @@ TARGET_PEAK_RSS_MB = 2 * 1024   # below 2 GiB
 TARGET_BF16_SPEEDUP = 2.0       # bf16 autocast ≥ 2× the fp32 throughput of the same preset
 TARGET_TRAIN = {("released", 40960): 25_000, ("paper", 4096): 40_000}  # samples/s
 TARGET_MFU = {("released", 40960): 0.50}
+TARGET_KERNEL_SHARE = {("released", 40960): 0.10}  # issue #17: the kernel's share of the CPU time < 10 %
 BUSY_OTHER_CORES = 0.25        # other processes' mean CPU use above which the README warns
 MODULE = "m3oe_lightning.bench.throughput"
 
@@ -171,10 +175,12 @@ def run_preset(preset: str, *, data: str | None = None, overrides: Sequence[str]
 
         if preset in REFERENCE_PRESETS:  # MFU counts the useful FLOPs: those of the optimized forward
             del model.forward
-        utilisation = model_flop_utilisation(system, datamodule, int(cfg.data.batch_size))
+        utilisation = model_flop_utilisation(system, datamodule, int(cfg.data.batch_size), str(trainer.precision))
 
     threads = torch.get_num_threads()
     epoch_seconds = sum(timer.epoch_seconds)
+    # the model's matmul FLOP/s in the epochs
+    achieved = utilisation["flops_per_sample"] * timer.rows / epoch_seconds if epoch_seconds > 0 else float("nan")
     wait, step = sum(timer.waits), sum(timer.steps)
     dataset = datamodule.load()
     return {
@@ -236,8 +242,13 @@ def run_preset(preset: str, *, data: str | None = None, overrides: Sequence[str]
         "load_after": common.load_average(),
         "parameters": count_parameters(model),
         **utilisation,
-        "mfu": utilisation["flops_per_sample"] * timer.rows / epoch_seconds / utilisation["matmul_flops_per_s"]
-        if epoch_seconds > 0 else float("nan"),
+        "mfu": achieved / utilisation["matmul_flops_per_s"],
+        "mfu_bf16": achieved / utilisation["matmul_bf16_flops_per_s"] if utilisation["matmul_bf16_flops_per_s"]
+        else None,
+        "allocator": str(cfg.get("allocator", "retain")),
+        # the kernel's share of this process's CPU time in the epochs, and pages faulted in per step
+        "kernel_share": timer.kernel_seconds / timer.cpu_seconds if timer.cpu_seconds > 0 else float("nan"),
+        "faults_per_step": timer.minor_faults / len(timer.steps) if timer.steps else float("nan"),
         "threads": threads,
         "interop_threads": torch.get_num_interop_threads(),
         "accelerator": type(trainer.accelerator).__name__,
@@ -247,9 +258,9 @@ def run_preset(preset: str, *, data: str | None = None, overrides: Sequence[str]
     }
 
 
-def model_flop_utilisation(system: Any, datamodule: Any, batch_size: int) -> dict[str, float]:
+def model_flop_utilisation(system: Any, datamodule: Any, batch_size: int, precision: str) -> dict[str, Any]:
     """The model's matmul FLOPs per training sample (forward + backward, one full batch) and the
-    throughput of plain matmuls of the same shapes, timed now, in this process."""
+    throughput of plain matmuls of the same shapes (fp32; bf16 too for a bf16 run), timed now, in this process."""
     split = datamodule.load().train
     batch = split.rows(torch.arange(min(batch_size, len(split))))
     rows = int(batch["domain"].shape[0])
@@ -260,8 +271,14 @@ def model_flop_utilisation(system: Any, datamodule: Any, batch_size: int) -> dic
 
     matmuls = flops.record_matmuls(loss_forward_backward)
     system.zero_grad(set_to_none=True)
+    fp32 = flops.matmul_floor(matmuls)
+    # a bf16 run is also measured against bf16 matmuls of its shapes (~5x the fp32 rate on this CPU)
+    bf16 = flops.matmul_floor(matmuls, dtype=torch.bfloat16) if "bf16" in precision else None
     return {"flops_per_sample": flops.flops_per_sample(matmuls, rows),
-            "matmul_flops_per_s": flops.matmul_throughput(matmuls)}
+            "matmul_flops_per_s": fp32.median, "matmul_flops_per_s_range": [fp32.low, fp32.high],
+            "matmul_probe_repeats": fp32.repeats,
+            "matmul_bf16_flops_per_s": bf16.median if bf16 else None,
+            "matmul_bf16_flops_per_s_range": [bf16.low, bf16.high] if bf16 else None}
 
 
 def _run_isolated(preset: str, *, data: str | None, overrides: Sequence[str], epochs: int,
@@ -280,16 +297,33 @@ def _fmt(value: float, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
+def _floor(r: dict[str, Any], key: str) -> str:
+    """A matmul floor in GFLOP/s with the range of its probe's repeats ("–" when not measured)."""
+    if not r.get(key):
+        return "–"
+    spread = r.get(f"{key}_range")
+    return f"{r[key] / 1e9:.1f}" + (f" ({spread[0] / 1e9:.0f}–{spread[1] / 1e9:.0f})" if spread else "")
+
+
+def _share(value: float | None) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{100 * value:.0f} %"
+
+
 def results_table(results: Sequence[dict[str, Any]]) -> str:
-    rows = ["| preset | model | precision | batch | parameters | train samples/s | eval samples/s | batch share "
-            "| peak RSS (MB) | MFLOP/sample (fwd+bwd) | matmul GFLOP/s (same shapes, fp32) | MFU |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| preset | model | precision | allocator | batch | parameters | train samples/s | eval samples/s "
+            "| batch share | kernel share of CPU | page faults/step | peak RSS (MB) | MFLOP/sample (fwd+bwd) "
+            "| fp32 matmul floor, GFLOP/s (range) | MFU | bf16 matmul floor | MFU vs bf16 |",
+            "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
-        rows.append(f"| {r['preset']} | {r['model']} | {r['precision']} | {r['batch_size']:,} | {r['parameters']:,} "
+        faults = r.get("faults_per_step")
+        rows.append(f"| {r['preset']} | {r['model']} | {r['precision']} | {r.get('allocator', '–')} "
+                    f"| {r['batch_size']:,} | {r['parameters']:,} "
                     f"| {_fmt(r['train_samples_per_s'])} | {_fmt(r['eval_samples_per_s'])} "
-                    f"| {100 * r['batch_share']:.1f} % | {_fmt(r['peak_rss_mb'])} "
-                    f"| {r['flops_per_sample'] / 1e6:.3f} | {r['matmul_flops_per_s'] / 1e9:.1f} "
-                    f"| {100 * r['mfu']:.0f} % |")
+                    f"| {100 * r['batch_share']:.1f} % | {_share(r.get('kernel_share'))} "
+                    f"| {'–' if faults is None else _fmt(faults)} | {_fmt(r['peak_rss_mb'])} "
+                    f"| {r['flops_per_sample'] / 1e6:.3f} | {_floor(r, 'matmul_flops_per_s')} "
+                    f"| {100 * r['mfu']:.0f} % | {_floor(r, 'matmul_bf16_flops_per_s')} "
+                    f"| {_share(r.get('mfu_bf16'))} |")
     return "\n".join(rows)
 
 
@@ -301,6 +335,13 @@ def _fp32_twin(result: dict[str, Any], results: Sequence[dict[str, Any]]) -> dic
     """The fp32 run of a bf16 preset at the same batch size (``paper-bf16`` → ``paper``)."""
     base = result["preset"].removesuffix("-bf16")
     return next((r for r in results if r["preset"] == base and r["batch_size"] == result["batch_size"]), None)
+
+
+def _glibc_twin(result: dict[str, Any], results: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The ``allocator=system`` run of a preset at the same batch size (``released`` → ``released-glibc``)."""
+    name = f"{result['preset']}-glibc"
+    return next((r for r in results if r["preset"] == name and r["batch_size"] == result["batch_size"]
+                 and "faults_per_step" in r and "faults_per_step" in result), None)
 
 
 def target_rows(results: Sequence[dict[str, Any]]) -> list[str]:
@@ -315,6 +356,14 @@ def target_rows(results: Sequence[dict[str, Any]]) -> list[str]:
         if key in TARGET_MFU:
             rows.append(f"| {name} | MFU ≥ {100 * TARGET_MFU[key]:.0f} % | {100 * r['mfu']:.0f} % "
                         f"| {_mark(r['mfu'] >= TARGET_MFU[key])} |")
+        if key in TARGET_KERNEL_SHARE and math.isfinite(r.get("kernel_share", math.nan)):
+            rows.append(f"| {name} | kernel < {100 * TARGET_KERNEL_SHARE[key]:.0f} % of CPU time (#17) "
+                        f"| {100 * r['kernel_share']:.1f} % | {_mark(r['kernel_share'] < TARGET_KERNEL_SHARE[key])} |")
+        before = _glibc_twin(r, results)
+        if before is not None:
+            rows.append(f"| {name} | allocator=retain vs glibc's thresholds ({before['preset']}), train samples/s "
+                        f"| {r['train_samples_per_s'] / before['train_samples_per_s']:.2f}× "
+                        f"| {_fmt(before['faults_per_step'])} → {_fmt(r['faults_per_step'])} faults/step |")
         twin = _fp32_twin(r, results) if r["preset"].endswith("-bf16") else None
         if twin is not None:
             ratio = r["train_samples_per_s"] / twin["train_samples_per_s"]
@@ -398,7 +447,8 @@ one machine.{limited}
 
 {results_table(results)}
 
-Targets of issue #5 (reported, not enforced; MFU of bf16 runs is against the fp32 matmul rate):
+Targets of issues #5 and #17 (reported, not enforced; MFU is against the fp32 matmul floor, and a bf16 run's
+also against the bf16 floor):
 
 {_targets(results)}
 
@@ -422,7 +472,11 @@ Targets of issue #5 (reported, not enforced; MFU of bf16 runs is against the fp3
 - **MFU** (model FLOP utilisation): the matmul FLOPs of one full training batch's loss forward +
   backward (every `mm`/`addmm`/`bmm`/`baddbmm`, recorded with its shapes by `m3oe_lightning/bench/flops.py`)
   per sample × train samples/s, divided by the FLOP/s of plain `torch.mm`/`torch.bmm` on exactly that mix
-  of shapes, timed in the same process right after training.
+  of shapes, timed in the same process right after training: outputs preallocated, warmed up, the median of
+  7 blocks of ≥ 0.25 s (their range in brackets). A bf16 run is also divided by the bf16 floor of its shapes.
+- **kernel share of CPU**: this process's system CPU seconds / its user + system CPU seconds in the epochs;
+  **page faults/step**: its minor page faults in the epochs / training steps (memory faulted in afresh:
+  with `allocator=system`, each large activation is a fresh `mmap`; `allocator=retain` reuses freed blocks).
 - **batch share**: Σ batch wait / (Σ batch wait + Σ step). *Batch wait* = end of one training step
   (`on_train_batch_end`) to the start of the next (`on_train_batch_start`), the first one measured from
   `on_train_epoch_start`: the loader's `next()` (Lightning prefetches one batch ahead) plus Lightning's

@@ -52,7 +52,7 @@ if TYPE_CHECKING:  # sites.py builds on this module
 # old strategy node had (the config hash of runs already in a store is computed with the old names).
 LEGACY_STRATEGY_NAMES = {"mu": "proximal_mu", "lam": "ditto_lambda"}
 # What is not part of a federated run's identity: where it logs and the run hooks.
-NOT_IDENTITY = ("paths", "logger", "skip_finished")
+NOT_IDENTITY = ("paths", "logger", "skip_finished", "allocator")
 NOT_FEDERATED_IDENTITY = ("resume", "kill_after_round")
 # ``federated.*`` settings of no strategy added after runs were stored: at these values they are left out of a
 # run's identity (as a strategy's ``identity_defaults``), so a run that did not have them keeps its hash

@@ -42,7 +42,7 @@ MAX_RETRIES = 3  # a trial killed this often in a row is left FAIL (and counts a
 # Overrides that say where a run logs or how it prints, not what it trains: they may differ between
 # the sittings of one study (another machine, another store) without making it another row.
 LOGISTICS = ("paths.", "logger.", "hydra.", "trainer.enable_progress_bar", "trainer.enable_model_summary",
-             "threads", "eval_chunk_rows", "task_name", "tune.")
+             "threads", "allocator", "eval_chunk_rows", "task_name", "tune.")
 
 
 @dataclass(frozen=True)

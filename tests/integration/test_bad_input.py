@@ -31,8 +31,9 @@ def train_entry(tmp_path, capfd, *overrides: str):
         (["data=movielens100k", "data.root=/nonexistent/place"], "/nonexistent/place", "entry"),
         (["data=synthetic", "data.split=sideways"], "data.split", "entry"),
         (["data=synthetic", "automl.mode=sometimes"], "automl.mode='sometimes'", "entry"),
+        (["allocator=jemalloc"], "allocator='jemalloc': use retain", "cli"),
     ],
-    ids=["seed", "domains", "missing-data", "split", "automl"],
+    ids=["seed", "domains", "missing-data", "split", "automl", "allocator"],
 )
 def test_bad_settings_fail_with_one_line(tmp_path, capfd, overrides, expected, through):
     result = train_cli(tmp_path, *overrides) if through == "cli" else train_entry(tmp_path, capfd, *overrides)

@@ -31,6 +31,9 @@ def check_record(record: dict, preset: str) -> None:
     for key in ("batch_share", "iterator_share"):
         assert 0.0 <= record[key] <= 1.0, key
     assert record["iterator_share"] <= record["batch_share"]
+    assert 0.0 <= record["kernel_share"] <= 1.0 and record["faults_per_step"] >= 0
+    low, high = record["matmul_flops_per_s_range"]
+    assert 0 < low <= record["matmul_flops_per_s"] <= high and record["matmul_probe_repeats"] >= 5
     assert record["threads"] == 1 and record["torch"] == torch.__version__
     assert record["cores"] >= 1 and record["cpu"] and record["git_commit"] and record["date"]
 
@@ -46,8 +49,11 @@ def test_bench_writes_readme_and_json_for_both_presets(tmp_path: Path):
         check_record(record, record["preset"])
         assert "--limit-batches 3" in record["command"] and "m3oe_lightning.bench" in record["command"]
     assert records[1]["parameters"] > records[0]["parameters"]  # released: 4 shared experts, LayerNorms
-    assert [r["model"] for r in records] == ["M3oE", "M3oE", "MMoE", "STAR", "M3oE", "M3oE"]
-    assert [r["precision"] for r in records][-2:] == ["bf16-mixed"] * 2 and records[0]["precision"] == "32-true"
+    assert [r["model"] for r in records] == ["M3oE", "M3oE", "MMoE", "STAR", "M3oE", "M3oE", "M3oE", "M3oE"]
+    assert [r["precision"] for r in records][4:6] == ["bf16-mixed"] * 2 and records[0]["precision"] == "32-true"
+    assert [r["allocator"] for r in records][-3:] == ["retain", "system", "system"]
+    assert all(r["mfu_bf16"] > 0 and r["matmul_bf16_flops_per_s"] > 0 for r in records[4:6])
+    assert records[0]["mfu_bf16"] is None and records[0]["matmul_bf16_flops_per_s"] is None
 
     readme = (tmp_path / "README.md").read_text()
     assert "python -m m3oe_lightning.bench.throughput --in-process --data synthetic --limit-batches 3" in readme

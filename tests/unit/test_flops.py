@@ -26,4 +26,6 @@ def test_batched_matmul_flops_and_throughput_is_positive():
     matmuls = flops.record_matmuls(lambda: torch.bmm(a, b))
     (only,) = matmuls
     assert only.kind == "bmm" and only.flops == 2 * 3 * 5 * 7 * 2
-    assert flops.matmul_throughput(matmuls, min_seconds=0.01) > 0
+    floor = flops.matmul_floor(matmuls, min_seconds=0.01, repeats=5)
+    assert 0 < floor.low <= floor.median <= floor.high and floor.repeats == 5 and floor.dtype == "float32"
+    assert flops.matmul_floor(matmuls, dtype=torch.bfloat16, min_seconds=0.01, repeats=5).dtype == "bfloat16"
