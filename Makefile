@@ -109,12 +109,13 @@ federated-report: $(STAMP) ## the federated report → FED_REPORT_OUT from the M
 
 # every preset of m3oe_lightning/bench/throughput.py (M3oE paper/released, MMoE, STAR, bf16 autocast) at both batch sizes
 BENCH_ARGS ?= --batch-sizes 4096 40960
-bench: $(STAMP) ## throughput/MFU/RSS, a federated round's time split, scoring speed, deployment latency, DP cost → experiments/bench/
+bench: $(STAMP) ## throughput/MFU/RSS, a federated round's time split, scoring speed, deployment latency, DP cost, start-up → experiments/bench/
 	$(BIN)/python -m m3oe_lightning.bench.throughput $(BENCH_ARGS) $(ARGS)
 	$(BIN)/python -m m3oe_lightning.bench.federated
 	$(BIN)/python -m m3oe_lightning.bench.serving
 	$(BIN)/python -m m3oe_lightning.bench.deployment
 	$(BIN)/python -m m3oe_lightning.bench.privacy
+	$(BIN)/python -m m3oe_lightning.bench.startup
 
 bench-reproduce: $(STAMP) ## wall time of make reproduce-quick and the projected full make reproduce → experiments/bench/reproduce.md
 	$(BIN)/python -m m3oe_lightning.bench.reproduce $(ARGS)

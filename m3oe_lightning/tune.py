@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -27,8 +27,11 @@ from m3oe_lightning.training.settings import validate
 from m3oe_lightning.tuning import outputs, space
 from m3oe_lightning.tuning import study as studies
 from m3oe_lightning.tuning import trial as trials
-from m3oe_lightning.tuning.parent_run import ParentRun
 
+if TYPE_CHECKING:
+    from m3oe_lightning.tuning.parent_run import ParentRun
+
+# MLflow (~2 s) is imported inside tune(), like Optuna: `--help` and settings errors answer without it
 OBJECTIVE = keys.VAL_AUC_MEAN_BEST  # what a trial is scored on: the training run's selection value
 TUNED_DIR = Path(CONF_DIR) / "experiment" / "tuned"
 
@@ -65,6 +68,8 @@ def tune(cfg: DictConfig) -> dict[str, Any]:
                            studies.COMMAND_ATTR: command})
     grace = 3 * settings.heartbeat_s
     studies.recover_stale(study, grace, settings.heartbeat_s)
+    from m3oe_lightning.tuning.parent_run import ParentRun
+
     parent = ParentRun(str(cfg.logger.tracking_uri), str(cfg.logger.experiment_name),
                        cfg.logger.get("artifact_location"))
     parent.open(name, study.user_attrs.get(studies.PARENT_RUN_ATTR),

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.helpers import REPO_ROOT, isolated, run_module, seeded_store
@@ -75,3 +78,27 @@ def test_help_lists_only_the_groups_each_entry_point_composes():
     federate_groups = {line.split(":")[0] for line in federate.stdout.splitlines() if ": " in line}
     assert "model" in train_groups and "federated" not in train_groups and "experiment/federated" not in train_groups
     assert "federated" in federate_groups and "trainer" not in federate_groups
+
+
+ANSWER_ONLY = """
+import runpy, sys
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+try:
+    runpy.run_module(sys.argv[0], run_name="__main__")
+except SystemExit:
+    pass
+print("loaded:", *sorted(name for name in ("torch", "lightning", "mlflow", "optuna") if name in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("module, args", [
+    ("m3oe_lightning.train", ["--help"]), ("m3oe_lightning.federate", ["--help"]),
+    ("m3oe_lightning.tune", ["--help"]), ("m3oe_lightning.predict", ["--help"]),
+    ("m3oe_lightning.export", ["--help"]), ("m3oe_lightning.train", ["seed=abc"]),
+], ids=["train", "federate", "tune", "predict", "export", "train-settings-error"])
+def test_help_and_a_settings_error_answer_without_loading_torch_lightning_mlflow_or_optuna(module, args):
+    """They answer in about a second (bench.startup has the times) because none of the heavy libraries loads."""
+    done = subprocess.run([sys.executable, "-c", ANSWER_ONLY, module, *args], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=120)
+    (loaded,) = [line for line in done.stdout.splitlines() if line.startswith("loaded:")]
+    assert loaded == "loaded:", (loaded, done.stderr[-500:])

@@ -166,3 +166,23 @@ def test_serving_bench_scores_files_and_compares_onnx_on_a_small_model(tmp_path:
     assert len(pd.read_parquet(tmp_path / "scores.parquet")) == len(rows)
     onnx = serving.onnx_vs_torch(scorer, rows, tmp_path, repeats=3, batch_rows=200)
     assert onnx["max_abs_difference"] < 1e-5 and onnx["ratio"] > 0 and len(onnx["onnx_seconds"]) == 3
+
+
+def test_startup_times_each_command_in_fresh_processes_and_judges_the_target(tmp_path: Path):
+    from m3oe_lightning.bench import startup
+
+    rows = startup.main(["--repeats", "2", "--only", "m3oe-train --help", "seed=abc", "--out", str(tmp_path)])
+    assert [r["label"] for r in rows] == ["`m3oe-train --help`", "`m3oe-train seed=abc` (a settings error)"]
+    for row in rows:
+        assert 0 < row["min_s"] <= row["median_s"] <= row["max_s"] and row["repeats"] == 2
+    report = (tmp_path / "startup.md").read_text()
+    assert "| `m3oe-train --help` |" in report and ("met" in report or "**missed**" in report)
+    assert json.loads((tmp_path / "startup.json").read_text())["rows"][0]["argv"][-1] == "--help"
+
+
+def test_startup_refuses_a_command_that_exits_otherwise_in_one_line():
+    from m3oe_lightning.bench import startup
+
+    wrong = startup.Probe("a settings error that is none", ("-c", "pass"), exit_code=2)
+    with pytest.raises(SystemExit, match=r"^error: -c pass exited 0, not 2"):
+        startup.time_probe(wrong, repeats=1)
