@@ -32,8 +32,9 @@ def train_entry(tmp_path, capfd, *overrides: str):
         (["data=synthetic", "data.split=sideways"], "data.split", "entry"),
         (["data=synthetic", "automl.mode=sometimes"], "automl.mode='sometimes'", "entry"),
         (["allocator=jemalloc"], "allocator='jemalloc': use retain", "cli"),
+        (["trainer.precision=bf16-true"], "trainer.precision=bf16-true: the models take float32", "cli"),
     ],
-    ids=["seed", "domains", "missing-data", "split", "automl", "allocator"],
+    ids=["seed", "domains", "missing-data", "split", "automl", "allocator", "half-precision-weights"],
 )
 def test_bad_settings_fail_with_one_line(tmp_path, capfd, overrides, expected, through):
     result = train_cli(tmp_path, *overrides) if through == "cli" else train_entry(tmp_path, capfd, *overrides)
