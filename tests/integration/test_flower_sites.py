@@ -89,7 +89,7 @@ def test_fedavg_across_sites_survives_a_site_killed_mid_run_and_takes_it_back(de
     federation, root = deployment["federation"], deployment["root"]
     rounds = 5
     run = federation.submit([*deployment["overrides"], "federated=fedavg", f"federated.rounds={rounds}",
-                             "federated.client_timeout=15"], name="fedavg")
+                             "federated.client_timeout=45"], name="fedavg")
     wait_for(federation.log("fedavg"), "round 1/", 400)
     federation.kill_site(1)  # site b: its SuperNode and its worker, mid-run
     federation.start_site(1)  # back (a new SuperNode: the coordinator finds it again)
@@ -105,7 +105,9 @@ def test_fedavg_across_sites_survives_a_site_killed_mid_run_and_takes_it_back(de
     assert any(v == 3.0 for v in ok[lost[0]:]), ok  # ... and trained again after it came back
     store = MlflowClient(f"sqlite:///{root / 'logs' / 'mlflow.db'}")
     failures = json.loads(Path(store.download_artifacts(run_id, "federated/failures.json", str(root))).read_text())
-    assert {f["client"] for f in failures} == {"b"}
+    assert "b" in {f["client"] for f in failures}, failures  # the killed site's failure is recorded
+    # on a loaded 2-core runner a live site can miss the round's deadline too: that, and nothing else
+    assert all(f["error"].startswith("no reply within") for f in failures if f["client"] != "b"), failures
     for key in ("global/auc_client_mean", "heldout/auc_client_mean", "personal/auc_mean", "time/site_compute_max_s"):
         assert [step for step, _ in history(root, run_id, key)] == list(range(1, rounds + 1)), key
     assert 0.5 < history(root, run_id, "heldout/auc_client_mean")[-1][1] <= 1.0  # the held-out site scored it
