@@ -46,6 +46,7 @@ from m3oe_lightning.bench.common import MB, StepTimer, bench_trainer
 from m3oe_lightning.config import report_user_errors
 from m3oe_lightning.errors import UserInputError, check_int
 from m3oe_lightning.models.m3oe_reference import reference_forward
+from m3oe_lightning.training.allocator import DEFAULT_ALLOCATOR
 from m3oe_lightning.training.module import count_parameters
 from m3oe_lightning.training.system import build_system
 
@@ -245,7 +246,7 @@ def run_preset(preset: str, *, data: str | None = None, overrides: Sequence[str]
         "mfu": achieved / utilisation["matmul_flops_per_s"],
         "mfu_bf16": achieved / utilisation["matmul_bf16_flops_per_s"] if utilisation["matmul_bf16_flops_per_s"]
         else None,
-        "allocator": str(cfg.get("allocator", "retain")),
+        "allocator": str(cfg.get("allocator", DEFAULT_ALLOCATOR)),
         # the kernel's share of this process's CPU time in the epochs, and pages faulted in per step
         "kernel_share": timer.kernel_seconds / timer.cpu_seconds if timer.cpu_seconds > 0 else float("nan"),
         "faults_per_step": timer.minor_faults / len(timer.steps) if timer.steps else float("nan"),
@@ -331,17 +332,9 @@ def _mark(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
 
-def _fp32_twin(result: dict[str, Any], results: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """The fp32 run of a bf16 preset at the same batch size (``paper-bf16`` → ``paper``)."""
-    base = result["preset"].removesuffix("-bf16")
-    return next((r for r in results if r["preset"] == base and r["batch_size"] == result["batch_size"]), None)
-
-
-def _glibc_twin(result: dict[str, Any], results: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """The ``allocator=system`` run of a preset at the same batch size (``released`` → ``released-glibc``)."""
-    name = f"{result['preset']}-glibc"
-    return next((r for r in results if r["preset"] == name and r["batch_size"] == result["batch_size"]
-                 and "faults_per_step" in r and "faults_per_step" in result), None)
+def _twin(preset: str, batch_size: int, results: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The run of ``preset`` at ``batch_size`` in these results (a "before" to set a run against)."""
+    return next((r for r in results if r["preset"] == preset and r["batch_size"] == batch_size), None)
 
 
 def target_rows(results: Sequence[dict[str, Any]]) -> list[str]:
@@ -359,12 +352,14 @@ def target_rows(results: Sequence[dict[str, Any]]) -> list[str]:
         if key in TARGET_KERNEL_SHARE and math.isfinite(r.get("kernel_share", math.nan)):
             rows.append(f"| {name} | kernel < {100 * TARGET_KERNEL_SHARE[key]:.0f} % of CPU time (#17) "
                         f"| {100 * r['kernel_share']:.1f} % | {_mark(r['kernel_share'] < TARGET_KERNEL_SHARE[key])} |")
-        before = _glibc_twin(r, results)
-        if before is not None:
+        before = _twin(f"{r['preset']}-glibc", r["batch_size"], results)  # its allocator=system run
+        if before is not None and "faults_per_step" in before and "faults_per_step" in r:
             rows.append(f"| {name} | allocator=retain vs glibc's thresholds ({before['preset']}), train samples/s "
                         f"| {r['train_samples_per_s'] / before['train_samples_per_s']:.2f}× "
                         f"| {_fmt(before['faults_per_step'])} → {_fmt(r['faults_per_step'])} faults/step |")
-        twin = _fp32_twin(r, results) if r["preset"].endswith("-bf16") else None
+        # a bf16 preset's fp32 run at the same batch size (paper-bf16 → paper)
+        twin = _twin(r["preset"].removesuffix("-bf16"), r["batch_size"], results) if r["preset"].endswith("-bf16") \
+            else None
         if twin is not None:
             ratio = r["train_samples_per_s"] / twin["train_samples_per_s"]
             rows.append(f"| {name} | bf16 ≥ {TARGET_BF16_SPEEDUP:.0f}× fp32 ({twin['preset']}) | {ratio:.2f}× "

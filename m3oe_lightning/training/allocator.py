@@ -21,6 +21,7 @@ import functools
 from m3oe_lightning.errors import UserInputError
 
 ALLOCATORS = ("retain", "system")
+DEFAULT_ALLOCATOR = "retain"  # what a config without the setting gets (conf/train.yaml and federate.yaml say it)
 # mallopt's parameter numbers (malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 # the largest value mallopt takes (an int): blocks up to ~2 GB come from the heap and none is trimmed

@@ -5,7 +5,7 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from m3oe_lightning.errors import UserInputError, check_int, check_number
-from m3oe_lightning.training.allocator import check_allocator
+from m3oe_lightning.training.allocator import DEFAULT_ALLOCATOR, check_allocator
 
 
 def validate(cfg: DictConfig) -> None:
@@ -13,7 +13,7 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise UserInputError(f"seed={cfg.seed!r} is not an integer; pass e.g. seed=2022")
     check_int("threads", cfg.threads, optional=True)
-    check_allocator(cfg.get("allocator", "retain"))
+    check_allocator(cfg.get("allocator", DEFAULT_ALLOCATOR))
     check_int("eval_chunk_rows", cfg.get("eval_chunk_rows"), optional=True)
     for name in ("optimizer.lr", "automl.lr"):
         check_number(name, OmegaConf.select(cfg, name), low=0, low_open=True)

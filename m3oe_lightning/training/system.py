@@ -18,7 +18,7 @@ from m3oe_lightning import metric_keys as keys
 from m3oe_lightning.config import build
 from m3oe_lightning.data.datamodule import MDMTDataModule
 from m3oe_lightning.models.base import MDMTModel
-from m3oe_lightning.training.allocator import apply_allocator
+from m3oe_lightning.training.allocator import DEFAULT_ALLOCATOR, apply_allocator
 from m3oe_lightning.training.callbacks import EpochLine, ModelLine, ProgressBar
 from m3oe_lightning.training.checkpoint_io import AtomicCheckpointIO
 from m3oe_lightning.training.module import MDMTModule
@@ -40,7 +40,7 @@ def build_system(cfg: DictConfig) -> tuple[MDMTDataModule, MDMTModel, MDMTModule
     validate(cfg)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    apply_allocator(cfg.get("allocator", "retain"))  # before the data and the model: later allocations only
+    apply_allocator(cfg.get("allocator", DEFAULT_ALLOCATOR))  # before the data and the model: later allocations only
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule: MDMTDataModule = build(cfg.data)
     model = build(cfg.model, schema=datamodule.load().schema)
