@@ -109,9 +109,12 @@ federated-report: $(STAMP) ## the federated report → FED_REPORT_OUT from the M
 
 # every preset of m3oe_lightning/bench/throughput.py (M3oE paper/released, MMoE, STAR, bf16 autocast) at both batch sizes
 BENCH_ARGS ?= --batch-sizes 4096 40960
+# issue #13's setting: 100 clients in one process (Dirichlet partition of ML-1M)
+FED_BENCH_100 ?= data=movielens1m federated=fedavg federated.partition=dirichlet federated.num_clients=100
 bench: $(STAMP) ## throughput/MFU/RSS, a federated round's time split, scoring speed, deployment latency, DP cost, start-up → experiments/bench/
 	$(BIN)/python -m m3oe_lightning.bench.throughput $(BENCH_ARGS) $(ARGS)
 	$(BIN)/python -m m3oe_lightning.bench.federated
+	$(BIN)/python -m m3oe_lightning.bench.federated --name federated-100 $(FED_BENCH_100)
 	$(BIN)/python -m m3oe_lightning.bench.serving
 	$(BIN)/python -m m3oe_lightning.bench.deployment
 	$(BIN)/python -m m3oe_lightning.bench.privacy

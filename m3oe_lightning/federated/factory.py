@@ -43,6 +43,7 @@ from m3oe_lightning.federated.simulation import InProcessTransport, Simulation
 from m3oe_lightning.federated.strategies.base import Strategy
 from m3oe_lightning.models.base import USER_COLUMN, USER_EMBEDDINGS, MDMTModel, PersonalSlices
 from m3oe_lightning.seeds import derive_seed
+from m3oe_lightning.training.entry_points import cache_callback_entry_points
 from m3oe_lightning.training.system import build_system, system_factory
 
 if TYPE_CHECKING:  # sites.py builds on this module
@@ -240,6 +241,7 @@ def client_builder(cfg: DictConfig, template: MDMTModel, *, batch_size: int, eva
     of the in-process simulation is, and what a site holding its own data builds for itself
     (:mod:`m3oe_lightning.federated.sites`). ``template`` gives the common initial weights."""
     fed = cfg.federated
+    cache_callback_entry_points()  # a fresh Trainer per local fit: Lightning's entry-point lookup once, not each
     trainer_fn = hydra.utils.instantiate(cfg.client_trainer, _partial_=True)
     system_fn = system_factory(cfg)
     model_name = type(template).__name__

@@ -107,15 +107,20 @@ def test_targets_judge_each_figure_against_issue_5():
 def test_federated_round_bench_splits_the_round_and_writes_its_files(tmp_path: Path):
     from m3oe_lightning.bench import federated as bench_federated
 
-    result = bench_federated.main(["--rounds", "2", "--out", str(tmp_path), "data=synthetic", "data.rows=2000",
-                                   "data.batch_size=128", "threads=1", "federated=fedavg"])
+    result = bench_federated.main(["--rounds", "2", "--out", str(tmp_path), "--name", "federated-3",
+                                   "data=synthetic", "data.rows=2000", "data.batch_size=128", "threads=1",
+                                   "federated=fedavg"])
     assert result["clients"] == 3 and len(result["per_round"]) == 2  # synthetic: domain partition, 3 domains
     for r in result["per_round"]:
         parts = r["local_training_s"] + r["trainer_overhead_s"] + r["evaluation_s"] + r["server_s"]
         assert r["local_training_s"] > 0 and r["trainer_overhead_s"] > 0 and parts == pytest.approx(r["round_s"])
     assert 0 < result["other_share"] < 1
-    assert json.loads((tmp_path / "federated.json").read_text())["clients"] == 3
-    assert "Everything but local training" in (tmp_path / "federated.md").read_text()
+    m = result["median"]
+    assert result["fit_ms"] == pytest.approx(1000 * (m["local_training_s"] + m["trainer_overhead_s"]) / 3)
+    assert json.loads((tmp_path / "federated-3.json").read_text())["clients"] == 3
+    text = (tmp_path / "federated-3.md").read_text()
+    assert "Everything but local training" in text and "% with 3 clients" in text
+    assert f"A client's local fit costs\n{result['fit_ms']:.0f} ms" in text
 
 
 def test_reference_preset_trains_through_the_literal_forward_and_counts_useful_flops(tmp_path: Path):
