@@ -14,7 +14,8 @@ TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help install train test bench bench-scaling ui movielens movielens-report reproduce reproduce-quick report diagnose \
-	federated federated-report bench-reproduce clean clean-logs clean-checkpoints predict export serve tune
+	federated federated-report bench-reproduce clean clean-logs clean-checkpoints predict export serve tune \
+	tune-study tuning-report
 
 # Table 2/3 of the M3oE paper: every row of conf/experiment/paper/ (Hydra's glob() does not expand the
 # options of a subfolder, so the list is built here) × SEEDS, as one Hydra multirun.
@@ -50,6 +51,20 @@ train: $(STAMP) ## train M3oE on MovieLens-1M with the paper's settings (extra H
 ROW ?=
 tune: $(STAMP) ## tune a row (default: the paper's lr grid), resumable → logs/tune/<study>/, conf/experiment/tuned/
 	$(BIN)/python -m m3oe_lightning.tune $(if $(ROW),experiment=$(ROW)) trainer.enable_model_summary=false $(ARGS)
+
+# The tuning study: every Table-2 row (TUNE_ROWS) on the paper's lr grid under PROTOCOL, one resumable Optuna
+# study per row; each study's report (results.md/csv, study.json) is written into TUNE_OUT to be committed
+TABLE2_ROWS := mlp star m2m adatt adatt_sp m3oe $(foreach arch,shbot mmoe ple,$(arch)_mdl $(arch)_mtl $(arch)_mdmt)
+TUNE_ROWS ?= $(TABLE2_ROWS)
+PROTOCOL ?= paper
+TUNE_OUT ?= experiments/movielens/tuning
+tune-study: $(STAMP) ## tune every Table-2 row under PROTOCOL (resumable; reports → TUNE_OUT), then the tuning table
+	status=0; for row in $(TUNE_ROWS); do $(BIN)/python -m m3oe_lightning.tune experiment=paper/$$row \
+		protocol=$(PROTOCOL) trainer.enable_model_summary=false tune.results_dir=$(TUNE_OUT) $(ARGS) || status=1; \
+	done; $(MAKE) tuning-report && exit $$status
+
+tuning-report: $(STAMP) ## the tuning table (TUNE_OUT/README.md) from the studies' generated files
+	$(BIN)/python -m m3oe_lightning.reports.tuning --dir $(TUNE_OUT) --command "make tune-study PROTOCOL=<protocol>"
 
 test: $(STAMP) ## run the whole test suite (TEST_WORKERS processes, default 2)
 	$(BIN)/python -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)

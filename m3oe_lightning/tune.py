@@ -3,8 +3,9 @@
 
 Tunes one row (an experiment preset or any training overrides, under one protocol) in a persistent Optuna
 study: every trial is a training run with ``test=false`` nested under the study's MLflow run, selected on
-``val/auc_mean_best`` only, pruned when hopeless. Rerunning the same command continues the study. Writes
-``<out_dir>/<study>/results.{md,csv}`` and the chosen settings as ``conf/experiment/tuned/<study>.yaml``.
+``val/auc_mean_best`` only, pruned when hopeless. Rerunning the same command continues the study.
+Writes ``<results_dir>/<study>/results.{md,csv}`` and ``study.json``, and the chosen settings as
+``conf/experiment/tuned/<study>.yaml``.
 Bad settings are one line and leave the study untouched. docs/tuning.md; README, "Tuning".
 """
 
@@ -61,6 +62,7 @@ def tune(cfg: DictConfig) -> dict[str, Any]:
     if found is not None:
         studies.refuse_another_search(found, described, row)  # before anything is written
     # -- from here on the study is written
+    preflight.check_writable(settings.results_dir, "tune.results_dir")  # before any trial, not before refusals
     study = studies.create_study(storage, name, studies.build_sampler(kind, grid, settings.seed),
                                  studies.build_pruner(settings.pruner))
     studies.record(study, {studies.SPACE_ATTR: described, studies.ROW_ATTR: studies.row_identity(row),
@@ -88,7 +90,8 @@ def tune(cfg: DictConfig) -> dict[str, Any]:
         parent.close("FAILED", {}, [])
         raise
     return _finish(study, parent, params, settings, name=name, kind=kind, row=row, command=command,
-                   experiment=choices.get("experiment"), folder=folder, config_dir=config_dir, ran=ran)
+                   experiment=choices.get("experiment"), folder=settings.results_dir / name, config_dir=config_dir,
+                   ran=ran, epoch_cap=cfg.trainer.get("max_epochs"))
 
 
 def _budget(trials_setting: int | None, kind: str, params: list[space.Param]) -> int:
@@ -165,7 +168,7 @@ def _run_trials(study, storage, parent: ParentRun, params, settings: studies.Tun
 
 def _finish(study, parent: ParentRun, params, settings: studies.TuneSettings, *, name: str, kind: str,
             row: list[str], command: str, experiment: str | None, folder: Path, config_dir: Path,
-            ran: list[str]) -> dict[str, Any]:
+            ran: list[str], epoch_cap: int | None) -> dict[str, Any]:
     every = study.get_trials()
     chosen = outputs.best(every)
     config_file = None
@@ -177,14 +180,14 @@ def _finish(study, parent: ParentRun, params, settings: studies.TuneSettings, *,
     found = outputs.rows(every, params)
     files = outputs.write_results(folder, found, params, study=name, objective=OBJECTIVE, command=command,
                                   storage=settings.storage, sampler=kind, pruner=settings.pruner, chosen=chosen,
-                                  config_file=config_file)
+                                  config_file=config_file, row=studies.training_overrides(row), epoch_cap=epoch_cap)
     print(outputs.table(found, params, OBJECTIVE, fmt="simple"))
     tags = {"trials": f"{studies.counted(every)} ended"}
     if chosen is not None:
         tags.update({"best_trial": str(chosen.number), "best_value": f"{chosen.value:.6f}",
                      **{f"best.{p.path}": space.override_text(p.decode(chosen.params[p.path])) for p in params}})
         print(f"chosen on validation: trial {chosen.number} ({OBJECTIVE} {chosen.value:.4f}) -> {config_file}")
-    print(f"results: {files[0]}, {files[1]}")
+    print(f"results: {', '.join(map(str, files))}")
     parent.close("FINISHED", tags, [*files, *([config_file] if config_file else [])])
     if ran and all(state == "FAIL" for state in ran) and chosen is None:
         errors = [t.user_attrs.get(studies.ERROR_ATTR) for t in every if studies.ERROR_ATTR in t.user_attrs]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,8 @@ class Row:
     values: dict[str, str]      # override path -> value as an override reads it
     best_val: float | None
     epochs: int
+    best_epoch: int | None      # the epoch of the best monitored value (steps are epochs run)
+    minutes: float | None       # the trial's wall time (start to end, as Optuna recorded them)
     state: str                  # COMPLETE, PRUNED (epoch k), FAIL (why / retried as n), RUNNING
     run_id: str
 
@@ -53,7 +56,11 @@ def rows(trials: Sequence[FrozenTrial], params: Sequence[Param]) -> list[Row]:
             why = f"retried as {retries[t.number]}" if t.number in retries else t.user_attrs.get(ERROR_ATTR)
             state += f" ({why or 'killed'})"
         values = {p.path: override_text(p.decode(t.params[p.path])) if p.path in t.params else "" for p in params}
-        out.append(Row(t.number, values, t.user_attrs.get(VALUE_ATTR), len(t.intermediate_values), state,
+        curve = t.intermediate_values
+        best_epoch = max(curve, key=lambda step: (curve[step], -step)) if curve else None
+        minutes = (t.datetime_complete - t.datetime_start).total_seconds() / 60 \
+            if t.datetime_complete is not None and t.datetime_start is not None else None
+        out.append(Row(t.number, values, t.user_attrs.get(VALUE_ATTR), len(curve), best_epoch, minutes, state,
                        str(t.user_attrs.get(RUN_ID_ATTR, ""))))
     return out
 
@@ -67,16 +74,22 @@ def best(trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
 
 
 def table(found: Sequence[Row], params: Sequence[Param], objective: str, fmt: str = "github") -> str:
-    headers = ["trial", *(p.path for p in params), objective, "epochs", "state"]
+    headers = ["trial", *(p.path for p in params), objective, "epochs", "best epoch", "min", "state"]
     body = [[r.trial, *(r.values[p.path] for p in params), "" if r.best_val is None else f"{r.best_val:.4f}",
-             r.epochs, r.state] for r in found]
+             r.epochs, "" if r.best_epoch is None else r.best_epoch,
+             "" if r.minutes is None else f"{r.minutes:.1f}", r.state] for r in found]
     return tabulate(body, headers=headers, tablefmt=fmt, disable_numparse=True)
 
 
 def write_results(folder: Path, found: Sequence[Row], params: Sequence[Param], *, study: str, objective: str,
                   command: str, storage: str, sampler: str, pruner: Mapping[str, Any],
-                  chosen: FrozenTrial | None, config_file: Path | None) -> list[Path]:
-    """``results.md`` and ``results.csv`` in ``folder``; returns their paths."""
+                  chosen: FrozenTrial | None, config_file: Path | None, row: Sequence[str],
+                  epoch_cap: int | None) -> list[Path]:
+    """``results.md``, ``results.csv`` and ``study.json`` in ``folder``; returns their paths.
+
+    ``study.json`` is what a report over many studies needs without opening the Optuna storage (which
+    stays on the machine that ran it): the row, the search, the epoch cap and the chosen values.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     pruner_text = ", ".join(f"{k}={v}" for k, v in pruner.items() if v is not None)
     chosen_text = "no trial completed yet" if chosen is None else (
@@ -90,12 +103,23 @@ def write_results(folder: Path, found: Sequence[Row], params: Sequence[Param], *
     markdown_file.write_text(markdown)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["trial", *(p.path for p in params), objective, "epochs", "state", "mlflow_run_id"])
+    writer.writerow(["trial", *(p.path for p in params), objective, "epochs", "best_epoch", "minutes", "state",
+                     "mlflow_run_id"])
     for r in found:
         writer.writerow([r.trial, *(r.values[p.path] for p in params), "" if r.best_val is None else repr(r.best_val),
-                         r.epochs, r.state, r.run_id])
+                         r.epochs, "" if r.best_epoch is None else r.best_epoch,
+                         "" if r.minutes is None else f"{r.minutes:.3f}", r.state, r.run_id])
     csv_file.write_text(buffer.getvalue())
-    return [markdown_file, csv_file]
+    summary = {
+        "study": study, "command": command, "objective": objective, "sampler": sampler, "pruner": dict(pruner),
+        "row": list(row), "params": [p.path for p in params], "epoch_cap": epoch_cap,
+        "chosen": None if chosen is None else {
+            "trial": chosen.number, "value": chosen.value,
+            "values": {p.path: override_text(p.decode(chosen.params[p.path])) for p in params}},
+    }
+    json_file = folder / "study.json"
+    json_file.write_text(json.dumps(summary, indent=2) + "\n")
+    return [markdown_file, csv_file, json_file]
 
 
 def tuned_config(chosen: FrozenTrial, params: Sequence[Param], *, study: str, experiment: str | None,

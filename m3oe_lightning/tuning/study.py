@@ -58,6 +58,7 @@ class TuneSettings:
     pruner: dict[str, Any]
     heartbeat_s: int
     out_dir: Path
+    results_dir: Path
     config_dir: Path | None
     monitor: str
 
@@ -78,6 +79,7 @@ class TuneSettings:
         return cls(study=tune.study, storage=str(tune.storage), sampler=str(tune.sampler), trials=tune.trials,
                    timeout=tune.timeout, seed=int(tune.seed), pruner=pruner, heartbeat_s=int(tune.heartbeat_s),
                    out_dir=Path(str(tune.out_dir)), monitor=str(tune.monitor),
+                   results_dir=Path(str(tune.get("results_dir") or tune.out_dir)),
                    config_dir=Path(str(tune.config_dir)) if tune.config_dir else None)
 
 

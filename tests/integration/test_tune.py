@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -103,7 +104,8 @@ def sittings(tmp_path_factory) -> Sittings:
     stale 3 s later; the hopeless grid, so one point is pruned whichever order the grid runs in.
     """
     tmp_path = tmp_path_factory.mktemp("tune")
-    args = [*tune_args(tmp_path), "tune.space.optimizer.lr=[3e-2,1e-7]", *HOPELESS_GRID[1:], "tune.heartbeat_s=1"]
+    args = [*tune_args(tmp_path), "tune.space.optimizer.lr=[3e-2,1e-7]", *HOPELESS_GRID[1:], "tune.heartbeat_s=1",
+            f"tune.results_dir={tmp_path / 'reports'}"]
     url = storage_url(tmp_path)
     ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
@@ -182,19 +184,30 @@ def test_trials_never_evaluate_the_test_split_and_the_objective_is_the_best_vali
 @pytest.mark.slow
 def test_the_study_writes_its_table_and_the_tuned_config(sittings):
     complete = sittings.one(optuna.trial.TrialState.COMPLETE)
-    folder = sittings.folder / "logs" / "tune" / STUDY
+    folder = sittings.folder / "reports" / STUDY  # tune.results_dir; the trials' logs stay under tune.out_dir
+    assert (sittings.folder / "logs" / "tune" / STUDY / "trials" / str(complete.number) / "train.log").is_file()
+    assert not (sittings.folder / "logs" / "tune" / STUDY / "results.csv").exists()
     table = (folder / "results.csv").read_text().splitlines()
-    assert table[0] == "trial,optimizer.lr,val/auc_mean_best,epochs,state,mlflow_run_id"
-    cells = {line.split(",")[0]: line.split(",")[1:5] for line in table[1:]}
+    assert table[0] == "trial,optimizer.lr,val/auc_mean_best,epochs,best_epoch,minutes,state,mlflow_run_id"
+    cells = {line.split(",")[0]: line.split(",")[1:7] for line in table[1:]}
     assert len(cells) == 3
-    assert cells[str(complete.number)][0] == "0.03" and cells[str(complete.number)][2:] == ["2", "COMPLETE"]
+    best_epoch = max(complete.intermediate_values, key=complete.intermediate_values.get)
+    assert cells[str(complete.number)][0] == "0.03" and cells[str(complete.number)][2:4] == ["2", str(best_epoch)]
+    assert cells[str(complete.number)][5] == "COMPLETE"
+    minutes = (complete.datetime_complete - complete.datetime_start).total_seconds() / 60
+    assert float(cells[str(complete.number)][4]) == pytest.approx(minutes, abs=1e-3)
     pruned = sittings.one(optuna.trial.TrialState.PRUNED)
-    assert cells[str(pruned.number)][0] == "1e-07" and cells[str(pruned.number)][2:] == ["1", "PRUNED (epoch 1)"]
+    assert cells[str(pruned.number)][0] == "1e-07" and cells[str(pruned.number)][2:4] == ["1", "1"]
+    assert cells[str(pruned.number)][5] == "PRUNED (epoch 1)"
     killed = sittings.one(optuna.trial.TrialState.FAIL)
-    assert cells[str(killed.number)][3].startswith("FAIL (retried as ")
+    assert cells[str(killed.number)][5].startswith("FAIL (retried as ")
     markdown = (folder / "results.md").read_text()
     assert markdown.startswith(f"# Tuning: {STUDY}") and "PRUNED (epoch 1)" in markdown
     assert "PRUNED (epoch 1)" in sittings.rerun.stdout  # the table is printed too
+    summary = json.loads((folder / "study.json").read_text())
+    assert summary["chosen"] == {"trial": complete.number, "value": complete.value, "values": {"optimizer.lr": "0.03"}}
+    assert summary["epoch_cap"] == 2 and "model=mlp" in summary["row"] and summary["objective"] == "val/auc_mean_best"
+    assert not [o for o in summary["row"] if o.startswith(("tune.", "paths.", "logger."))]
 
     tuned = sittings.folder / "tuned" / f"{STUDY}.yaml"
     text = tuned.read_text()
@@ -204,6 +217,28 @@ def test_the_study_writes_its_table_and_the_tuned_config(sittings):
     config = OmegaConf.load(tuned)
     assert config.optimizer.lr == 0.03 and config.logger.tags.tuned == STUDY
     assert "defaults" not in config  # the row was no experiment preset: nothing to include
+
+
+@pytest.mark.slow
+def test_the_tuning_report_gathers_each_studys_chosen_trial_and_cost(sittings):
+    reports = sittings.folder / "reports"
+    done = run_module("m3oe_lightning.reports.tuning", ["--dir", str(reports)], cwd=REPO_ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    complete = sittings.one(optuna.trial.TrialState.COMPLETE)
+    text = (reports / "README.md").read_text()
+    line = next(row for row in text.splitlines() if row.startswith(f"| `{STUDY}`"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    best_epoch = max(complete.intermediate_values, key=complete.intermediate_values.get)
+    assert cells[2:6] == ["lr 0.03", f"{complete.value:.4f}", f"{best_epoch} / 2", "1 · 1 · 1"]
+    total = sum((t.datetime_complete - t.datetime_start).total_seconds() / 60 for t in sittings.trials
+                if t.datetime_complete is not None)
+    assert float(cells[6]) == pytest.approx(total, abs=0.06)
+    assert "1 studies" in text and "do not edit" in text
+
+
+def test_the_tuning_report_refuses_a_folder_without_studies(tmp_path):
+    done = run_module("m3oe_lightning.reports.tuning", ["--dir", str(tmp_path)], cwd=REPO_ROOT, timeout=60)
+    assert done.returncode != 0 and "no study.json under it" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_a_storage_whose_tables_another_process_is_creating_is_opened_again(tmp_path, monkeypatch):
