@@ -32,9 +32,14 @@ def federate(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="federate")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry; returns the last round's global AUC (personal AUC for ``local``)."""
+    """Hydra entry; returns the last round's global score (personal for ``local``): AUC, or a classifier's
+    accuracy."""
     metrics = report_user_errors(federate, cfg)
-    return metrics.get(keys.key(keys.GLOBAL, keys.AUC_MEAN), metrics.get(keys.key(keys.PERSONAL, keys.AUC_MEAN)))
+    for score in (keys.AUC_MEAN, keys.ACCURACY):
+        for scope in (keys.GLOBAL, keys.PERSONAL):
+            if keys.key(scope, score) in metrics:
+                return metrics[keys.key(scope, score)]
+    return None
 
 
 if __name__ == "__main__":

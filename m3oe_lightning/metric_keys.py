@@ -16,7 +16,7 @@ AUC = "auc"
 LOGLOSS = "logloss"
 AUC_MEAN = "auc_mean"            # mean over the (domain, task) groups that have an AUC: the paper's "Overall"
 LOGLOSS_MEAN = "logloss_mean"
-AUC_MEAN_WEIGHTED = "auc_mean_weighted"  # federated: clients' AUCs weighted by their test rows
+AUC_MEAN_WEIGHTED = AUC_MEAN + "_weighted"  # federated: clients' AUCs weighted by their test rows (weighted())
 # pooled over every domain's rows, one value per task (the Scenario-Wise-Rec benchmark's convention): beside
 # the per-group mean, never instead of it (val/auc_mean stays the selection metric)
 AUC_POOLED = "auc_pooled"            # auc_pooled/{task}
@@ -24,6 +24,10 @@ LOGLOSS_POOLED = "logloss_pooled"    # logloss_pooled/{task}
 AUC_POOLED_MEAN = "auc_pooled_mean"  # mean over the tasks that have a pooled AUC
 LOGLOSS_POOLED_MEAN = "logloss_pooled_mean"
 LOSS = "loss"
+# the classification task family (PAGE's Synthetic setting): share of rows whose argmax logit is their class,
+# and the mean cross-entropy
+ACCURACY = "accuracy"
+CROSS_ENTROPY = "cross_entropy"
 
 PERSONAL, GLOBAL, HELDOUT = "personal", "global", "heldout"
 BEST = "_best"  # suffix: the checkpoint callback's best value of a monitored key
@@ -52,6 +56,11 @@ def group(metric: str, domain: str, task: str) -> str:
 def pooled(metric: str, task: str) -> str:
     """One task's metric over the rows of every domain: ``auc_pooled/{task}`` (the name made :func:`safe`)."""
     return key(metric, safe(task))
+
+
+def weighted(name: str) -> str:
+    """A federated mean over clients weighted by their test rows: ``auc_mean`` → ``auc_mean_weighted``."""
+    return f"{name}_weighted"
 
 
 def client(client_id: str, name: str) -> str:

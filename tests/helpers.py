@@ -84,3 +84,18 @@ def run_in_process(entry: Callable[[DictConfig], Any], overrides: list[str], cap
     out, err = capture.readouterr()
     return subprocess.CompletedProcess(args=overrides, returncode=code if isinstance(code, int) else 1,
                                        stdout=out, stderr=err)
+
+
+def recommendation_models() -> list[str]:
+    """The ``conf/model`` options of the recommendation task family (the classifier, ``linear``, is not one:
+    it has no embeddings, one domain and class logits), read from each option's ``_target_`` class."""
+    import hydra
+
+    from m3oe_lightning.config import CONF_DIR
+
+    out = []
+    for path in sorted((Path(CONF_DIR) / "model").glob("*.yaml")):
+        target = compose_train([f"model={path.stem}"]).model._target_  # presets may inherit their target
+        if hydra.utils.get_class(target).task_family == "recommendation":
+            out.append(path.stem)
+    return out

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -28,6 +28,9 @@ from m3oe_lightning.data.registry import STORAGES, load_dataset, source_uri
 from m3oe_lightning.data.schema import Batch, EncodedDataset, EncodedSplit, FeatureSchema
 from m3oe_lightning.errors import UserInputError, check_int
 from m3oe_lightning.seeds import derive_seed
+
+if TYPE_CHECKING:
+    from m3oe_lightning.data.schema import NaturalClients
 
 
 def epoch_permutation(n_rows: int, seed: int, epoch: int) -> torch.Tensor:
@@ -176,6 +179,12 @@ class MDMTDataModule(L.LightningDataModule):
                 **self._storage_options(), **self.options,
             )
         return self.dataset
+
+    def natural_clients(self) -> NaturalClients:
+        """The data's own clients (``federated.partition=natural``): only data generated per client has them
+        (``data=page_synthetic``); every other dataset is partitioned by the federated settings."""
+        raise UserInputError(f"federated.partition=natural: data {self.name!r} has no clients of its own "
+                             f"(only data=page_synthetic does); use domain, region or dirichlet")
 
     def source_uri(self) -> str:
         """Where the rows come from (a folder, a file, ``generated:<name>``): the run's dataset input."""

@@ -8,6 +8,7 @@ cache with ``weights_only=True``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -159,3 +160,25 @@ class EncodedDataset:
 
     def split(self, name: str) -> EncodedSplit:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
+
+
+NUM_CLASSES = "num_classes"  # the schema extra a classification dataset sets (its labels hold class indices)
+
+
+def concat_splits(splits: Sequence[EncodedSplit]) -> EncodedSplit:
+    """In-memory splits one after another (the same columns)."""
+    import torch
+
+    return EncodedSplit(**{key: torch.cat([getattr(s, key) for s in splits]) for key in
+                           ("sparse", "dense", "domain", "labels")})
+
+
+@dataclass
+class NaturalClients:
+    """Data generated per client (``federated.partition=natural``): each client's own splits, in order, and a
+    global test set of its own, ``global_test_parts[k]`` rows of it drawn beside client ``k``'s."""
+
+    schema: FeatureSchema
+    clients: list[tuple[str, EncodedDataset]]
+    global_test: EncodedSplit
+    global_test_parts: list[int]

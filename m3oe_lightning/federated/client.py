@@ -15,7 +15,8 @@ config key              effect
 ``score_split``         PAGE: ``val`` (default of PAGE) or ``test`` (``paper_parity``): the reply's metrics
                         also hold ``score/received_auc`` / ``score/received_logloss`` (the received
                         model on that local split, before training: the client agent's next state) and
-                        ``score/trained_auc`` / ``score/trained_logloss`` (after training: its reward)
+                        ``score/trained_auc`` / ``score/trained_logloss`` (after training: its reward);
+                        the classification family's are ``…_accuracy`` / ``…_cross_entropy``
 ``dp_clipping_norm``    ``federated.dp.mode=client_fixed`` / ``local``: the reply's update (sent float arrays −
                         the received global ones) is clipped to this L2 norm; ``dp/clipped`` in the reply
                         says whether it was scaled down (:func:`~.privacy.protect_reply`)
@@ -45,6 +46,10 @@ it), so "the row changed" would name them all; only rows whose ids occur in loca
 anything. The client's own model keeps every row as trained.
 Everything that persists across rounds is in :meth:`state_dict` (a Flower ClientApp keeps it in
 ``context.state``).
+
+What the client trains and how it scores is its model's task family (:mod:`.families`): a recommender
+through ``MDMTModule`` scored by AUC, a classifier through ``ClassifierModule`` scored by accuracy, with the
+same rounds, personalisation and replies.
 """
 
 from __future__ import annotations
@@ -59,12 +64,8 @@ from torch import nn
 from m3oe_lightning import metric_keys as keys
 from m3oe_lightning.data.datamodule import MDMTDataModule
 from m3oe_lightning.data.schema import EncodedDataset, EncodedSplit
-from m3oe_lightning.federated.evaluation import evaluate_split
+from m3oe_lightning.federated.families import RECOMMENDATION, TaskFamily
 from m3oe_lightning.federated.messages import (
-    SCORE_RECEIVED_AUC,
-    SCORE_RECEIVED_LOGLOSS,
-    SCORE_TRAINED_AUC,
-    SCORE_TRAINED_LOGLOSS,
     TRAIN_LOSS,
     Arrays,
     EvaluateIns,
@@ -78,10 +79,9 @@ from m3oe_lightning.federated.messages import (
 from m3oe_lightning.federated.privacy import protect_reply
 from m3oe_lightning.models.base import MDMTModel, PersonalSlices
 from m3oe_lightning.seeds import derive_seed
-from m3oe_lightning.training.module import MDMTModule
 from m3oe_lightning.training.quiet import quiet_lightning
 
-SystemFactory = Callable[[MDMTModel, float], MDMTModule]  # (model, lr) -> training system
+SystemFactory = Callable[[MDMTModel, float], L.LightningModule]  # (model, lr) -> training system (extra_loss)
 TrainerFactory = Callable[..., L.Trainer]                  # (max_epochs=...) -> a quiet Trainer
 
 
@@ -128,21 +128,24 @@ class MDMTClient:
         client_id: stable id (a partition id; metric keys use it).
         data: the local splits.
         model_fn: a fresh model with the federation's initial weights.
-        system_fn: ``(model, lr) -> MDMTModule`` (the same training system as ``m3oe-train``).
+        system_fn: ``(model, lr) -> LightningModule`` with an ``extra_loss`` attribute (the family's system:
+            ``MDMTModule``, the same as ``m3oe-train``, or ``ClassifierModule``).
         trainer_fn: ``(max_epochs=...) -> Trainer`` (logger, checkpointing, progress bar and summary off).
         batch_size / eval_batch_size: local training / evaluation batch sizes.
         seed: base seed; a fit's batch order is derived from (seed, round, fit).
         personal_slices: parts of the state dict kept local (see the module doc); ``None``: none.
         private: state-dict entries never sent (see the module doc); they must be whole ``personal_slices``.
         embedding_tables: row-sparse replies for these tables (state-dict key → sparse column); ``None``: off.
+        family: the model's task family (how a split is scored; which metric is the score and the loss).
     """
 
     def __init__(self, client_id: str, data: EncodedDataset, *, model_fn: Callable[[], MDMTModel],
                  system_fn: SystemFactory, trainer_fn: TrainerFactory, batch_size: int = 4096,
                  eval_batch_size: int = 65536, seed: int = 0,
                  personal_slices: PersonalSlices | None = None, private: Collection[str] = (),
-                 embedding_tables: Mapping[str, int] | None = None) -> None:
+                 embedding_tables: Mapping[str, int] | None = None, family: TaskFamily = RECOMMENDATION) -> None:
         self.client_id = client_id
+        self.family = family
         self.data = data
         self.model_fn = model_fn
         self.system_fn = system_fn
@@ -198,7 +201,7 @@ class MDMTClient:
     def train_local(self, model: MDMTModel, *, epochs: int, lr: float, server_round: int,
                     extra_loss: Callable[[nn.Module], torch.Tensor] | None = None, stream: int = 0,
                     deadline: float | None = None) -> float:
-        """``epochs`` of local training through ``MDMTModule`` and a fresh ``Trainer``; the train loss.
+        """``epochs`` of local training through the family's system and a fresh ``Trainer``; the train loss.
 
         ``deadline`` (``time.perf_counter()`` seconds): stop at the first batch past it and raise
         :class:`ClientTimeout`.
@@ -246,18 +249,18 @@ class MDMTClient:
         metrics: dict[str, float] = {}
         score = self.score_split(str(config["score_split"])) if "score_split" in config else None
         if score is not None:  # PAGE: the received global model on local data is the agent's next state
-            before = evaluate_split(model, score, self.eval_batch_size)
-            metrics[SCORE_RECEIVED_AUC] = before.get(keys.AUC_MEAN, float("nan"))
-            metrics[SCORE_RECEIVED_LOGLOSS] = before.get(keys.LOGLOSS_MEAN, float("nan"))
+            before = self.family.evaluate(model, score, self.eval_batch_size)
+            metrics[self.family.received_score_key] = before.get(self.family.score, float("nan"))
+            metrics[self.family.received_loss_key] = before.get(self.family.loss, float("nan"))
         mu = float(config.get("mu", 0.0))
         extra = ProximalTerm(received, mu, model) if mu > 0 else None
         loss = self.train_local(model, epochs=epochs, lr=lr, server_round=server_round, extra_loss=extra,
                                 deadline=deadline)
         trained = get_arrays(model)
         if score is not None:  # … and the trained local model on it gives the agent's reward
-            after = evaluate_split(model, score, self.eval_batch_size)
-            metrics[SCORE_TRAINED_AUC] = after.get(keys.AUC_MEAN, float("nan"))
-            metrics[SCORE_TRAINED_LOGLOSS] = after.get(keys.LOGLOSS_MEAN, float("nan"))
+            after = self.family.evaluate(model, score, self.eval_batch_size)
+            metrics[self.family.trained_score_key] = after.get(self.family.score, float("nan"))
+            metrics[self.family.trained_loss_key] = after.get(self.family.loss, float("nan"))
         if "lam" in config:
             self.personal = self.fit_personal(received, lam=float(config["lam"]), lr=lr,
                                               epochs=int(config.get("personal_epochs", epochs)),
@@ -290,5 +293,5 @@ class MDMTClient:
         model = self.model
         set_arrays(model, arrays)
         split = self.score_split(str(ins.config.get("split", "test")))
-        metrics = evaluate_split(model, split, self.eval_batch_size)
+        metrics = self.family.evaluate(model, split, self.eval_batch_size)
         return EvaluateRes(num_examples=len(split), metrics=metrics)

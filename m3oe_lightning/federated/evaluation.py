@@ -1,5 +1,9 @@
 """Evaluate a model on one encoded split with the training system's own metrics.
 
+Two task families (:mod:`~m3oe_lightning.federated.families` chooses): :func:`evaluate_split` /
+:func:`part_metrics` for recommendation (per-(domain, task) AUC and logloss), :func:`evaluate_classes` /
+:func:`part_classes` for classification (accuracy and cross-entropy).
+
 The same :class:`~m3oe_lightning.training.metrics.DomainTaskMetrics` and loss as
 ``MDMTModule.test_step``, without building a Trainer for a forward pass: the server evaluates the
 global model on the pooled global and held-out test sets every round, and clients evaluate their
@@ -11,7 +15,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from m3oe_lightning import metric_keys as keys
 from m3oe_lightning.data.datamodule import TensorBatchLoader
@@ -67,6 +73,40 @@ def part_metrics(model: MDMTModel, split: EncodedSplit, logits: torch.Tensor,
             out.append({})
         start = end
     return out
+
+
+def _class_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    classes = labels.reshape(-1).long()
+    cross_entropy = float(F.cross_entropy(logits, classes))
+    return {keys.ACCURACY: float((logits.argmax(1) == classes).double().mean()), keys.CROSS_ENTROPY: cross_entropy}
+
+
+@torch.inference_mode()
+def evaluate_classes(model: MDMTModel, split: EncodedSplit, batch_size: int = 65536,
+                     keep_logits: list[torch.Tensor] | None = None) -> dict[str, float]:
+    """``accuracy``, ``cross_entropy`` and ``loss`` (= the cross-entropy) of a classifier on ``split``; ``{}``
+    for a split without rows. ``keep_logits`` as :func:`evaluate_split`'s."""
+    if len(split) == 0:
+        return {}
+    was_training = model.training
+    model.eval()
+    logits = torch.cat([model(batch) for batch in TensorBatchLoader(split=split, batch_size=batch_size,
+                                                                    shuffle=False)])
+    model.train(was_training)
+    if keep_logits is not None:
+        keep_logits.append(logits)
+    out = _class_metrics(logits, split.labels)
+    out[keys.LOSS] = out[keys.CROSS_ENTROPY]
+    return out
+
+
+def part_classes(model: MDMTModel, split: EncodedSplit, logits: torch.Tensor,
+                 part_rows: Sequence[int]) -> list[dict[str, float]]:
+    """:func:`part_metrics` for a classifier: each consecutive part's accuracy and cross-entropy."""
+    if sum(part_rows) != len(split) or logits.shape[0] != len(split):
+        raise ValueError(f"parts of {sum(part_rows)} rows and {logits.shape[0]} logits for a split of {len(split)}")
+    bounds = np.cumsum([0, *part_rows])
+    return [_class_metrics(logits[a:b], split.labels[a:b]) if b > a else {} for a, b in zip(bounds, bounds[1:])]
 
 
 def finite(value: float | None) -> bool:

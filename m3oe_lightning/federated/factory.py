@@ -28,11 +28,13 @@ from m3oe_lightning.data.encoders import Encoders
 from m3oe_lightning.data.schema import EncodedDataset, EncodedSplit
 from m3oe_lightning.errors import UserInputError, check_int, check_number
 from m3oe_lightning.federated.client import MDMTClient
-from m3oe_lightning.federated.evaluation import evaluate_split, finite, part_metrics
+from m3oe_lightning.federated.evaluation import finite
+from m3oe_lightning.federated.families import RECOMMENDATION, TaskFamily, family_of
 from m3oe_lightning.federated.messages import Arrays, Metrics, get_arrays, set_arrays
 from m3oe_lightning.federated.partition import (
     Federation,
     check_settings,
+    natural,
     partition,
     pooled,
     pooled_split,
@@ -44,7 +46,7 @@ from m3oe_lightning.federated.strategies.base import Strategy
 from m3oe_lightning.models.base import USER_COLUMN, USER_EMBEDDINGS, MDMTModel, PersonalSlices
 from m3oe_lightning.seeds import derive_seed
 from m3oe_lightning.training.entry_points import cache_callback_entry_points
-from m3oe_lightning.training.system import build_system, system_factory
+from m3oe_lightning.training.system import build_system
 
 if TYPE_CHECKING:  # sites.py builds on this module
     from m3oe_lightning.federated.sites import SiteRoster
@@ -68,13 +70,13 @@ class ServerEvaluator:
     these sizes; then ``global/auc_client_mean`` is the plain mean over clients of the global model's AUC on
     each client's rows, the basis ``personal/auc_mean`` uses (AUC does not decompose over clients, so the
     pooled ``global/auc_mean`` is not comparable with it). Both come from one forward pass; the pooled
-    metrics are computed exactly as without it.
+    metrics are computed exactly as without it. (``family``: a classifier's are ``global/accuracy``, ...,
+    ``global/accuracy_client_mean``.)
     """
 
-    SUMMARY = (keys.AUC_MEAN, keys.LOGLOSS_MEAN, keys.LOSS)  # all the held-out set reports
-
     def __init__(self, model: MDMTModel, global_test: EncodedSplit, heldout_test: EncodedSplit | None,
-                 batch_size: int = 65536, client_test_rows: Sequence[int] = ()) -> None:
+                 batch_size: int = 65536, client_test_rows: Sequence[int] = (),
+                 family: TaskFamily = RECOMMENDATION) -> None:
         if client_test_rows and sum(client_test_rows) != len(global_test):
             raise ValueError(f"client test splits of {sum(client_test_rows)} rows in all, but the global test set "
                              f"has {len(global_test)}")
@@ -82,34 +84,36 @@ class ServerEvaluator:
         self.sets = {keys.GLOBAL: global_test, keys.HELDOUT: heldout_test}
         self.batch_size = batch_size
         self.client_test_rows = [int(n) for n in client_test_rows]
+        self.family = family
 
     def __call__(self, server_round: int, arrays: Arrays) -> Metrics:
         set_arrays(self.model, arrays)
-        out: Metrics = {}
+        family, out = self.family, {}
         for prefix, split in self.sets.items():
             if split is None:
                 continue
             logits: list[torch.Tensor] | None = [] if prefix == keys.GLOBAL and self.client_test_rows else None
-            for name, value in evaluate_split(self.model, split, self.batch_size, keep_logits=logits).items():
-                if name in self.SUMMARY or prefix == keys.GLOBAL:
+            for name, value in family.evaluate(self.model, split, self.batch_size, keep_logits=logits).items():
+                if name in family.summary or prefix == keys.GLOBAL:
                     out[keys.key(prefix, name)] = value
             if logits:
-                per_client = part_metrics(self.model, split, torch.cat(logits), self.client_test_rows)
-                scored = [m[keys.AUC_MEAN] for m in per_client if finite(m.get(keys.AUC_MEAN))]
+                per_client = family.part_metrics(self.model, split, torch.cat(logits), self.client_test_rows)
+                scored = [m[family.score] for m in per_client if finite(m.get(family.score))]
                 if scored:
-                    out[keys.GLOBAL_AUC_CLIENT_MEAN] = float(np.mean(scored))
+                    out[family.client_mean_key] = float(np.mean(scored))
         return out
 
 
 class SplitEvaluator:
     """One split's evaluator with its own model copy: ``arrays -> metrics`` (e.g. PAGE's server validation set)."""
 
-    def __init__(self, model: MDMTModel, split: EncodedSplit, batch_size: int = 65536) -> None:
-        self.model, self.split, self.batch_size = model, split, batch_size
+    def __init__(self, model: MDMTModel, split: EncodedSplit, batch_size: int = 65536,
+                 family: TaskFamily = RECOMMENDATION) -> None:
+        self.model, self.split, self.batch_size, self.family = model, split, batch_size, family
 
     def __call__(self, arrays: Arrays) -> Metrics:
         set_arrays(self.model, arrays)
-        return evaluate_split(self.model, self.split, self.batch_size)
+        return self.family.evaluate(self.model, self.split, self.batch_size)
 
 
 @dataclass
@@ -243,7 +247,8 @@ def client_builder(cfg: DictConfig, template: MDMTModel, *, batch_size: int, eva
     fed = cfg.federated
     cache_callback_entry_points()  # a fresh Trainer per local fit: Lightning's entry-point lookup once, not each
     trainer_fn = hydra.utils.instantiate(cfg.client_trainer, _partial_=True)
-    system_fn = system_factory(cfg)
+    family = family_of(template)
+    system_fn = family.systems(cfg)
     model_name = type(template).__name__
     personal = personal_slices(template, fed.get("personal", "none"), model_name)
     private = private_entries(template, fed.get("personal", "none"))
@@ -253,7 +258,7 @@ def client_builder(cfg: DictConfig, template: MDMTModel, *, batch_size: int, eva
         return MDMTClient(client_id, data, model_fn=functools.partial(copy.deepcopy, template), system_fn=system_fn,
                           trainer_fn=trainer_fn, batch_size=batch_size, eval_batch_size=eval_batch_size,
                           seed=derive_seed(cfg.seed, "client", client_id), personal_slices=personal, private=private,
-                          embedding_tables=tables)
+                          embedding_tables=tables, family=family)
 
     return make
 
@@ -278,22 +283,27 @@ def build_federated(cfg: DictConfig) -> FederatedSetup:
                              "process use federated.partition=domain, region or dirichlet")
     strategy = strategy_for(cfg)
     datamodule, model, _ = build_system(cfg)
+    family = family_of(model)
+    strategy.use_family(family)
     dataset = datamodule.load()
-    region = region_keys(datamodule, dataset) if fed.partition == "region" else None
-    federation = partition(dataset, partition=fed.partition, num_clients=fed.num_clients, alpha=fed.alpha,
-                           heldout_clients=fed.heldout_clients, local_split=list(fed.local_split),
-                           seed=fed.partition_seed, region_keys=region)
+    if fed.partition == "natural":  # the data's own clients (PAGE's Synthetic setting)
+        federation = natural(datamodule.natural_clients(), heldout_clients=fed.heldout_clients)
+    else:
+        region = region_keys(datamodule, dataset) if fed.partition == "region" else None
+        federation = partition(dataset, partition=fed.partition, num_clients=fed.num_clients, alpha=fed.alpha,
+                               heldout_clients=fed.heldout_clients, local_split=list(fed.local_split),
+                               seed=fed.partition_seed, region_keys=region)
     if fed.get("centralized"):  # the reference: one client holding every training client's rows
         federation = pooled(federation)
     template = copy.deepcopy(model)  # the common initial weights of every client and the server
     strategy.prepare(federation, lambda name: SplitEvaluator(copy.deepcopy(template), pooled_split(federation, name),
-                                                             datamodule.eval_batch_size))
+                                                             datamodule.eval_batch_size, family))
 
     make_client = client_builder(cfg, template, batch_size=datamodule.batch_size,
                                  eval_batch_size=datamodule.eval_batch_size)
     clients = {c.client_id: make_client(c.client_id, c.data) for c in federation.clients}
     evaluator = ServerEvaluator(model, federation.global_test, federation.heldout_test, datamodule.eval_batch_size,
-                                client_test_rows=[len(c.data.test) for c in federation.clients])
+                                client_test_rows=federation.global_test_rows(), family=family)
     simulation = Simulation(strategy, InProcessTransport(clients), initial_arrays=get_arrays(template),
                             evaluate_fn=evaluator, client_timeout=fed.get("client_timeout"))
     return FederatedSetup(simulation=simulation, federation=federation, strategy=strategy, model=model,

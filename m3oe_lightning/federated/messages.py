@@ -24,20 +24,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from m3oe_lightning import metric_keys as keys
-
 Arrays = dict[str, torch.Tensor]
 Config = dict[str, int | float | str | bool]
 Metrics = dict[str, float]
 
 TRAIN_LOSS = "train_loss"  # a fit reply's mean training loss (the runner's ``train/loss`` weights it by rows)
 
-# PAGE's scores in a fit reply (``score_split`` in the round config): the received model on the local
-# split before training (the client agent's next state) and the trained one after it (its reward).
-SCORE_RECEIVED_AUC = keys.key("score", "received_auc")
-SCORE_RECEIVED_LOGLOSS = keys.key("score", "received_logloss")
-SCORE_TRAINED_AUC = keys.key("score", "trained_auc")
-SCORE_TRAINED_LOGLOSS = keys.key("score", "trained_logloss")
+# PAGE's scores in a fit reply (``score_split`` in the round config) are named by the task family:
+# ``score/received_auc`` ... (TaskFamily.received_score_key and its siblings, federated/families.py).
 
 
 @dataclass

@@ -32,12 +32,13 @@ import numpy as np
 import torch
 
 from m3oe_lightning.data.registry import region_datasets
-from m3oe_lightning.data.schema import EncodedDataset, EncodedSplit, FeatureSchema
+from m3oe_lightning.data.schema import EncodedDataset, EncodedSplit, FeatureSchema, NaturalClients, concat_splits
 from m3oe_lightning.data.splits import check_fractions, split_indices
 from m3oe_lightning.errors import UserInputError, check_int, check_number
 from m3oe_lightning.seeds import derive_seed
 
-PARTITIONS: tuple[str, ...] = ("domain", "region", "dirichlet", "sites")  # sites: see federated/sites.py
+# sites: see federated/sites.py; natural: the data's own clients (data=page_synthetic)
+PARTITIONS: tuple[str, ...] = ("domain", "region", "dirichlet", "sites", "natural")
 MAX_DIRICHLET_DRAWS = 100
 
 
@@ -96,6 +97,14 @@ class Federation:
     global_test: EncodedSplit
     heldout_test: EncodedSplit | None
     pool_size: int
+    # rows of ``global_test`` per training client, in order, when it is a set of its own (PAGE's Synthetic
+    # setting pools 75 rows per client apart from their local tests); None: the clients' test splits
+    global_test_parts: list[int] | None = None
+
+    def global_test_rows(self) -> list[int]:
+        """Rows of the global test set that belong to each training client, one after another."""
+        return list(self.global_test_parts) if self.global_test_parts is not None else [
+            len(c.data.test) for c in self.clients]
 
     def summary(self) -> list[tuple[str, int, int, int, bool]]:
         """``(client id, train rows, val rows, test rows, held out)`` per client."""
@@ -206,11 +215,6 @@ def local_datasets(pool: EncodedSplit, schema: FeatureSchema, assignment: np.nda
     return clients
 
 
-def concat_splits(splits: Sequence[EncodedSplit]) -> EncodedSplit:
-    return EncodedSplit(**{key: torch.cat([getattr(s, key) for s in splits]) for key in
-                           ("sparse", "dense", "domain", "labels")})
-
-
 def partition(dataset: EncodedDataset, *, partition: str, num_clients: int = 10, alpha: float = 0.5,
               heldout_clients: int = 0, local_split: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 0,
               region_keys: np.ndarray | None = None) -> Federation:
@@ -248,6 +252,28 @@ def partition(dataset: EncodedDataset, *, partition: str, num_clients: int = 10,
     )
 
 
+def natural(drawn: NaturalClients, *, heldout_clients: int = 0) -> Federation:
+    """The data's own clients as a federation (``federated.partition=natural``): the last ``heldout_clients``
+    only evaluate; the global test set is the data's own, cut to the training clients' parts of it."""
+    count = len(drawn.clients)
+    if not 0 <= heldout_clients < count:
+        raise UserInputError(f"federated.heldout_clients={heldout_clients}: the data has {count} clients of its "
+                             f"own; hold out fewer")
+    clients, start = [], 0
+    for client_id, data in drawn.clients:
+        size = len(data.train) + len(data.val) + len(data.test)
+        clients.append(ClientData(client_id, data, np.arange(start, start + size)))
+        start += size
+    cut = count - heldout_clients
+    training, heldout = clients[:cut], clients[cut:]
+    kept = int(sum(drawn.global_test_parts[:cut]))
+    global_test = EncodedSplit(**{key: getattr(drawn.global_test, key)[:kept]
+                                  for key in ("sparse", "dense", "domain", "labels")})
+    return Federation(schema=drawn.schema, clients=training, heldout=heldout, global_test=global_test,
+                      heldout_test=concat_splits([c.data.test for c in heldout]) if heldout else None,
+                      pool_size=start + len(drawn.global_test), global_test_parts=list(drawn.global_test_parts[:cut]))
+
+
 def pooled(federation: Federation) -> Federation:
     """The centralized reference: the training clients' local splits pooled into one client ``pooled``.
 
@@ -259,7 +285,8 @@ def pooled(federation: Federation) -> Federation:
                                                for part in ("train", "val", "test")))
     one = ClientData("pooled", data, np.concatenate([c.rows for c in clients]))
     return Federation(schema=federation.schema, clients=[one], heldout=federation.heldout,
-                      global_test=data.test, heldout_test=federation.heldout_test, pool_size=federation.pool_size)
+                      global_test=federation.global_test, heldout_test=federation.heldout_test,
+                      pool_size=federation.pool_size, global_test_parts=federation.global_test_parts)
 
 
 # ------------------------------------------------------------------------------------ region keys

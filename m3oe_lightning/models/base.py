@@ -55,6 +55,10 @@ class MDMTModel(nn.Module):
     building with :meth:`set_eval_chunk_rows`.
     """
 
+    # which task family scores and trains this model (m3oe_lightning.federated.families): ``recommendation``
+    # (one logit per task, AUC per (domain, task)) or ``classification`` (one logit per class, accuracy)
+    task_family = "recommendation"
+
     def __init__(self, schema: FeatureSchema) -> None:
         super().__init__()
         self.schema = schema

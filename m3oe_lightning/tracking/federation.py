@@ -25,6 +25,7 @@ from m3oe_lightning import metric_keys as keys
 from m3oe_lightning.data.encoders import Encoders
 from m3oe_lightning.errors import UserInputError
 from m3oe_lightning.federated.factory import FederatedSetup, federated_identity
+from m3oe_lightning.federated.families import RECOMMENDATION, TaskFamily
 from m3oe_lightning.federated.labels import SERVER_STATE, algorithm_label
 from m3oe_lightning.federated.messages import Metrics
 from m3oe_lightning.serving.bundle import NETWORK_FILE
@@ -34,26 +35,28 @@ GLOBAL_WEIGHTS = "global_weights.pt"  # the final global model's state dict, bes
 CLIENT_MODEL_ARTIFACT = "client_model"  # logger.client_model's personalized model: runs:/<id>/client_model
 
 
-def round_line(server_round: int, rounds: int, m: Metrics) -> str:
-    """One console line per round."""
+def round_line(server_round: int, rounds: int, m: Metrics, family: TaskFamily = RECOMMENDATION) -> str:
+    """One console line per round (the family's score: AUC, or a classifier's accuracy)."""
     def fmt(key: str) -> str:
         return f"{m[key]:.4f}" if key in m else "—"
-    personal, global_, heldout = (keys.key(scope, keys.AUC_MEAN) for scope in (keys.PERSONAL, keys.GLOBAL,
-                                                                               keys.HELDOUT))
+    personal, global_, heldout = (keys.key(scope, family.score) for scope in (keys.PERSONAL, keys.GLOBAL,
+                                                                              keys.HELDOUT))
     if global_ not in m:  # sites holding their own data: the coordinator has only the means over sites
         global_, heldout = keys.GLOBAL_AUC_CLIENT_MEAN, keys.key(keys.HELDOUT, keys.AUC_CLIENT_MEAN)
     return (f"round {server_round}/{rounds}: personal {fmt(personal)} "
-            f"(weighted {fmt(keys.key(keys.PERSONAL, keys.AUC_MEAN_WEIGHTED))}) · global {fmt(global_)} · "
+            f"(weighted {fmt(keys.key(keys.PERSONAL, keys.weighted(family.score)))}) · global {fmt(global_)} · "
             f"heldout {fmt(heldout)} · clients {int(m['round/clients_ok'])}/"
             f"{int(m['round/clients_sampled'])} · {m['comm/bytes_sent'] / 2**20:.1f} MiB · "
             f"{m['time/round_s']:.1f} s (local fits {m['time/fit_s']:.1f} s)")
 
 
 def partition_table(setup: FederatedSetup, last: Metrics) -> str:
-    """The clients and their row counts (and last personal AUC) as Markdown, a run artifact."""
-    lines = ["| client | train | val | test | held out | personal AUC (last round) |", "|---|---:|---:|---:|:-:|---:|"]
+    """The clients and their row counts (and last personal score) as Markdown, a run artifact."""
+    family = setup.strategy.family
+    lines = [f"| client | train | val | test | held out | personal {family.score} (last round) |",
+             "|---|---:|---:|---:|:-:|---:|"]
     for cid, n_train, n_val, n_test, held in setup.federation.summary():
-        auc = last.get(keys.client(cid, keys.AUC_MEAN))
+        auc = last.get(keys.client(cid, family.score))
         lines.append(f"| {cid} | {n_train} | {n_val} | {n_test} | {'yes' if held else ''} | "
                      f"{'' if auc is None else f'{auc:.4f}'} |")
     return "\n".join(lines) + "\n"
@@ -114,7 +117,7 @@ def run_federation(cfg: DictConfig, build_setup: Callable[[], FederatedSetup],
 
         def on_round_end(server_round: int, metrics: Metrics) -> None:
             log_round(run.client, run.run_id, server_round, metrics)
-            print(round_line(server_round, setup.rounds, metrics), flush=True)
+            print(round_line(server_round, setup.rounds, metrics, setup.strategy.family), flush=True)
             if kill_after is not None and server_round == int(kill_after):
                 os.kill(os.getpid(), signal.SIGKILL)  # test hook: kill -9 after a checkpointed round
 

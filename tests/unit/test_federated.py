@@ -17,7 +17,7 @@ from m3oe_lightning.federated.messages import FitRes, nbytes, overlay, weighted_
 from m3oe_lightning.federated.partition import partition, pool_of, region_keys
 from m3oe_lightning.federated.simulation import ServerState
 from m3oe_lightning.federated.strategies import PAGE, Ditto, FedAvg, FedProx, Local
-from tests.helpers import compose_train, isolated
+from tests.helpers import compose_train, isolated, recommendation_models
 
 SYNTH = {"rows": 1500, "num_users": 60, "num_items": 40, "seed": 0}
 TINY_MODEL = ["model.star_dim=16", "model.bottom_dim=8", "model.expert_dims=[8]", "model.tower_dims=[8]"]
@@ -39,7 +39,8 @@ def setup_for(tmp_path, *overrides: str):
 # ----------------------------------------------------------------------------------------------- configs
 def test_every_federated_option_and_preset_composes_and_builds_its_strategy():
     expected = {"fedavg": FedAvg, "fedprox": FedProx, "ditto": Ditto, "local": Local, "page": PAGE}
-    presets = {"fedavg_m3oe": "fedavg", "page_m3oe": "page", "centralized": "fedavg"}  # preset -> strategy
+    presets = {"fedavg_m3oe": "fedavg", "page_m3oe": "page", "centralized": "fedavg",
+               "page_synthetic": "fedavg"}  # preset -> strategy
     assert set(expected) == {p.stem for p in (Path(CONF_DIR) / "federated").glob("*.yaml")}
     assert set(presets) == {p.stem for p in (Path(CONF_DIR) / "experiment" / "federated").glob("*.yaml")}
     choices = [(f"federated={o}", o, o) for o in expected] + [(f"experiment=federated/{p}", p, s)
@@ -313,7 +314,7 @@ def test_algorithm_labels_name_runs_and_report_rows():
 
 
 # ----------------------------------------------------------------------- row-sparse and user embeddings
-@pytest.mark.parametrize("model_name", sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml")))
+@pytest.mark.parametrize("model_name", recommendation_models())
 def test_every_model_names_its_embedding_tables_and_the_column_they_index(synthetic, model_name):
     from m3oe_lightning.config import build
 

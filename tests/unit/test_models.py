@@ -30,10 +30,10 @@ from m3oe_lightning.models.split import SplitByGroup
 from m3oe_lightning.models.star import STAR
 from m3oe_lightning.training.metrics import grouped_bce_loss
 from m3oe_lightning.training.module import MDMTModule
-from tests.helpers import compose_train
+from tests.helpers import compose_train, recommendation_models
 
 CONF = Path(CONF_DIR)
-MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+MODELS = recommendation_models()  # the classification family: tests/unit/test_classification.py
 PAPER_ROWS = sorted(p.stem for p in (CONF / "experiment" / "paper").glob("*.yaml") if not p.stem.startswith("_"))
 CASES = [f"model={name}" for name in MODELS] + [f"experiment=paper/{row}" for row in PAPER_ROWS]
 

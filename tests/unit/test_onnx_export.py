@@ -28,9 +28,10 @@ from m3oe_lightning.models.base import MDMTModel
 from m3oe_lightning.models.shared_bottom import SharedBottom
 from m3oe_lightning.serving import onnx_export
 from m3oe_lightning.serving.onnx_export import export_onnx, verify_onnx
+from tests.helpers import recommendation_models
 
 CONF = Path(CONF_DIR)
-MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+MODELS = recommendation_models()  # every recommender (the classifier is no serving model)
 PAPER_ROWS = sorted(p.stem for p in (CONF / "experiment" / "paper").glob("*.yaml") if not p.stem.startswith("_"))
 CASES = [f"model={name}" for name in MODELS] + [f"experiment=paper/{row}" for row in PAPER_ROWS]
 

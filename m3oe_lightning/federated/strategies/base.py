@@ -11,8 +11,9 @@ A round, as the simulation runner drives it (in process or through a Flower Grid
 
 Algorithms differ only in these hooks, the config they send (see ``client.py``) and the run-level hooks
 the factory and the entry point call instead of asking which algorithm this is: :meth:`Strategy.prepare`
-(once the partition is known), :meth:`Strategy.use_privacy` (``federated.dp``), :meth:`Strategy.run_tags`
-and :meth:`Strategy.notices`. Strategies never import MLflow: the runner hands the metrics to whoever logs them.
+(once the partition is known), :meth:`Strategy.use_privacy` (``federated.dp``), :meth:`Strategy.use_family`
+(the model's task family: which metric is the score and which the loss), :meth:`Strategy.run_tags` and
+:meth:`Strategy.notices`. Strategies never import MLflow: the runner hands the metrics to whoever logs them.
 
 Differential privacy (:mod:`~m3oe_lightning.federated.privacy`) is one object, :attr:`Strategy.privacy`:
 every strategy that aggregates clips the replies with ``privacy.clip_replies`` before using them and
@@ -31,6 +32,7 @@ import numpy as np
 from m3oe_lightning import metric_keys as keys
 from m3oe_lightning.errors import UserInputError, check_int, check_number
 from m3oe_lightning.federated.evaluation import finite
+from m3oe_lightning.federated.families import RECOMMENDATION, TaskFamily
 from m3oe_lightning.federated.messages import Arrays, Config, EvaluateIns, EvaluateRes, FitIns, FitRes, Metrics
 from m3oe_lightning.federated.partition import Roster
 from m3oe_lightning.federated.privacy import Privacy
@@ -80,6 +82,7 @@ class Strategy:
         # entries clients keep to themselves are aggregated onto it (federated/aggregation.py)
         self.round_arrays: Arrays | None = None
         self.privacy = Privacy()  # federated.dp: off until use_privacy
+        self.family = RECOMMENDATION  # the model's task family: until use_family, AUC and logloss
 
     # ------------------------------------------------------------------------------ run-level hooks
     def prepare(self, federation: Roster, make_split_evaluator: SplitEvaluatorFactory) -> None:
@@ -98,6 +101,10 @@ class Strategy:
             raise UserInputError(f"federated.dp.mode={privacy.settings.mode}: federated={self.name} has no global "
                                  f"model (no update leaves a client); use federated.dp.mode=none")
         self.privacy = privacy
+
+    def use_family(self, family: TaskFamily) -> None:
+        """Score clients and models with ``family``'s metrics (its ``score`` to rank, its ``loss`` to reward)."""
+        self.family = family
 
     def run_tags(self) -> dict[str, str]:
         """Tags the run's record must carry because of how this strategy runs (e.g. a leaky variant)."""
@@ -143,19 +150,21 @@ class Strategy:
 
     def aggregate_evaluate(self, server_round: int, replies: dict[str, EvaluateRes]) -> Metrics:
         """``personal/auc_mean`` (plain mean over clients), ``personal/auc_mean_weighted`` (by test rows),
-        ``personal/logloss_mean`` and ``client/{id}/auc_mean``; clients without an AUC are left out."""
+        ``personal/logloss_mean`` and ``client/{id}/auc_mean``; clients without an AUC are left out. (The
+        family's score and loss: ``personal/accuracy`` ... for a classifier.)"""
+        score, loss = self.family.score, self.family.loss
         out: Metrics = {}
-        scored = [(cid, r) for cid, r in replies.items() if finite(r.metrics.get(keys.AUC_MEAN))]
+        scored = [(cid, r) for cid, r in replies.items() if finite(r.metrics.get(score))]
         for cid, reply in scored:
-            out[keys.client(cid, keys.AUC_MEAN)] = reply.metrics[keys.AUC_MEAN]
+            out[keys.client(cid, score)] = reply.metrics[score]
         if scored:
-            aucs = np.array([r.metrics[keys.AUC_MEAN] for _, r in scored])
+            values = np.array([r.metrics[score] for _, r in scored])
             rows = np.array([r.num_examples for _, r in scored], dtype=np.float64)
-            out[keys.key(keys.PERSONAL, keys.AUC_MEAN)] = float(aucs.mean())
-            out[keys.key(keys.PERSONAL, keys.AUC_MEAN_WEIGHTED)] = float((aucs * rows).sum() / rows.sum())
-        losses = [r.metrics[keys.LOGLOSS_MEAN] for r in replies.values() if finite(r.metrics.get(keys.LOGLOSS_MEAN))]
+            out[keys.key(keys.PERSONAL, score)] = float(values.mean())
+            out[keys.key(keys.PERSONAL, keys.weighted(score))] = float((values * rows).sum() / rows.sum())
+        losses = [r.metrics[loss] for r in replies.values() if finite(r.metrics.get(loss))]
         if losses:
-            out[keys.key(keys.PERSONAL, keys.LOGLOSS_MEAN)] = float(np.mean(losses))
+            out[keys.key(keys.PERSONAL, loss)] = float(np.mean(losses))
         return out
 
     # ------------------------------------------------------------------------------------- state

@@ -19,8 +19,9 @@ the lr and epochs travel in each client's round config. Our decisions (docs/page
   docs/page.md, Decision 1). ``paper_parity: true`` switches both sides to the released code's leaky
   variant (local **test** splits and the pooled global **test** set); reports from such runs must say
   so (:meth:`PAGE.run_tags` gives the run the tag ``page_parity``).
-* Metrics are AUC / logloss (mean over (domain, task) groups), replacing accuracy / cross-entropy; a
-  missing AUC (one label class) counts as 0.5 in a state.
+* Metrics are the task family's (:mod:`..families`): for recommendation AUC / logloss (mean over (domain,
+  task) groups), replacing the paper's accuracy / cross-entropy; for classification (PAGE's Synthetic
+  setting) accuracy / cross-entropy, as the paper. A missing score (one label class) counts as 0.5 in a state.
 * Warm-up (``round ≤ warmup``): uniform random raw actions in [-1, 1]; no agent updates. After it:
   client actions ``clip(actor(s) + ε·OU, −1, 1)`` with ε decaying; server actions ``actor(S)`` without
   noise (released code, docs/page.md, §1.6 item 3; ``server_noise: true`` adds it); one DDPG update per
@@ -62,8 +63,6 @@ from m3oe_lightning.errors import UserInputError, check_int, check_number
 from m3oe_lightning.federated.aggregation import aggregate, expand
 from m3oe_lightning.federated.evaluation import finite
 from m3oe_lightning.federated.messages import (
-    SCORE_RECEIVED_AUC,
-    SCORE_TRAINED_LOGLOSS,
     Arrays,
     FitIns,
     FitRes,
@@ -92,7 +91,7 @@ def page_key(*parts: str) -> str:
     return keys.key("page", *parts)
 
 
-def _auc_or_half(value: float | None) -> float:
+def _score_or_half(value: float | None) -> float:
     return float(value) if finite(value) else 0.5
 
 
@@ -250,8 +249,8 @@ class PAGE(FedAvg):
         self._ensure_agents(client_ids)
         self.round_arrays = arrays
         if self.server_state is None:  # reset: the initial global model's score, once per client
-            auc = _auc_or_half(self._server_score(arrays).get(keys.AUC_MEAN)) if arrays is not None else 0.5
-            self.server_state = torch.full((len(self.client_ids),), auc)
+            first = _score_or_half(self._server_score(arrays).get(self.family.score)) if arrays is not None else 0.5
+            self.server_state = torch.full((len(self.client_ids),), first)
         warm = server_round <= self.warmup
         self._pending, self._action_metrics = {}, {}
         out: dict[str, FitIns] = {}
@@ -300,12 +299,13 @@ class PAGE(FedAvg):
         replies, dp_metrics = self.privacy.clip_replies(server_round, replies, self.round_arrays)
         metrics: Metrics = {**self._action_metrics, **dp_metrics}
         # client transitions (s, a_raw, r, s'): only clients that replied with a score
+        received_key, trained_loss_key = self.family.received_score_key, self.family.trained_loss_key
         for cid, (state, raw) in self._pending.items():
             reply = replies.get(cid)
-            if reply is None or not finite(reply.metrics.get(SCORE_TRAINED_LOGLOSS)):
+            if reply is None or not finite(reply.metrics.get(trained_loss_key)):
                 continue
-            next_state = torch.tensor([_auc_or_half(reply.metrics.get(SCORE_RECEIVED_AUC))])
-            reward = self.c_reward_weight / (reply.metrics[SCORE_TRAINED_LOGLOSS] + self.loss_eps)
+            next_state = torch.tensor([_score_or_half(reply.metrics.get(received_key))])
+            reward = self.c_reward_weight / (reply.metrics[trained_loss_key] + self.loss_eps)
             self.client_agents[cid].observe(state if state is not None else next_state,
                                             self._stored_client_action(raw), reward, next_state)
             self.client_states[cid] = next_state
@@ -314,7 +314,7 @@ class PAGE(FedAvg):
         next_server = self.server_state.clone()
         for cid in sorted(replies):
             score = self._server_score(expand(self.round_arrays, replies[cid]))
-            next_server[self.client_ids.index(cid)] = _auc_or_half(score.get(keys.AUC_MEAN))
+            next_server[self.client_ids.index(cid)] = _score_or_half(score.get(self.family.score))
         new = None
         if len(replies) >= self.min_clients:
             weights = self.aggregation_weights(server_round, replies)
@@ -324,13 +324,14 @@ class PAGE(FedAvg):
             for cid, w in weights.items():
                 metrics[page_key("weight", cid)] = w
             score = self._server_score(new)
-            if finite(score.get(keys.LOGLOSS_MEAN)):
-                reward = self.s_reward_weight / (score[keys.LOGLOSS_MEAN] + self.loss_eps)
+            if finite(score.get(self.family.loss)):
+                reward = self.s_reward_weight / (score[self.family.loss] + self.loss_eps)
                 self.server_agent.observe(self.server_state, self._stored_server_action(self._server_action,
                                                                                          sorted(replies)),
                                           reward, next_server)
                 metrics[page_key("server", "reward")] = reward
-                metrics[page_key("server", "val_auc")] = _auc_or_half(score.get(keys.AUC_MEAN))
+                metrics[page_key("server", f"val_{self.family.score_label}")] = _score_or_half(
+                    score.get(self.family.score))
         self.server_state = next_server
         if server_round > self.warmup:  # one DDPG step per agent per round after warm-up
             losses = [agent.update()[0] for agent in self.client_agents.values() if len(agent.buffer)]
