@@ -45,6 +45,13 @@ SETTINGS = ["data=synthetic", "data.rows=2000", "data.batch_size=256", "model.st
             "experiment=federated/page_m3oe", "federated.rounds=2", "federated.warmup=1", "federated.epochs_max=2"]
 COMPARED = ["global/auc_mean", "global/logloss_mean", "personal/auc_mean", "personal/auc_mean_weighted",
             "train/loss", "comm/bytes_sent", "page/server/reward", "page/weight/d0", "page/client/d1/lr"]
+# the classification family (PAGE's Synthetic setting): 3 clients of their own, PAGE, the same checks
+CLASSIFIER_SETTINGS = ["experiment=federated/page_synthetic", "data.clients=3", "data.samples=100",
+                       "data.batch_size=10", "seed=7", "threads=1", "federated=page", "federated.rounds=2",
+                       "federated.warmup=1", "federated.epochs_max=2"]
+CLASSIFIER_COMPARED = ["global/accuracy", "global/cross_entropy", "global/accuracy_client_mean", "personal/accuracy",
+                       "personal/accuracy_weighted", "train/loss", "comm/bytes_sent", "page/server/reward",
+                       "page/server/val_accuracy", "page/weight/client0", "page/client/client1/lr"]
 TINY = ["data=synthetic", "data.rows=1500", "data.num_users=60", "data.num_items=40", "data.batch_size=256",
         "model.star_dim=16", "model.bottom_dim=8", "model.expert_dims=[8]", "model.tower_dims=[8]", "seed=5",
         "threads=1", "federated.rounds=1"]
@@ -70,17 +77,19 @@ def final_global_arrays(root: Path, run_id: str) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_flower_simulation_runs_page_like_the_in_process_simulation(tmp_path, monkeypatch):
+@pytest.mark.parametrize(("settings", "compared"), [(SETTINGS, COMPARED), (CLASSIFIER_SETTINGS, CLASSIFIER_COMPARED)],
+                         ids=["recommendation", "classification"])
+def test_flower_simulation_runs_page_like_the_in_process_simulation(tmp_path, monkeypatch, settings, compared):
     monkeypatch.setenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a Ray FutureWarning
     monkeypatch.setenv("FLWR_DISABLE_UPDATE_CHECK", "1")
 
     reference = tmp_path / "in_process"
-    setup = build_federated(compose_federate([*SETTINGS, *store(reference)]))
+    setup = build_federated(compose_federate([*settings, *store(reference)]))
     initial = {name: t.clone() for name, t in setup.simulation.state.global_arrays.items()}
-    run_federation(compose_federate([*SETTINGS, *store(reference)]), lambda: setup)
+    run_federation(compose_federate([*settings, *store(reference)]), lambda: setup)
 
     flower = tmp_path / "flower"
-    overrides = [*SETTINGS, *store(flower)]
+    overrides = [*settings, *store(flower)]
     run_simulation(
         server_app=make_server_app(overrides), client_app=make_client_app(overrides), num_supernodes=3,
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": 1}})
@@ -89,7 +98,7 @@ def test_flower_simulation_runs_page_like_the_in_process_simulation(tmp_path, mo
     run_id, got = history(flower)
     tags = MlflowClient(f"sqlite:///{flower / 'mlflow.db'}").get_run(run_id).data.tags
     assert tags["runtime"].startswith("flower ") and tags["federated"] == "page"
-    for key in COMPARED:
+    for key in compared:
         assert [step for step, _ in got[key]] == [1, 2], key  # one point per round, MLflow step = round
         assert [v for _, v in got[key]] == pytest.approx([v for _, v in expected[key]], rel=1e-5, abs=1e-7), key
     assert [v for _, v in got["round/clients_ok"]] == [3.0, 3.0]
