@@ -64,7 +64,7 @@ tune-study: $(STAMP) ## tune every Table-2 row under PROTOCOL (resumable; report
 	done; $(MAKE) tuning-report && exit $$status
 
 tuning-report: $(STAMP) ## the tuning table (TUNE_OUT/README.md) from the studies' generated files
-	$(BIN)/python -m m3oe_lightning.reports.tuning --dir $(TUNE_OUT) --command "make tune-study PROTOCOL=<protocol>"
+	$(BIN)/python -m m3oe_lightning.reports.tuning --dir $(TUNE_OUT)
 
 test: $(STAMP) ## run the whole test suite (TEST_WORKERS processes, default 2)
 	$(BIN)/python -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
