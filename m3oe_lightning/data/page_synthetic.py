@@ -88,6 +88,7 @@ def generate(settings: SyntheticSettings = SyntheticSettings(), seed: int = 0) -
     feature_means = rng.normal(shifts[:, None], 1.0, (s.clients, s.dimension))
     weights, bias = rng.normal(0.0, 1.0, (s.dimension, s.classes)), rng.normal(0.0, 1.0, s.classes)
     n_train, n_test, _ = s.split_sizes
+    local = n_train + n_test  # a client's own rows; the rest of its draw joins the pooled global test
     clients: list[ClientData] = []
     pooled_x, pooled_y = [], []
     for i in range(s.clients):
@@ -96,7 +97,6 @@ def generate(settings: SyntheticSettings = SyntheticSettings(), seed: int = 0) -
             bias = rng.normal(solution_means[i], 1.0, s.classes)
         x = (feature_means[i] + rng.standard_normal((s.samples, s.dimension)) * scale).astype(np.float32)
         y = np.argmax(x.astype(np.float64) @ weights + bias, axis=1).astype(np.int64)  # the rows as stored
-        local = n_train + n_test
         clients.append(ClientData(train_x=x[:n_train], train_y=y[:n_train], test_x=x[n_train:local],
                                   test_y=y[n_train:local]))
         pooled_x.append(x[local:])
