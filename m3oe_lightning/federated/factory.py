@@ -46,7 +46,7 @@ from m3oe_lightning.federated.strategies.base import Strategy
 from m3oe_lightning.models.base import USER_COLUMN, USER_EMBEDDINGS, MDMTModel, PersonalSlices
 from m3oe_lightning.seeds import derive_seed
 from m3oe_lightning.training.entry_points import cache_callback_entry_points
-from m3oe_lightning.training.system import build_system
+from m3oe_lightning.training.system import build_data_and_model
 
 if TYPE_CHECKING:  # sites.py builds on this module
     from m3oe_lightning.federated.sites import SiteRoster
@@ -282,7 +282,7 @@ def build_federated(cfg: DictConfig) -> FederatedSetup:
                              "deployment (each site runs m3oe-site; README, \"Federated across sites\"); in one "
                              "process use federated.partition=domain, region or dirichlet")
     strategy = strategy_for(cfg)
-    datamodule, model, _ = build_system(cfg)
+    datamodule, model = build_data_and_model(cfg)
     family = family_of(model)
     strategy.use_family(family)
     dataset = datamodule.load()

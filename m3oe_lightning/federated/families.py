@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from m3oe_lightning import metric_keys as keys
 from m3oe_lightning.data.schema import EncodedSplit
-from m3oe_lightning.errors import UserInputError
+from m3oe_lightning.errors import UserInputError, check_number
 from m3oe_lightning.federated.evaluation import evaluate_classes, evaluate_split, part_classes, part_metrics
 from m3oe_lightning.models.base import MDMTModel
 
@@ -38,9 +38,13 @@ def _recommendation_systems(cfg: DictConfig) -> SystemFactory:
 
 
 def _classification_systems(cfg: DictConfig) -> SystemFactory:
-    from m3oe_lightning.training.classifier import ClassifierModule
+    from m3oe_lightning.training.classifier import OPTIMIZERS, ClassifierModule
 
     optimizer = cfg.optimizer
+    name, clip = optimizer.get("name", "adam"), optimizer.get("clip_grad_norm")
+    if name not in OPTIMIZERS:  # before any client trains (a client's failure would only drop it from rounds)
+        raise UserInputError(f"optimizer.name={name!r}: use one of {', '.join(OPTIMIZERS)}")
+    check_number("optimizer.clip_grad_norm", clip, low=0, low_open=True, optional=True)
 
     def make(model: MDMTModel, lr: float) -> L.LightningModule:
         return ClassifierModule(model, lr=lr, weight_decay=float(optimizer.weight_decay),

@@ -53,7 +53,7 @@ from m3oe_lightning.federated.simulation import Simulation, Transport
 from m3oe_lightning.federated.strategies.base import Strategy
 from m3oe_lightning.models.base import MDMTModel
 from m3oe_lightning.training.checkpoint_io import write_whole
-from m3oe_lightning.training.system import build_system
+from m3oe_lightning.training.system import build_data_and_model
 
 log = logging.getLogger(__name__)
 LOGLOSS_CLIENT_MEAN = "logloss_client_mean"  # the row-weighted logloss over sites (as AUC_CLIENT_MEAN for AUC)
@@ -134,7 +134,7 @@ def build_site(cfg: DictConfig, site: SiteConfig) -> SiteSetup:
         raise UserInputError(f"site {site.client_id}: its node config says {HELDOUT}={str(site.heldout).lower()}, "
                              f"the run's federated.heldout_sites says otherwise")
     expected = spec_schema(cfg.data)
-    datamodule, model, _ = build_system(cfg)  # reads this site's file only
+    datamodule, model = build_data_and_model(cfg)  # reads this site's file only
     dataset = datamodule.load()
     if dataset.schema != expected:
         raise UserInputError(f"site {site.client_id}: its data ({site.data_path}) gives the schema "
@@ -246,7 +246,7 @@ def build_coordinator(cfg: DictConfig) -> Coordinator:
     training, heldout = site_lists(cfg.federated)
     strategy = strategy_for(cfg)  # its settings errors now, before any site is contacted
     schema = spec_schema(cfg.data)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)  # the same initial weights as build_system's
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # the same initial weights as build_data_and_model's
     model = build(cfg.model, schema=schema)
     model.set_eval_chunk_rows(cfg.get("eval_chunk_rows"))
     return Coordinator(cfg=cfg, schema=schema, template=model, strategy=strategy, training=training,

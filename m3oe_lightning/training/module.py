@@ -68,6 +68,10 @@ class MDMTModule(L.LightningModule):
         automl_weight_decay: float = 1e-5,
     ) -> None:
         super().__init__()
+        if model.task_family != "recommendation":
+            raise UserInputError(f"model {type(model).__name__} is a {model.task_family} model; m3oe-train fits "
+                                 f"recommenders: federate it with python -m m3oe_lightning.federate "
+                                 f"(experiment=federated/page_synthetic)")
         if automl_mode is False:  # YAML 1.1 reads a bare `mode: off` as false
             automl_mode = "off"
         if automl_mode not in AUTOML_MODES:

@@ -17,6 +17,8 @@ from omegaconf import DictConfig
 from m3oe_lightning import metric_keys as keys
 from m3oe_lightning.config import build
 from m3oe_lightning.data.datamodule import MDMTDataModule
+from m3oe_lightning.data.schema import NUM_CLASSES, FeatureSchema
+from m3oe_lightning.errors import UserInputError
 from m3oe_lightning.models.base import MDMTModel
 from m3oe_lightning.training.allocator import DEFAULT_ALLOCATOR, apply_allocator
 from m3oe_lightning.training.callbacks import EpochLine, ModelLine, ProgressBar
@@ -35,16 +37,33 @@ def system_factory(cfg: DictConfig):
     return make
 
 
-def build_system(cfg: DictConfig) -> tuple[MDMTDataModule, MDMTModel, MDMTModule]:
-    """Settings checks, threads, allocator and seed, then the datamodule, model and training system of ``cfg``."""
+def check_task(model: MDMTModel, schema: FeatureSchema, data_name: str) -> None:
+    """A recommender needs binary task labels: data of class labels (``num_classes``) is a classifier's."""
+    classes = schema.extras.get(NUM_CLASSES)
+    if classes is not None and model.task_family == "recommendation":
+        raise UserInputError(f"data={data_name} holds class labels ({classes} classes), but model "
+                             f"{type(model).__name__} is a recommender of binary tasks; use model=linear")
+
+
+def build_data_and_model(cfg: DictConfig) -> tuple[MDMTDataModule, MDMTModel]:
+    """Settings checks, threads, allocator and seed, then the datamodule and model of ``cfg`` (any task family:
+    the federated clients build the family's own training system)."""
     validate(cfg)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     apply_allocator(cfg.get("allocator", DEFAULT_ALLOCATOR))  # before the data and the model: later allocations only
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule: MDMTDataModule = build(cfg.data)
-    model = build(cfg.model, schema=datamodule.load().schema)
+    schema = datamodule.load().schema
+    model = build(cfg.model, schema=schema)
+    check_task(model, schema, str(cfg.data.name))
     model.set_eval_chunk_rows(cfg.get("eval_chunk_rows"))  # speed only: the same numbers at any chunk size
+    return datamodule, model
+
+
+def build_system(cfg: DictConfig) -> tuple[MDMTDataModule, MDMTModel, MDMTModule]:
+    """:func:`build_data_and_model`, then the recommendation training system ``m3oe-train`` fits."""
+    datamodule, model = build_data_and_model(cfg)
     return datamodule, model, system_factory(cfg)(model, cfg.optimizer.lr)
 
 

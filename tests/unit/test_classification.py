@@ -7,6 +7,8 @@ point. The Flower app's run of the same family is in tests/integration/test_flow
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -149,3 +151,24 @@ def test_the_federate_entry_point_runs_the_synthetic_setting_and_logs_accuracy(t
     (run,) = client.search_runs([client.get_experiment_by_name("m3oe-federated").experiment_id])
     assert run.info.status == "FINISHED" and run.data.params["data.name"] == "page_synthetic"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "global/accuracy")] == [1, 2]
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["model=m3oe"], "data=page_synthetic holds class labels (30 classes), but model M3oE is a recommender"),
+    (["optimizer.name=lbfgs"], "optimizer.name='lbfgs': use one of sgd, adam"),
+    (["optimizer.clip_grad_norm=-1"], "optimizer.clip_grad_norm"),
+    (["federated.heldout_clients=6"], "federated.heldout_clients=6: the data has 6 clients"),
+])
+def test_a_setting_that_does_not_fit_the_classification_family_is_one_line_before_any_round(tmp_path, overrides,
+                                                                                            message):
+    cfg = compose_train([*SMALL, *overrides, *isolated(tmp_path)[:4]], config_name="federate")
+    with pytest.raises(UserInputError, match=re.escape(message)):
+        build_federated(cfg)
+
+
+def test_m3oe_train_refuses_a_classifier_in_one_line(tmp_path):
+    done = run_module("m3oe_lightning.train", ["data=page_synthetic", "data.clients=3", "model=linear",
+                                               *isolated(tmp_path)], cwd=REPO_ROOT)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if x.strip()]
+    assert "LinearClassifier is a classification model; m3oe-train fits recommenders" in line
