@@ -48,6 +48,7 @@ from m3oe_lightning.federated.factory import (
     federated_identity,
     strategy_for,
 )
+from m3oe_lightning.federated.families import family_of
 from m3oe_lightning.federated.messages import Arrays, EvaluateIns, EvaluateRes, Metrics, get_arrays
 from m3oe_lightning.federated.simulation import Simulation, Transport
 from m3oe_lightning.federated.strategies.base import Strategy
@@ -249,6 +250,7 @@ def build_coordinator(cfg: DictConfig) -> Coordinator:
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # the same initial weights as build_data_and_model's
     model = build(cfg.model, schema=schema)
     model.set_eval_chunk_rows(cfg.get("eval_chunk_rows"))
+    strategy.use_family(family_of(model))
     return Coordinator(cfg=cfg, schema=schema, template=model, strategy=strategy, training=training,
                        heldout=heldout)
 
