@@ -250,8 +250,8 @@ class MDMTClient:
         score = self.score_split(str(config["score_split"])) if "score_split" in config else None
         if score is not None:  # PAGE: the received global model on local data is the agent's next state
             before = self.family.evaluate(model, score, self.eval_batch_size)
-            metrics[self.family.received_score_key] = before.get(self.family.score, float("nan"))
-            metrics[self.family.received_loss_key] = before.get(self.family.loss, float("nan"))
+            metrics[self.family.reply_key("received", "score")] = before.get(self.family.score, float("nan"))
+            metrics[self.family.reply_key("received", "loss")] = before.get(self.family.loss, float("nan"))
         mu = float(config.get("mu", 0.0))
         extra = ProximalTerm(received, mu, model) if mu > 0 else None
         loss = self.train_local(model, epochs=epochs, lr=lr, server_round=server_round, extra_loss=extra,
@@ -259,8 +259,8 @@ class MDMTClient:
         trained = get_arrays(model)
         if score is not None:  # … and the trained local model on it gives the agent's reward
             after = self.family.evaluate(model, score, self.eval_batch_size)
-            metrics[self.family.trained_score_key] = after.get(self.family.score, float("nan"))
-            metrics[self.family.trained_loss_key] = after.get(self.family.loss, float("nan"))
+            metrics[self.family.reply_key("trained", "score")] = after.get(self.family.score, float("nan"))
+            metrics[self.family.reply_key("trained", "loss")] = after.get(self.family.loss, float("nan"))
         if "lam" in config:
             self.personal = self.fit_personal(received, lam=float(config["lam"]), lr=lr,
                                               epochs=int(config.get("personal_epochs", epochs)),

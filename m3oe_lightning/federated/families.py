@@ -72,22 +72,12 @@ class TaskFamily:
     part_metrics: PartMetrics
     systems: Callable[[DictConfig], SystemFactory]
 
-    # what a client reports to PAGE about the model it received / trained (its agent's state and reward)
-    @property
-    def received_score_key(self) -> str:
-        return keys.key("score", f"received_{self.score_label}")
-
-    @property
-    def received_loss_key(self) -> str:
-        return keys.key("score", f"received_{self.loss_label}")
-
-    @property
-    def trained_score_key(self) -> str:
-        return keys.key("score", f"trained_{self.score_label}")
-
-    @property
-    def trained_loss_key(self) -> str:
-        return keys.key("score", f"trained_{self.loss_label}")
+    def reply_key(self, model: str, metric: str) -> str:
+        """What a client reports to PAGE about the model it ``received`` or ``trained`` (its agent's state and
+        reward): ``metric`` ``score`` or ``loss``, e.g. ``score/received_auc``, ``score/trained_logloss``."""
+        if model not in ("received", "trained") or metric not in ("score", "loss"):
+            raise ValueError(f"reply_key({model!r}, {metric!r}): model received|trained, metric score|loss")
+        return keys.key("score", f"{model}_{self.score_label if metric == 'score' else self.loss_label}")
 
     @property
     def client_mean_key(self) -> str:

@@ -31,7 +31,7 @@ Metrics = dict[str, float]
 TRAIN_LOSS = "train_loss"  # a fit reply's mean training loss (the runner's ``train/loss`` weights it by rows)
 
 # PAGE's scores in a fit reply (``score_split`` in the round config) are named by the task family:
-# ``score/received_auc`` ... (TaskFamily.received_score_key and its siblings, federated/families.py).
+# ``score/received_auc`` ... (TaskFamily.reply_key, federated/families.py).
 
 
 @dataclass

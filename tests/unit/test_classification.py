@@ -172,3 +172,12 @@ def test_m3oe_train_refuses_a_classifier_in_one_line(tmp_path):
     assert done.returncode != 0 and "Traceback" not in done.stderr
     (line,) = [x for x in done.stderr.splitlines() if x.strip()]
     assert "LinearClassifier is a classification model; m3oe-train fits recommenders" in line
+
+
+def test_each_family_names_the_keys_a_client_reports_to_page():
+    assert RECOMMENDATION.reply_key("received", "score") == "score/received_auc"  # the keys runs have always had
+    assert RECOMMENDATION.reply_key("trained", "loss") == "score/trained_logloss"
+    assert CLASSIFICATION.reply_key("received", "loss") == "score/received_cross_entropy"
+    assert CLASSIFICATION.client_mean_key == "global/accuracy_client_mean"
+    with pytest.raises(ValueError, match="model received|trained"):
+        CLASSIFICATION.reply_key("sent", "score")

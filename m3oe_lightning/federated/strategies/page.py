@@ -299,7 +299,8 @@ class PAGE(FedAvg):
         replies, dp_metrics = self.privacy.clip_replies(server_round, replies, self.round_arrays)
         metrics: Metrics = {**self._action_metrics, **dp_metrics}
         # client transitions (s, a_raw, r, s'): only clients that replied with a score
-        received_key, trained_loss_key = self.family.received_score_key, self.family.trained_loss_key
+        received_key = self.family.reply_key("received", "score")
+        trained_loss_key = self.family.reply_key("trained", "loss")
         for cid, (state, raw) in self._pending.items():
             reply = replies.get(cid)
             if reply is None or not finite(reply.metrics.get(trained_loss_key)):
