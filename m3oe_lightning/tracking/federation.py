@@ -42,7 +42,8 @@ def round_line(server_round: int, rounds: int, m: Metrics, family: TaskFamily = 
     personal, global_, heldout = (keys.key(scope, family.score) for scope in (keys.PERSONAL, keys.GLOBAL,
                                                                               keys.HELDOUT))
     if global_ not in m:  # sites holding their own data: the coordinator has only the means over sites
-        global_, heldout = keys.GLOBAL_AUC_CLIENT_MEAN, keys.key(keys.HELDOUT, keys.AUC_CLIENT_MEAN)
+        global_ = family.client_mean_key
+        heldout = keys.key(keys.HELDOUT, global_.split("/", 1)[1])
     return (f"round {server_round}/{rounds}: personal {fmt(personal)} "
             f"(weighted {fmt(keys.key(keys.PERSONAL, keys.weighted(family.score)))}) · global {fmt(global_)} · "
             f"heldout {fmt(heldout)} · clients {int(m['round/clients_ok'])}/"
