@@ -55,7 +55,8 @@ same rounds, personalisation and replies.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import lightning as L
 import torch
@@ -79,10 +80,49 @@ from m3oe_lightning.federated.messages import (
 from m3oe_lightning.federated.privacy import protect_reply
 from m3oe_lightning.models.base import MDMTModel, PersonalSlices
 from m3oe_lightning.seeds import derive_seed
+from m3oe_lightning.training.cohort import LocalResult
 from m3oe_lightning.training.quiet import quiet_lightning
 
 SystemFactory = Callable[[MDMTModel, float], L.LightningModule]  # (model, lr) -> training system (extra_loss)
 TrainerFactory = Callable[..., L.Trainer]                  # (max_epochs=...) -> a quiet Trainer
+
+
+@dataclass
+class LocalFit:
+    """One local fit a round asks of a client: from ``start``, ``epochs`` over ``split`` at ``lr``.
+
+    ``seed`` fixes the batch order (epoch ``e`` visits ``epoch_permutation(len(split), seed, e)``), derived from
+    (client seed, ``server_round``, ``stream``: 0 the fit that is sent back, 1 Ditto's personal fit).
+    ``reference`` / ``coefficient``: the proximal term ``coefficient/2·‖w − reference‖²`` (FedProx's μ, Ditto's
+    λ; ``None`` / 0 = none). ``deadline``: ``time.perf_counter()`` seconds past which the fit stops.
+    """
+
+    start: Arrays
+    epochs: int
+    lr: float
+    server_round: int
+    stream: int
+    seed: int
+    split: EncodedSplit
+    reference: Arrays | None = None
+    coefficient: float = 0.0
+    deadline: float | None = None
+
+
+@dataclass
+class FitPlan:
+    """A round's fit, planned: the instructions, the local fits still to run (the sent model's first, then
+    Ditto's personal one), the received model as overlaid (``None``: ``local_only``) and the metrics taken
+    before training (PAGE's state)."""
+
+    ins: FitIns
+    jobs: list[LocalFit]
+    received: Arrays | None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def server_round(self) -> int:
+        return int(self.ins.config.get("server_round", 0))
 
 
 class ClientTimeout(TimeoutError):
@@ -228,59 +268,84 @@ class MDMTClient:
         return self.data.val if name == "val" else self.data.test
 
     def fit(self, ins: FitIns) -> FitRes:
+        """One round's fit: plan it, run its local fits one after another through Lightning, reply."""
+        plan = self.plan_fit(ins)
+        return self.finish_fit(plan, [self.run_local(job) for job in plan.jobs])
+
+    def plan_fit(self, ins: FitIns) -> FitPlan:
+        """What this round's config asks of the client, as local fits still to run.
+
+        The received model's score (PAGE's state) is taken here, before any training. A cohort transport
+        (:class:`~.cohort.CohortTransport`) runs the fits of many clients' plans at once; :meth:`fit` runs
+        them one by one: both then hand the results to :meth:`finish_fit`.
+        """
         config = ins.config
         server_round = int(config.get("server_round", 0))
         epochs, lr = int(config["local_epochs"]), float(config["lr"])
         deadline = time.perf_counter() + float(config["deadline_s"]) if "deadline_s" in config else None
-        n_train = len(self.data.train)
-        model = self.model
+
+        def job(start: Arrays, *, stream: int = 0, reference: Arrays | None = None, coefficient: float = 0.0,
+                job_epochs: int = epochs) -> LocalFit:
+            return LocalFit(start=start, epochs=int(job_epochs), lr=lr, server_round=server_round, stream=stream,
+                            seed=derive_seed(self.seed, server_round, stream), split=self.data.train,
+                            reference=reference if coefficient > 0 else None, coefficient=coefficient,
+                            deadline=deadline)
+
         if config.get("local_only"):
-            if self.personal is not None:
-                set_arrays(model, self.personal)
-            loss = self.train_local(model, epochs=epochs, lr=lr, server_round=server_round, deadline=deadline)
-            self.personal = get_arrays(model)
-            return FitRes(arrays=None, num_examples=n_train, metrics={TRAIN_LOSS: loss})
+            start = self.personal if self.personal is not None else get_arrays(self.model)
+            return FitPlan(ins=ins, jobs=[job(start)], received=None)
         if ins.arrays is None:
             raise ValueError(f"client {self.client_id}: round {server_round} sent no model to train")
         received = ins.arrays
         if self.personal_slices and self.personal is not None:
             received = overlay(received, self.personal, self.personal_slices)
-        set_arrays(model, received)
         metrics: dict[str, float] = {}
-        score = self.score_split(str(config["score_split"])) if "score_split" in config else None
-        if score is not None:  # PAGE: the received global model on local data is the agent's next state
-            before = self.family.evaluate(model, score, self.eval_batch_size)
+        if "score_split" in config:  # PAGE: the received global model on local data is the agent's next state
+            before = self.score_arrays(received, str(config["score_split"]))
             metrics[self.family.reply_key("received", "score")] = before.get(self.family.score, float("nan"))
             metrics[self.family.reply_key("received", "loss")] = before.get(self.family.loss, float("nan"))
-        mu = float(config.get("mu", 0.0))
-        extra = ProximalTerm(received, mu, model) if mu > 0 else None
-        loss = self.train_local(model, epochs=epochs, lr=lr, server_round=server_round, extra_loss=extra,
-                                deadline=deadline)
-        trained = get_arrays(model)
-        if score is not None:  # … and the trained local model on it gives the agent's reward
-            after = self.family.evaluate(model, score, self.eval_batch_size)
+        jobs = [job(received, reference=received, coefficient=float(config.get("mu", 0.0)))]
+        if "lam" in config:  # Ditto's personal step: v (from the first global model it saw) pulled to received
+            start = self.personal if self.personal is not None else received
+            jobs.append(job(start, stream=1, reference=received, coefficient=float(config["lam"]),
+                            job_epochs=int(config.get("personal_epochs", epochs))))
+        return FitPlan(ins=ins, jobs=jobs, received=received, metrics=metrics)
+
+    def run_local(self, job: LocalFit) -> LocalResult:
+        """One local fit through the family's LightningModule and a fresh ``Trainer``."""
+        model = self.model
+        set_arrays(model, job.start)
+        extra = ProximalTerm(job.reference, job.coefficient, model) if job.reference is not None else None
+        loss = self.train_local(model, epochs=job.epochs, lr=job.lr, server_round=job.server_round, extra_loss=extra,
+                                stream=job.stream, deadline=job.deadline)
+        return LocalResult(arrays=get_arrays(model), loss=loss)
+
+    def finish_fit(self, plan: FitPlan, results: Sequence[LocalResult]) -> FitRes:
+        """The reply to ``plan.ins`` from its local fits' ``results`` (in ``plan.jobs`` order); keeps the
+        personalized model."""
+        config, n_train = plan.ins.config, len(self.data.train)
+        if len(results) != len(plan.jobs):
+            raise ValueError(f"client {self.client_id}: {len(results)} results for {len(plan.jobs)} local fits")
+        trained, loss = results[0].arrays, results[0].loss
+        if plan.received is None:  # local_only: train the own model, send nothing back
+            self.personal = trained
+            return FitRes(arrays=None, num_examples=n_train, metrics={TRAIN_LOSS: loss})
+        metrics = dict(plan.metrics)
+        if "score_split" in config:  # … and the trained local model on it gives the agent's reward
+            after = self.score_arrays(trained, str(config["score_split"]))
             metrics[self.family.reply_key("trained", "score")] = after.get(self.family.score, float("nan"))
             metrics[self.family.reply_key("trained", "loss")] = after.get(self.family.loss, float("nan"))
-        if "lam" in config:
-            self.personal = self.fit_personal(received, lam=float(config["lam"]), lr=lr,
-                                              epochs=int(config.get("personal_epochs", epochs)),
-                                              server_round=server_round, deadline=deadline)
-        else:
-            self.personal = trained
+        self.personal = results[1].arrays if len(results) > 1 else trained
         reply = self.reply(trained, n_train, {TRAIN_LOSS: loss, **metrics})
         # client-side DP (``dp_clipping_norm`` in the config): the update against the global model as sent,
         # not the overlaid start; the client's own model stays as trained
-        return protect_reply(reply, ins.arrays, config, seed=derive_seed(self.seed, "dp-noise", server_round))
+        return protect_reply(reply, plan.ins.arrays, config, seed=derive_seed(self.seed, "dp-noise", plan.server_round))
 
-    def fit_personal(self, received: Arrays, *, lam: float, lr: float, epochs: int, server_round: int,
-                     deadline: float | None = None) -> Arrays:
-        """Ditto's personal step: ``v`` (from the first global model it saw) pulled towards ``received``."""
+    def score_arrays(self, arrays: Arrays, split: str) -> dict[str, float]:
+        """``arrays`` in the working model, scored on the local ``split`` (``val`` or ``test``)."""
         model = self.model
-        set_arrays(model, self.personal if self.personal is not None else received)
-        extra = ProximalTerm(received, lam, model) if lam > 0 else None
-        self.train_local(model, epochs=epochs, lr=lr, server_round=server_round, extra_loss=extra, stream=1,
-                         deadline=deadline)
-        return get_arrays(model)
+        set_arrays(model, arrays)
+        return self.family.evaluate(model, self.score_split(split), self.eval_batch_size)
 
     # --------------------------------------------------------------------------------- evaluate
     def evaluate(self, ins: EvaluateIns) -> EvaluateRes:
@@ -290,8 +355,5 @@ class MDMTClient:
         arrays = self.personal if which == "personal" else ins.arrays
         if arrays is None:
             raise ValueError(f"client {self.client_id}: no {which} model to evaluate")
-        model = self.model
-        set_arrays(model, arrays)
-        split = self.score_split(str(ins.config.get("split", "test")))
-        metrics = self.family.evaluate(model, split, self.eval_batch_size)
-        return EvaluateRes(num_examples=len(split), metrics=metrics)
+        split = str(ins.config.get("split", "test"))
+        return EvaluateRes(num_examples=len(self.score_split(split)), metrics=self.score_arrays(arrays, split))

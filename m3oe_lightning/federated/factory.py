@@ -28,6 +28,7 @@ from m3oe_lightning.data.encoders import Encoders
 from m3oe_lightning.data.schema import EncodedDataset, EncodedSplit
 from m3oe_lightning.errors import UserInputError, check_int, check_number
 from m3oe_lightning.federated.client import MDMTClient
+from m3oe_lightning.federated.cohort import CohortTransport
 from m3oe_lightning.federated.evaluation import finite
 from m3oe_lightning.federated.families import RECOMMENDATION, TaskFamily, family_of
 from m3oe_lightning.federated.messages import Arrays, Metrics, get_arrays, set_arrays
@@ -56,7 +57,7 @@ if TYPE_CHECKING:  # sites.py builds on this module
 LEGACY_STRATEGY_NAMES = {"mu": "proximal_mu", "lam": "ditto_lambda"}
 # What is not part of a federated run's identity: where it logs and the run hooks.
 NOT_IDENTITY = ("paths", "logger", "skip_finished", "allocator")
-NOT_FEDERATED_IDENTITY = ("resume", "kill_after_round")
+NOT_FEDERATED_IDENTITY = ("resume", "kill_after_round", "cohort")  # cohort: how fits run, not what they compute
 # ``federated.*`` settings of no strategy added after runs were stored: at these values they are left out of a
 # run's identity (as a strategy's ``identity_defaults``), so a run that did not have them keeps its hash
 FEDERATED_IDENTITY_DEFAULTS: dict[str, object] = {"sparse_embeddings": False, "dp": DP_DEFAULTS, "sites": None,
@@ -272,6 +273,22 @@ def strategy_for(cfg: DictConfig) -> Strategy:
     return strategy
 
 
+def in_process_transport(cfg: DictConfig, family: TaskFamily, template: MDMTModel, clients: dict[str, MDMTClient],
+                         batch_size: int) -> InProcessTransport:
+    """The clients one at a time, or (``federated.cohort=true``) the round's local fits run side by side by the
+    family's cohort trainer (:mod:`.cohort`): same replies, a fraction of the cost for many small clients."""
+    fed = cfg.federated
+    if not fed.get("cohort", False):
+        return InProcessTransport(clients)
+    if family.cohort is None:
+        raise UserInputError(f"federated.cohort=true: model {type(template).__name__} ({family.name} family) has no "
+                             f"cohort fit; use federated.cohort=false")
+    if fed.get("client_timeout") is not None:
+        raise UserInputError("federated.cohort=true runs every client's fit together, so federated.client_timeout "
+                             "cannot discard a late one; set federated.client_timeout=null or federated.cohort=false")
+    return CohortTransport(clients, family.cohort(cfg, template, batch_size))
+
+
 def build_federated(cfg: DictConfig) -> FederatedSetup:
     """Everything a federated run needs, from the composed ``federate`` config (clients in this process:
     :meth:`Simulation.with_transport` delivers the same run elsewhere)."""
@@ -304,7 +321,8 @@ def build_federated(cfg: DictConfig) -> FederatedSetup:
     clients = {c.client_id: make_client(c.client_id, c.data) for c in federation.clients}
     evaluator = ServerEvaluator(model, federation.global_test, federation.heldout_test, datamodule.eval_batch_size,
                                 client_test_rows=federation.global_test_rows(), family=family)
-    simulation = Simulation(strategy, InProcessTransport(clients), initial_arrays=get_arrays(template),
+    simulation = Simulation(strategy, in_process_transport(cfg, family, template, clients, datamodule.batch_size),
+                            initial_arrays=get_arrays(template),
                             evaluate_fn=evaluator, client_timeout=fed.get("client_timeout"))
     return FederatedSetup(simulation=simulation, federation=federation, strategy=strategy, model=model,
                           rounds=int(fed.rounds), encoders=dataset.encoders)

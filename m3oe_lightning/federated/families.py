@@ -9,12 +9,16 @@ the loss (PAGE's rewards), and how to build the local training system. Two famil
   loss ``logloss_mean``: every key the project logged before families existed keeps its name.
 * ``classification``: ``ClassifierModule`` (cross-entropy; SGD or Adam, gradient-norm clip); accuracy and
   cross-entropy. Score ``accuracy``, loss ``cross_entropy`` (PAGE's Synthetic setting, docs/page.md).
+
+A family may also offer ``cohort``: many clients' local fits run side by side as one vectorised run
+(``federated.cohort=true``, :mod:`m3oe_lightning.training.cohort`); the classifier's does (SGD only).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
@@ -26,9 +30,13 @@ from m3oe_lightning.errors import UserInputError, check_number
 from m3oe_lightning.federated.evaluation import evaluate_classes, evaluate_split, part_classes, part_metrics
 from m3oe_lightning.models.base import MDMTModel
 
+if TYPE_CHECKING:
+    from m3oe_lightning.training.cohort import CohortSGD
+
 Evaluate = Callable[..., dict[str, float]]          # (model, split, batch_size, keep_logits=None) -> metrics
 PartMetrics = Callable[[MDMTModel, EncodedSplit, torch.Tensor, Sequence[int]], list[dict[str, float]]]
 SystemFactory = Callable[[MDMTModel, float], L.LightningModule]  # (model, lr) -> its training system
+CohortFactory = Callable[[DictConfig, MDMTModel, int], "CohortSGD"]  # (cfg, template, batch size) -> cohort fits
 
 
 def _recommendation_systems(cfg: DictConfig) -> SystemFactory:
@@ -54,6 +62,18 @@ def _classification_systems(cfg: DictConfig) -> SystemFactory:
     return make
 
 
+def _classification_cohort(cfg: DictConfig, template: MDMTModel, batch_size: int) -> CohortSGD:
+    from m3oe_lightning.training.classifier import row_cross_entropy
+    from m3oe_lightning.training.cohort import CohortSGD
+
+    optimizer = cfg.optimizer
+    if optimizer.get("name", "adam") != "sgd":
+        raise UserInputError(f"federated.cohort=true trains with SGD only (optimizer.name={optimizer.get('name')!r}): "
+                             f"use optimizer.name=sgd or federated.cohort=false")
+    return CohortSGD(template, row_cross_entropy, batch_size=batch_size, weight_decay=float(optimizer.weight_decay),
+                     clip_grad_norm=optimizer.get("clip_grad_norm"))
+
+
 @dataclass(frozen=True)
 class TaskFamily:
     """One family's metrics and training system.
@@ -71,6 +91,7 @@ class TaskFamily:
     evaluate: Evaluate
     part_metrics: PartMetrics
     systems: Callable[[DictConfig], SystemFactory]
+    cohort: CohortFactory | None = None
 
     def reply_key(self, model: str, metric: str) -> str:
         """What a client reports to PAGE about the model it ``received`` or ``trained`` (its agent's state and
@@ -95,7 +116,8 @@ RECOMMENDATION = TaskFamily(name="recommendation", score=keys.AUC_MEAN, loss=key
                             systems=_recommendation_systems)
 CLASSIFICATION = TaskFamily(name="classification", score=keys.ACCURACY, loss=keys.CROSS_ENTROPY,
                             score_label=keys.ACCURACY, loss_label=keys.CROSS_ENTROPY, evaluate=evaluate_classes,
-                            part_metrics=part_classes, systems=_classification_systems)
+                            part_metrics=part_classes, systems=_classification_systems,
+                            cohort=_classification_cohort)
 FAMILIES = {family.name: family for family in (RECOMMENDATION, CLASSIFICATION)}
 
 

@@ -30,6 +30,13 @@ def class_labels(batch: Batch) -> torch.Tensor:
     return batch["labels"].reshape(-1).long()
 
 
+def row_cross_entropy(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Per-row cross-entropy of logits ``[..., C]`` against the batch's class labels (any leading shape): the
+    loss this module takes the mean of, per row, for the cohort fits (:mod:`.cohort`)."""
+    labels = batch["labels"].reshape(logits.shape[:-1]).long()
+    return F.cross_entropy(logits.flatten(0, -2), labels.flatten(), reduction="none").view(labels.shape)
+
+
 class ClassifierModule(L.LightningModule):
     """Training system around a classifier (a model of ``task_family = "classification"``).
 
