@@ -126,10 +126,15 @@ federated-report: $(STAMP) ## the federated report → FED_REPORT_OUT from the M
 BENCH_ARGS ?= --batch-sizes 4096 40960
 # issue #13's setting: 100 clients in one process (Dirichlet partition of ML-1M)
 FED_BENCH_100 ?= data=movielens1m federated=fedavg federated.partition=dirichlet federated.num_clients=100
+# PAGE's Synthetic setting (100 clients × 20 local epochs): the cohort fits against one Lightning fit per client
+FED_BENCH_SYNTHETIC ?= experiment=federated/page_synthetic federated=fedavg
 bench: $(STAMP) ## throughput/MFU/RSS, a federated round's time split, scoring speed, deployment latency, DP cost, start-up → experiments/bench/
 	$(BIN)/python -m m3oe_lightning.bench.throughput $(BENCH_ARGS) $(ARGS)
 	$(BIN)/python -m m3oe_lightning.bench.federated
 	$(BIN)/python -m m3oe_lightning.bench.federated --name federated-100 $(FED_BENCH_100)
+	$(BIN)/python -m m3oe_lightning.bench.federated --name federated-synthetic-cohort $(FED_BENCH_SYNTHETIC)
+	$(BIN)/python -m m3oe_lightning.bench.federated --name federated-synthetic-per-client --rounds 1 \
+		$(FED_BENCH_SYNTHETIC) federated.cohort=false
 	$(BIN)/python -m m3oe_lightning.bench.serving
 	$(BIN)/python -m m3oe_lightning.bench.deployment
 	$(BIN)/python -m m3oe_lightning.bench.privacy

@@ -18,6 +18,7 @@ be a second optimiser to keep in step with PyTorch's.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -81,6 +82,7 @@ class CohortSGD:
         self.weight_decay = float(weight_decay)
         self.clip_grad_norm = None if clip_grad_norm is None else float(clip_grad_norm)
         self.names = [name for name, p in template.named_parameters() if p.requires_grad]
+        self.seconds = 0.0  # time inside the stacked SGD steps, over every ``train`` call (the bench reads it)
         self._forward = vmap(lambda params, batch: functional_call(template, params, (batch,)))
 
     # --------------------------------------------------------------------------------------- plan
@@ -136,6 +138,7 @@ class CohortSGD:
                      for name in self.names}
         loss_sum = torch.zeros(len(jobs))
         loss_rows = torch.zeros(len(jobs))
+        started = time.perf_counter()
         for t in range(total):
             a = active[t]
             rows = index[t, :a]
@@ -166,6 +169,7 @@ class CohortSGD:
                 rows_in_step = (weight[t, :a] > 0).sum(1).float()
                 loss_sum[:a] += counted * per_job.detach() * rows_in_step
                 loss_rows[:a] += counted * rows_in_step
+        self.seconds += time.perf_counter() - started
         results: list[LocalResult | None] = [None] * len(jobs)
         for slot, j in enumerate(rank):
             arrays = {name: value.detach().clone() for name, value in jobs[j].start.items()}
