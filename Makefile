@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test bench bench-scaling ui movielens movielens-report reproduce reproduce-quick report diagnose \
+.PHONY: help install train test page-synthetic bench bench-scaling ui movielens movielens-report reproduce reproduce-quick report diagnose \
 	federated federated-report bench-reproduce clean clean-logs clean-checkpoints predict export serve tune \
 	tune-study tuning-report
 
@@ -121,6 +121,22 @@ federated: $(STAMP) ## federated comparison (local/fedavg/fedprox/ditto/page/fed
 FED_REPORT_OUT ?= logs/reports/federated
 federated-report: $(STAMP) ## the federated report → FED_REPORT_OUT from the MLflow store
 	$(BIN)/python -m m3oe_lightning.reports.federated --study federated --out $(FED_REPORT_OUT) --command "make federated"
+
+# PAGE's Synthetic setting (issue #13, item 5a): FedAvg, FedProx, Ditto, PAGE with the released and the affine
+# action map, and the random-action control (PAGE that never leaves warm-up: random lr/epochs every round, no
+# agent learning) × PAGE_SYN_SEEDS, Hydra multiruns, resumable (finished runs are skipped). federated.label names
+# each arm in reports. About 6 minutes per 300-round run here (cohort fits; Ditto twice that).
+PAGE_SYN_SEEDS ?= 1,2,3
+PAGE_SYN_ROUNDS ?= 300
+PAGE_SYN_SWEEP = $(BIN)/python -m m3oe_lightning.federate -m experiment=federated/page_synthetic seed=$(PAGE_SYN_SEEDS) \
+	federated.rounds=$(PAGE_SYN_ROUNDS) skip_finished=true +logger.tags.study=page_synthetic \
+	hydra.callbacks.mlflow_sweep.name=page_synthetic $(LAUNCHER) $(ARGS)
+page-synthetic: $(STAMP) ## PAGE's Synthetic study: 6 arms × PAGE_SYN_SEEDS, PAGE_SYN_ROUNDS rounds (resumable)
+	$(PAGE_SYN_SWEEP) federated=fedavg,fedprox,ditto
+	$(PAGE_SYN_SWEEP) federated=page federated.action_map=released +federated.label=page-released
+	$(PAGE_SYN_SWEEP) federated=page federated.action_map=affine +federated.label=page-affine
+	$(PAGE_SYN_SWEEP) federated=page federated.action_map=released federated.warmup=$(PAGE_SYN_ROUNDS) \
+		+federated.label=page-random
 
 # every preset of m3oe_lightning/bench/throughput.py (M3oE paper/released, MMoE, STAR, bf16 autocast) at both batch sizes
 BENCH_ARGS ?= --batch-sizes 4096 40960

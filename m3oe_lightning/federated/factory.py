@@ -57,7 +57,8 @@ if TYPE_CHECKING:  # sites.py builds on this module
 LEGACY_STRATEGY_NAMES = {"mu": "proximal_mu", "lam": "ditto_lambda"}
 # What is not part of a federated run's identity: where it logs and the run hooks.
 NOT_IDENTITY = ("paths", "logger", "skip_finished", "allocator")
-NOT_FEDERATED_IDENTITY = ("resume", "kill_after_round", "cohort")  # cohort: how fits run, not what they compute
+# cohort: how the fits run, not what they compute; label: what reports call the run
+NOT_FEDERATED_IDENTITY = ("resume", "kill_after_round", "cohort", "label")
 # ``federated.*`` settings of no strategy added after runs were stored: at these values they are left out of a
 # run's identity (as a strategy's ``identity_defaults``), so a run that did not have them keeps its hash
 FEDERATED_IDENTITY_DEFAULTS: dict[str, object] = {"sparse_embeddings": False, "dp": DP_DEFAULTS, "sites": None,

@@ -9,7 +9,11 @@ SERVER_STATE = "server_state.pt"  # <checkpoint_dir>/<run_id>/server_state.pt, w
 
 def algorithm_label(fed: DictConfig) -> str:
     """What a report calls the run: ``centralized``, the strategy, or ``{strategy}+{personal}``; ``+sparse``
-    appended under row-sparse aggregation (``federated.sparse_embeddings``), so reports keep both apart."""
+    appended under row-sparse aggregation (``federated.sparse_embeddings``), so reports keep both apart.
+    ``federated.label`` names the run outright: a study's arms of one strategy (PAGE's two action maps, its
+    random-action control) each get their own report row."""
+    if fed.get("label"):
+        return str(fed.label)
     sparse = "+sparse" if fed.get("sparse_embeddings") is True else ""
     if fed.get("centralized"):
         return f"centralized{sparse}"

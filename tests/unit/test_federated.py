@@ -308,6 +308,7 @@ def test_algorithm_labels_name_runs_and_report_rows():
     assert algorithm_label(OmegaConf.create({"name": "page", "personal": "none"})) == "page"
     assert algorithm_label(OmegaConf.create({"name": "page", "personal": "domain_experts"})) == "page+domain_experts"
     assert algorithm_label(OmegaConf.create({"name": "fedavg", "centralized": True})) == "centralized"
+    assert algorithm_label(OmegaConf.create({"name": "page", "label": "page-random"})) == "page-random"
     assert algorithm_label(OmegaConf.create({"name": "fedavg", "personal": "user_embeddings",
                                              "sparse_embeddings": True})) == "fedavg+user_embeddings+sparse"
     assert algorithm_label(OmegaConf.create({"name": "page", "sparse_embeddings": False})) == "page"
