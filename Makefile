@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test page-synthetic bench bench-scaling ui movielens movielens-report reproduce reproduce-quick report diagnose \
+.PHONY: help install train test page-synthetic page-synthetic-report bench bench-scaling ui movielens movielens-report reproduce reproduce-quick report diagnose \
 	federated federated-report bench-reproduce clean clean-logs clean-checkpoints predict export serve tune \
 	tune-study tuning-report
 
@@ -136,7 +136,13 @@ page-synthetic: $(STAMP) ## PAGE's Synthetic study: 6 arms × PAGE_SYN_SEEDS, PA
 	$(PAGE_SYN_SWEEP) federated=page federated.action_map=released +federated.label=page-released
 	$(PAGE_SYN_SWEEP) federated=page federated.action_map=affine +federated.label=page-affine
 	$(PAGE_SYN_SWEEP) federated=page federated.action_map=released federated.warmup=$(PAGE_SYN_ROUNDS) \
-		+federated.label=page-random
+		+federated.label=page-random; \
+		status=$$?; $(MAKE) page-synthetic-report PAGE_SYN_OUT=experiments/federated/page_synthetic && exit $$status
+
+# the committed report, experiments/federated/page_synthetic, is written by make page-synthetic
+PAGE_SYN_OUT ?= logs/reports/page_synthetic
+page-synthetic-report: $(STAMP) ## the Synthetic study's report → PAGE_SYN_OUT from the MLflow store
+	$(BIN)/python -m m3oe_lightning.reports.page_synthetic --out $(PAGE_SYN_OUT) --command "make page-synthetic"
 
 # every preset of m3oe_lightning/bench/throughput.py (M3oE paper/released, MMoE, STAR, bf16 autocast) at both batch sizes
 BENCH_ARGS ?= --batch-sizes 4096 40960

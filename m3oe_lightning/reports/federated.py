@@ -80,8 +80,10 @@ class FederatedRun:
         return float(next(k for k, v in enumerate(curve, start=1) if v >= target))
 
 
-def load_runs(tracking_uri: str, experiment: str, study: str | None) -> list[FederatedRun]:
-    """The newest finished run of each (algorithm, seed) among runs tagged ``study`` (any, when None)."""
+def load_runs(tracking_uri: str, experiment: str, study: str | None,
+              histories: Sequence[str] = (*CURVES, *TIMES, BYTES_SENT)) -> list[FederatedRun]:
+    """The newest finished run of each (algorithm, seed) among runs tagged ``study`` (any, when None), with the
+    per-round ``histories`` of the metrics it logged."""
     latest = common.newest_finished_runs(tracking_uri, experiment, lambda run: run_key(run.data.tags),
                                          tags={"study": study})
     client = MlflowClient(tracking_uri)
@@ -89,7 +91,7 @@ def load_runs(tracking_uri: str, experiment: str, study: str | None) -> list[Fed
     for (algorithm, seed), run in latest.items():
         info, tags = run.info, run.data.tags
         history = {key: common.metric_history(client, info.run_id, key)
-                   for key in (*CURVES, *TIMES, BYTES_SENT) if key in run.data.metrics}
+                   for key in histories if key in run.data.metrics}
         runs.append(FederatedRun(
             algorithm=algorithm, seed=seed, run_id=info.run_id, metrics=dict(run.data.metrics),
             model=tags.get("model", "?"), partition=tags.get("partition", "?"), data=tags.get("data", "?"),
