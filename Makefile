@@ -13,7 +13,8 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test page-synthetic page-synthetic-report bench bench-scaling ui movielens movielens-report reproduce reproduce-quick report diagnose \
+.PHONY: help install train test page-synthetic page-synthetic-report federated-rec federated-rec-setting \
+	federated-rec-report bench bench-scaling ui movielens movielens-report reproduce reproduce-quick report diagnose \
 	federated federated-report bench-reproduce clean clean-logs clean-checkpoints predict export serve tune \
 	tune-study tuning-report
 
@@ -143,6 +144,50 @@ page-synthetic: $(STAMP) ## PAGE's Synthetic study: 6 arms × PAGE_SYN_SEEDS, PA
 PAGE_SYN_OUT ?= logs/reports/page_synthetic
 page-synthetic-report: $(STAMP) ## the Synthetic study's report → PAGE_SYN_OUT from the MLflow store
 	$(BIN)/python -m m3oe_lightning.reports.page_synthetic --out $(PAGE_SYN_OUT) --command "make page-synthetic"
+
+# PAGE on recommendation (issue #13, item 5b), one study per setting of FEDREC_SETTINGS: `region` (a client per
+# zip region, one held out) and `dirichlet` (FEDREC_CLIENTS clients, α 0.5, half of them sampled each round).
+# Arms: centralized, FedAvg, FedProx, Ditto, federated M3oE, PAGE with the released and the affine action map and
+# the random-action control, each with row-sparse embedding aggregation off and on, × FEDREC_SEEDS, FEDREC_ROUNDS
+# rounds; PAGE warms up for 10% of the rounds and decays ε over half of them, choosing lr in [1e-3, 1e-2] (the
+# baselines' 1e-2 on top) and 1–2 local epochs. MovieLens-100K by default: on 2 CPU cores a 100-round
+# MovieLens-1M run takes over an hour (FEDREC_DATA=movielens1m where the budget allows). Resumable.
+FEDREC_DATA ?= movielens100k
+FEDREC_SETTINGS ?= region dirichlet
+FEDREC_SEEDS ?= 1,2,3
+FEDREC_ROUNDS ?= 100
+FEDREC_CLIENTS ?= 20
+FEDREC_SPARSE ?= false,true
+FEDREC_region = federated.partition=region federated.heldout_clients=1
+FEDREC_dirichlet = federated.partition=dirichlet federated.num_clients=$(FEDREC_CLIENTS) federated.alpha=0.5 \
+	federated.fraction_train=0.5
+FEDREC_SWEEP = $(BIN)/python -m m3oe_lightning.federate -m data=$(FEDREC_DATA) model=m3oe seed=$(FEDREC_SEEDS) \
+	$(FEDREC_$(FEDREC_SETTING)) federated.rounds=$(FEDREC_ROUNDS) skip_finished=true \
+	+logger.tags.study=federated_rec_$(FEDREC_SETTING) \
+	hydra.callbacks.mlflow_sweep.name=federated_rec_$(FEDREC_SETTING) $(LAUNCHER) $(ARGS)
+FEDREC_PAGE = federated=page federated.lr_min=1e-3 federated.lr_max=1e-2 federated.epochs_max=2 \
+	federated.agent.epsilon_decay=$(shell expr $(FEDREC_ROUNDS) / 2) federated.sparse_embeddings=$(FEDREC_SPARSE)
+federated-rec: $(STAMP) ## PAGE on recommendation: FEDREC_SETTINGS × 8 arms × sparse off/on × FEDREC_SEEDS, reports
+	status=0; for setting in $(FEDREC_SETTINGS); do \
+		$(MAKE) federated-rec-setting FEDREC_SETTING=$$setting || status=$$?; done; exit $$status
+federated-rec-setting: $(STAMP)
+	$(FEDREC_SWEEP) experiment=federated/centralized
+	$(FEDREC_SWEEP) federated=fedavg,fedprox,ditto federated.sparse_embeddings=$(FEDREC_SPARSE)
+	$(FEDREC_SWEEP) experiment=federated/fedavg_m3oe federated.sparse_embeddings=$(FEDREC_SPARSE)
+	$(FEDREC_SWEEP) $(FEDREC_PAGE) federated.warmup=$(shell expr $(FEDREC_ROUNDS) / 10) federated.action_map=released \
+		+federated.label=page-released
+	$(FEDREC_SWEEP) $(FEDREC_PAGE) federated.warmup=$(shell expr $(FEDREC_ROUNDS) / 10) federated.action_map=affine \
+		+federated.label=page-affine
+	$(FEDREC_SWEEP) $(FEDREC_PAGE) federated.warmup=$(FEDREC_ROUNDS) federated.action_map=released \
+		+federated.label=page-random; \
+		status=$$?; $(MAKE) federated-rec-report FEDREC_OUT=experiments/federated/rec_$(FEDREC_SETTING) && exit $$status
+
+# the committed reports, experiments/federated/rec_<setting>, are written by make federated-rec
+FEDREC_SETTING ?= region
+FEDREC_OUT ?= logs/reports/federated_rec_$(FEDREC_SETTING)
+federated-rec-report: $(STAMP) ## the recommendation study's report for FEDREC_SETTING → FEDREC_OUT
+	$(BIN)/python -m m3oe_lightning.reports.federated --study federated_rec_$(FEDREC_SETTING) --out $(FEDREC_OUT) \
+		--command "make federated-rec FEDREC_SETTINGS=$(FEDREC_SETTING)"
 
 # every preset of m3oe_lightning/bench/throughput.py (M3oE paper/released, MMoE, STAR, bf16 autocast) at both batch sizes
 BENCH_ARGS ?= --batch-sizes 4096 40960

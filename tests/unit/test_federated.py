@@ -309,6 +309,8 @@ def test_algorithm_labels_name_runs_and_report_rows():
     assert algorithm_label(OmegaConf.create({"name": "page", "personal": "domain_experts"})) == "page+domain_experts"
     assert algorithm_label(OmegaConf.create({"name": "fedavg", "centralized": True})) == "centralized"
     assert algorithm_label(OmegaConf.create({"name": "page", "label": "page-random"})) == "page-random"
+    assert algorithm_label(OmegaConf.create({"name": "page", "label": "page-random", "sparse_embeddings": True})) \
+        == "page-random+sparse"
     assert algorithm_label(OmegaConf.create({"name": "fedavg", "personal": "user_embeddings",
                                              "sparse_embeddings": True})) == "fedavg+user_embeddings+sparse"
     assert algorithm_label(OmegaConf.create({"name": "page", "sparse_embeddings": False})) == "page"
