@@ -181,21 +181,25 @@ def comparison_table(runs: Sequence[FederatedRun], reference: str = "fedavg") ->
     return lines
 
 
-def curves_plot(runs: Sequence[FederatedRun], path: Path) -> None:
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(6 * len(CURVES), 4.2), squeeze=False)
-    colors = {name: plt.cm.tab10(k % 10) for k, name in enumerate(algorithms(runs))}  # one color per algorithm
-    for ax, metric in zip(axes[0], CURVES):
-        for name in algorithms(runs):
-            curves = [r.history[metric] for r in runs if r.algorithm == name and r.history.get(metric)]
-            if not curves:
+def curves_plot(runs: Sequence[FederatedRun], path: Path, *, names: Sequence[str] | None = None,
+                curves: Sequence[str] = CURVES, ylabel: str = "AUC", markers: bool = True) -> None:
+    """One panel per metric of ``curves``: its per-round mean over seeds, one line per algorithm of ``names``
+    (all, in report order, when None); ``markers`` dots each round (off for long runs)."""
+    names = algorithms(runs) if names is None else list(names)
+    fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4.2), squeeze=False)
+    colors = {name: plt.cm.tab10(k % 10) for k, name in enumerate(names)}  # one color per algorithm
+    style = {"marker": "o", "markersize": 3} if markers else {}
+    for ax, metric in zip(axes[0], curves):
+        for name in names:
+            histories = [r.history[metric] for r in runs if r.algorithm == name and r.history.get(metric)]
+            if not histories:
                 continue
-            length = min(len(c) for c in curves)
-            mean = [statistics.fmean(c[k] for c in curves) for k in range(length)]
-            ax.plot(range(1, length + 1), mean, marker="o", markersize=3, color=colors[name],
-                    label=f"{name} (n={len(curves)})")
+            length = min(len(c) for c in histories)
+            mean = [statistics.fmean(c[k] for c in histories) for k in range(length)]
+            ax.plot(range(1, length + 1), mean, color=colors[name], label=f"{name} (n={len(histories)})", **style)
         ax.set_title(f"{metric} per round (mean over seeds)")
         ax.set_xlabel("round")
-        ax.set_ylabel("AUC")
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

@@ -24,16 +24,11 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from m3oe_lightning import metric_keys as keys  # noqa: E402
-from m3oe_lightning.reports import common  # noqa: E402
-from m3oe_lightning.reports.common import describe, fmt, fmt_p, mean_std, table_head, table_row, welch_p  # noqa: E402
-from m3oe_lightning.reports.federated import TIMES, FederatedRun, load_runs  # noqa: E402
-from m3oe_lightning.tracking.provenance import git_commit  # noqa: E402
+from m3oe_lightning import metric_keys as keys
+from m3oe_lightning.reports import common
+from m3oe_lightning.reports.common import describe, fmt, fmt_p, mean_std, table_head, table_row, welch_p
+from m3oe_lightning.reports.federated import TIMES, FederatedRun, curves_plot, load_runs
+from m3oe_lightning.tracking.provenance import git_commit
 
 GLOBAL_ACCURACY, LOCAL_ACCURACY = keys.key(keys.GLOBAL, keys.ACCURACY), keys.key(keys.PERSONAL, keys.ACCURACY)
 CURVES = (GLOBAL_ACCURACY, LOCAL_ACCURACY)
@@ -112,27 +107,6 @@ def claim_lines(runs: Sequence[FederatedRun], last: int) -> list[str]:
     return lines
 
 
-def curves_plot(runs: Sequence[FederatedRun], path: Path) -> None:
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(6 * len(CURVES), 4.2), squeeze=False)
-    colors = {arm: plt.cm.tab10(k % 10) for k, arm in enumerate(arms(runs))}
-    for ax, metric in zip(axes[0], CURVES):
-        for arm in arms(runs):
-            curves = [r.history[metric] for r in runs if r.algorithm == arm and r.history.get(metric)]
-            if not curves:
-                continue
-            length = min(len(c) for c in curves)
-            mean = [statistics.fmean(c[k] for c in curves) for k in range(length)]
-            ax.plot(range(1, length + 1), mean, color=colors[arm], label=f"{arm} (n={len(curves)})")
-        ax.set_title(f"{metric} per round (mean over seeds)")
-        ax.set_xlabel("round")
-        ax.set_ylabel("accuracy")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def write_csv(runs: Sequence[FederatedRun], path: Path, last: int) -> None:
     common.write_csv_atomic(path, CSV_COLUMNS, (
         [r.algorithm, r.seed, r.rounds, f"{tail_mean(r, GLOBAL_ACCURACY, last):.6f}",
@@ -178,7 +152,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"error: no finished runs with study={args.study!r} in {args.tracking_uri}; "
                          "run `make page-synthetic` first")
     args.out.mkdir(parents=True, exist_ok=True)
-    curves_plot(runs, args.out / "synthetic_curves.png")
+    curves_plot(runs, args.out / "synthetic_curves.png", names=arms(runs), curves=CURVES, ylabel="accuracy",
+                markers=False)
     write_csv(runs, args.out / "results.csv", args.last)
     common.write_atomic(args.out / "README.md",
                         markdown(runs, last=args.last, command=args.command, source=common.store_source(args)))
