@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from m3oe_lightning import metric_keys as keys
+from m3oe_lightning.federated.strategies.page import page_key
 from m3oe_lightning.reports import common
 from m3oe_lightning.reports.common import describe, fmt, fmt_p, mean_std, table_head, table_row, welch_p
 from m3oe_lightning.reports.federated import TIMES, FederatedRun, curves_plot, load_runs
@@ -89,6 +90,42 @@ def tests_table(runs: Sequence[FederatedRun], last: int) -> list[str]:
     return lines
 
 
+def agent_summary(run: FederatedRun) -> dict[str, float]:
+    """What a PAGE run's agents chose in its last round: the clients' mean lr and local epochs, and how far the
+    server's aggregation weights are from uniform (coefficient of variation; the largest weight × clients)."""
+    def chosen(suffix: str) -> list[float]:
+        return [v for k, v in run.metrics.items() if k.startswith(page_key("client")) and k.endswith(f"/{suffix}")]
+
+    weights = [v for k, v in run.metrics.items() if k.startswith(page_key("weight") + "/")]
+    lrs, epochs = chosen("lr"), chosen("epochs")
+    if not weights or not lrs:
+        return {}
+    mean_weight = statistics.fmean(weights)
+    return {"lr": statistics.fmean(lrs), "epochs": statistics.fmean(epochs),
+            "weight_cv": statistics.pstdev(weights) / mean_weight, "weight_max": max(weights) / mean_weight}
+
+
+AGENT_COLUMNS = (("lr", "clients' mean lr", "{:.4f}"), ("epochs", "clients' mean local epochs", "{:.1f}"),
+                 ("weight_cv", "server weights: CV", "{:.2f}"), ("weight_max", "largest weight ÷ uniform", "{:.2f}"))
+
+
+def agents_table(runs: Sequence[FederatedRun]) -> list[str]:
+    """Per PAGE arm, what its agents chose in the last round (mean ± std over seeds): whether it left FedAvg's
+    setting (lr 0.1, 20 epochs, uniform weights) and how far."""
+    pages = [a for a in arms(runs) if a.startswith("page")]
+    if not pages:
+        return ["(No PAGE arm.)"]
+    lines = table_head(["PAGE arm", *[title for _, title, _ in AGENT_COLUMNS]])
+    for arm in pages:
+        summaries = [s for s in (agent_summary(r) for r in runs if r.algorithm == arm) if s]
+        cells = []
+        for name, _, form in AGENT_COLUMNS:
+            xs = [s[name] for s in summaries]
+            cells.append(f"{form.format(statistics.fmean(xs))} ± {form.format(statistics.pstdev(xs))}" if xs else "–")
+        lines.append(table_row([arm, *cells]))
+    return lines
+
+
 def claim_lines(runs: Sequence[FederatedRun], last: int) -> list[str]:
     """PAGE's relative gain over the best baseline arm, beside the paper's."""
     present = arms(runs)
@@ -133,6 +170,11 @@ def markdown(runs: Sequence[FederatedRun], *, last: int, command: str, source: s
         "## PAGE against FedAvg and against the random-action control", "",
         "Δ in accuracy points; two-sided Welch t-test over seeds (`–`: fewer than two seeds on a side).", "",
         *tests_table(runs, last), "",
+        "## What PAGE's agents chose (last round)", "",
+        "Mean over clients of the lr and local epochs each client agent applied in the run's last round, and the "
+        "spread of the server agent's aggregation weights (coefficient of variation over clients; 0 = uniform, "
+        "FedAvg's weights here, where every client holds the same number of rows); mean ± std over seeds.", "",
+        *agents_table(runs), "",
         "## The paper's headline claim", "",
         *claim_lines(runs, last), "",
         "![global and local accuracy per round](synthetic_curves.png)", ""])

@@ -44,7 +44,7 @@ def test_the_synthetic_report_averages_each_runs_last_rounds_and_tests_page_agai
     text = (out / "README.md").read_text()
     assert "mean of the last 2 rounds" in text and "**Seeds:** 1, 2" in text
     tests = [line for line in text.splitlines() if line.startswith("| page-released")]
-    assert len(tests) == 2 and "vs fedavg" in text and "vs page-random" in text  # results row and tests row
+    assert len(tests) == 3 and "vs fedavg" in text and "vs page-random" in text  # results, tests and agents rows
     assert "the paper claims +35.20 %" in text and "the paper claims +39.91 %" in text
     assert (out / "synthetic_curves.png").stat().st_size > 5_000
 
@@ -52,3 +52,13 @@ def test_the_synthetic_report_averages_each_runs_last_rounds_and_tests_page_agai
 def test_the_synthetic_report_without_runs_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match="no finished runs with study='page_synthetic'"):
         report.main(["--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}", "--out", str(tmp_path)])
+
+
+def test_the_agents_summary_is_the_last_rounds_mean_lr_epochs_and_the_spread_of_the_weights():
+    from m3oe_lightning.reports.federated import FederatedRun
+    metrics = {"page/client/a/lr": 0.1, "page/client/b/lr": 0.05, "page/client/a/epochs": 20.0,
+               "page/client/b/epochs": 10.0, "page/client/a/reward": 9.0, "page/weight/a": 0.75,
+               "page/weight/b": 0.25, "global/accuracy": 0.5}
+    summary = report.agent_summary(FederatedRun(algorithm="page-released", seed="1", run_id="r", metrics=metrics))
+    assert summary == pytest.approx({"lr": 0.075, "epochs": 15.0, "weight_cv": 0.5, "weight_max": 1.5})
+    assert report.agent_summary(FederatedRun(algorithm="fedavg", seed="1", run_id="r", metrics={})) == {}
