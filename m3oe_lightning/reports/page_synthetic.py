@@ -33,6 +33,9 @@ from m3oe_lightning.tracking.provenance import git_commit
 
 GLOBAL_ACCURACY, LOCAL_ACCURACY = keys.key(keys.GLOBAL, keys.ACCURACY), keys.key(keys.PERSONAL, keys.ACCURACY)
 CURVES = (GLOBAL_ACCURACY, LOCAL_ACCURACY)
+# the server agent's signal: the aggregated model on the union of the clients' validation rows (never test)
+SERVER_VALIDATION = page_key("server", "val_accuracy")
+MAPS = ("page-released", "page-affine")  # the arms that pick federated.action_map's default
 ORDER = ("fedavg", "fedprox", "ditto", "page-random", "page-released", "page-affine")
 BASELINES = ("fedavg", "fedprox", "ditto")
 CONTROL = "page-random"
@@ -109,21 +112,34 @@ AGENT_COLUMNS = (("lr", "clients' mean lr", "{:.4f}"), ("epochs", "clients' mean
                  ("weight_cv", "server weights: CV", "{:.2f}"), ("weight_max", "largest weight ÷ uniform", "{:.2f}"))
 
 
-def agents_table(runs: Sequence[FederatedRun]) -> list[str]:
+def agents_table(runs: Sequence[FederatedRun], last: int) -> list[str]:
     """Per PAGE arm, what its agents chose in the last round (mean ± std over seeds): whether it left FedAvg's
-    setting (lr 0.1, 20 epochs, uniform weights) and how far."""
+    setting (lr 0.1, 20 epochs, uniform weights) and how far; beside it the server's validation accuracy."""
     pages = [a for a in arms(runs) if a.startswith("page")]
     if not pages:
         return ["(No PAGE arm.)"]
-    lines = table_head(["PAGE arm", *[title for _, title, _ in AGENT_COLUMNS]])
+    lines = table_head(["PAGE arm", f"server validation accuracy (last {last})",
+                        *[title for _, title, _ in AGENT_COLUMNS]])
     for arm in pages:
         summaries = [s for s in (agent_summary(r) for r in runs if r.algorithm == arm) if s]
-        cells = []
+        cells = [cell(values(runs, arm, SERVER_VALIDATION, last))]
         for name, _, form in AGENT_COLUMNS:
             xs = [s[name] for s in summaries]
             cells.append(f"{form.format(statistics.fmean(xs))} ± {form.format(statistics.pstdev(xs))}" if xs else "–")
         lines.append(table_row([arm, *cells]))
     return lines
+
+
+def default_line(runs: Sequence[FederatedRun], last: int) -> str:
+    """Which action map the validation data favours: the PAGE arm with the higher mean server validation
+    accuracy over the last rounds (never a test number), as the default of ``federated.action_map``."""
+    scores = {arm: statistics.fmean(xs) for arm in MAPS if (xs := values(runs, arm, SERVER_VALIDATION, last))}
+    if len(scores) < len(MAPS):
+        return "(Needs both action maps' arms to choose a default.)"
+    best = max(scores, key=scores.__getitem__)
+    listed = ", ".join(f"{arm} {100 * score:.2f}" for arm, score in scores.items())
+    return (f"- **Default action map, chosen on validation only** (the server validation accuracy of the last "
+            f"{last} rounds, mean over seeds: {listed}): `federated.action_map={best.removeprefix('page-')}`.")
 
 
 def claim_lines(runs: Sequence[FederatedRun], last: int) -> list[str]:
@@ -171,10 +187,12 @@ def markdown(runs: Sequence[FederatedRun], *, last: int, command: str, source: s
         "Δ in accuracy points; two-sided Welch t-test over seeds (`–`: fewer than two seeds on a side).", "",
         *tests_table(runs, last), "",
         "## What PAGE's agents chose (last round)", "",
-        "Mean over clients of the lr and local epochs each client agent applied in the run's last round, and the "
+        f"The server agent's validation accuracy (the aggregated model on the clients' validation rows, the mean "
+        f"of the last {last} rounds; the only number the default below is chosen on), the "
+        "mean over clients of the lr and local epochs each client agent applied in the run's last round, and the "
         "spread of the server agent's aggregation weights (coefficient of variation over clients; 0 = uniform, "
         "FedAvg's weights here, where every client holds the same number of rows); mean ± std over seeds.", "",
-        *agents_table(runs), "",
+        *agents_table(runs, last), "", default_line(runs, last), "",
         "## The paper's headline claim", "",
         *claim_lines(runs, last), "",
         "![global and local accuracy per round](synthetic_curves.png)", ""])
@@ -189,7 +207,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.last < 1:
         raise SystemExit(f"error: --last={args.last}: give a number of rounds ≥ 1")
-    runs = load_runs(args.tracking_uri, args.experiment, args.study or None, histories=(*CURVES, *TIMES))
+    runs = load_runs(args.tracking_uri, args.experiment, args.study or None,
+                     histories=(*CURVES, SERVER_VALIDATION, *TIMES))
     if not runs:
         raise SystemExit(f"error: no finished runs with study={args.study!r} in {args.tracking_uri}; "
                          "run `make page-synthetic` first")

@@ -16,6 +16,8 @@ from tests.unit.test_classification import SMALL
 ARMS = {"fedavg": ["federated=fedavg"],
         "page-released": ["federated=page", "federated.action_map=released", "federated.warmup=1",
                           "federated.epochs_max=2", "+federated.label=page-released"],
+        "page-affine": ["federated=page", "federated.action_map=affine", "federated.warmup=1",
+                        "federated.epochs_max=2", "+federated.label=page-affine"],
         "page-random": ["federated=page", "federated.action_map=released", "federated.warmup=3",
                         "federated.epochs_max=2", "+federated.label=page-random"]}
 
@@ -33,8 +35,8 @@ def test_the_synthetic_report_averages_each_runs_last_rounds_and_tests_page_agai
     with open(out / "results.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert tuple(rows[0]) == report.CSV_COLUMNS
-    assert [(r["arm"], r["seed"]) for r in rows] == [(a, s) for a in ("fedavg", "page-random", "page-released")
-                                                    for s in ("1", "2")]
+    order = ("fedavg", "page-affine", "page-random", "page-released")  # the store's order: by name
+    assert [(r["arm"], r["seed"]) for r in rows] == [(a, s) for a in order for s in ("1", "2")]
     client = MlflowClient(uri)
     for row in rows:
         history = [m.value for m in sorted(client.get_metric_history(row["run_id"], "global/accuracy"),
@@ -45,6 +47,12 @@ def test_the_synthetic_report_averages_each_runs_last_rounds_and_tests_page_agai
     assert "mean of the last 2 rounds" in text and "**Seeds:** 1, 2" in text
     tests = [line for line in text.splitlines() if line.startswith("| page-released")]
     assert len(tests) == 3 and "vs fedavg" in text and "vs page-random" in text  # results, tests and agents rows
+    validation = {arm: statistics.fmean(
+        statistics.fmean([m.value for m in sorted(client.get_metric_history(row["run_id"], report.SERVER_VALIDATION),
+                                                  key=lambda m: m.step)][-2:])
+        for row in rows if row["arm"] == arm) for arm in report.MAPS}
+    chosen = max(validation, key=validation.__getitem__).removeprefix("page-")
+    assert "chosen on validation only" in text and f"`federated.action_map={chosen}`" in text
     assert "the paper claims +35.20 %" in text and "the paper claims +39.91 %" in text
     assert (out / "synthetic_curves.png").stat().st_size > 5_000
 
