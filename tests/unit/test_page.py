@@ -146,7 +146,7 @@ def test_page_weights_are_a_distribution_over_the_clients_that_replied():
 
 
 def test_page_actions_are_in_range_and_buffers_hold_raw_actions():
-    page = make_page(warmup=2)
+    page = make_page(warmup=2, action_map="affine")  # the map that spreads actions over the range
     arrays = {"w": torch.zeros(4)}
     seen_lr = set()
     for r in range(1, 9):
@@ -171,7 +171,7 @@ def test_page_actions_are_in_range_and_buffers_hold_raw_actions():
     assert len(seen_lr) > 3 and page.client_agents["c0"].updates == 6
     assert page.map_client_action(torch.tensor([-1.0, -1.0])) == (pytest.approx(1e-3), 1)
     assert page.map_client_action(torch.tensor([1.0, 1.0])) == (pytest.approx(2e-2), 4)
-    log_page = make_page(lr_scale="log")
+    log_page = make_page(lr_scale="log", action_map="affine")
     assert log_page.map_client_action(torch.tensor([0.0, 0.0]))[0] == pytest.approx((1e-3 * 2e-2) ** 0.5)
 
 
@@ -292,10 +292,14 @@ def test_action_map_settings_compose_keep_old_hashes_at_their_defaults_and_refus
         cfg = compose_train(["federated=page", *overrides], config_name="federate")
         return config_hash(federated_identity(OmegaConf.to_container(cfg, resolve=True)))
 
-    assert identity() == identity("federated.action_map=affine", "federated.replay=raw")
-    assert identity("federated.action_map=released") != identity()
-    assert build_strategy(compose_train(["federated=page", "federated.action_map=released"],
-                                        config_name="federate").federated, 1).action_map == "released"
+    # runs from before the switches (the affine map, raw replay) keep their hashes; the released default is new
+    assert identity("federated.action_map=affine") == identity("federated.action_map=affine", "federated.replay=raw")
+    assert identity("federated.action_map=affine") not in (identity(), identity("federated.replay=transformed"))
+    assert identity() == identity("federated.action_map=released")
+    assert build_strategy(compose_train(["federated=page"], config_name="federate").federated, 1).action_map \
+        == "released"
+    assert build_strategy(compose_train(["federated=page", "federated.action_map=affine"],
+                                        config_name="federate").federated, 1).action_map == "affine"
     for bad, message in ((dict(action_map="clip"), "federated.action_map='clip': use one of affine, released"),
                          (dict(replay="mapped"), "federated.replay='mapped': use one of raw, transformed"),
                          (dict(action_map="released", lr_scale="log"), "the released action map is linear")):

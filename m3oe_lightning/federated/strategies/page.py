@@ -31,7 +31,8 @@ the lr and epochs travel in each client's round config. Our decisions (docs/page
   ``epochs = 1 + round(u·(epochs_max − 1))``; ``released`` is the released code's: ``u`` clipped into
   ``[lr_min, lr_max]`` (so an untrained actor, u ≈ 0.5, plays ``lr_max`` and ``epochs_max``, FedAvg's own
   setting), ``lr = u``, ``epochs = max(1, int(u·int(epochs_max / lr_max)))``, and warm-up actions drawn
-  uniformly in ``[lr_min, lr_max]`` as it does. Server weights are ``u_i + 1e-6`` normalised over the
+  uniformly in ``[lr_min, lr_max]`` as it does (the default: PAGE's Synthetic study favoured it on
+  validation, within noise; ``lr_scale: log`` needs ``affine``). Server weights are ``u_i + 1e-6`` normalised over the
   clients that replied (a dropped client gets no weight) under both; row-sparse replies
   (``federated.sparse_embeddings``) average each embedding row over the clients that updated it, these
   weights renormalised over them, and a client's state entry scores its model as :func:`expand` rebuilds it
@@ -82,8 +83,11 @@ PARITY_NOTICE = ("federated.paper_parity=true: PAGE's states and rewards use the
 
 ACTION_MAPS = ("affine", "released")
 REPLAYS = ("raw", "transformed")
-# the defaults until the Synthetic study (issue #13) picks one; a run at the defaults keeps its old hash
-DEFAULT_ACTION_MAP, DEFAULT_REPLAY = "affine", "raw"
+# the defaults: the released map, as PAGE's Synthetic study chose on validation (docs/page.md, "The Synthetic
+# study"); raw replay (DDPG's own)
+DEFAULT_ACTION_MAP, DEFAULT_REPLAY = "released", "raw"
+# what runs made before the switches existed did (the affine map): a run with these settings keeps its old hash
+LEGACY_IDENTITY = {"action_map": "affine", "replay": "raw"}
 
 
 def page_key(*parts: str) -> str:
@@ -114,7 +118,7 @@ class PAGE(FedAvg):
     """
 
     name = "page"
-    identity_defaults = {"action_map": DEFAULT_ACTION_MAP, "replay": DEFAULT_REPLAY}
+    identity_defaults = LEGACY_IDENTITY
     uses_individual_updates = True  # the server agent's state scores each client's model
 
     def __init__(self, *, warmup: int = 3, lr_min: float = 1e-3, lr_max: float = 2e-2, lr_scale: str = "linear",
