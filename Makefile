@@ -165,6 +165,7 @@ FEDREC_SWEEP = $(BIN)/python -m m3oe_lightning.federate -m data=$(FEDREC_DATA) m
 	$(FEDREC_$(FEDREC_SETTING)) federated.rounds=$(FEDREC_ROUNDS) skip_finished=true \
 	+logger.tags.study=federated_rec_$(FEDREC_SETTING) \
 	hydra.callbacks.mlflow_sweep.name=federated_rec_$(FEDREC_SETTING) $(LAUNCHER) $(ARGS)
+FEDREC_WARMUP = $(shell expr $(FEDREC_ROUNDS) / 10)
 FEDREC_PAGE = federated=page federated.lr_min=1e-3 federated.lr_max=1e-2 federated.epochs_max=2 \
 	federated.agent.epsilon_decay=$(shell expr $(FEDREC_ROUNDS) / 2) federated.sparse_embeddings=$(FEDREC_SPARSE)
 federated-rec: $(STAMP) ## PAGE on recommendation: FEDREC_SETTINGS × 8 arms × sparse off/on × FEDREC_SEEDS, reports
@@ -174,9 +175,9 @@ federated-rec-setting: $(STAMP)
 	$(FEDREC_SWEEP) experiment=federated/centralized
 	$(FEDREC_SWEEP) federated=fedavg,fedprox,ditto federated.sparse_embeddings=$(FEDREC_SPARSE)
 	$(FEDREC_SWEEP) experiment=federated/fedavg_m3oe federated.sparse_embeddings=$(FEDREC_SPARSE)
-	$(FEDREC_SWEEP) $(FEDREC_PAGE) federated.warmup=$(shell expr $(FEDREC_ROUNDS) / 10) federated.action_map=released \
+	$(FEDREC_SWEEP) $(FEDREC_PAGE) federated.warmup=$(FEDREC_WARMUP) federated.action_map=released \
 		+federated.label=page-released
-	$(FEDREC_SWEEP) $(FEDREC_PAGE) federated.warmup=$(shell expr $(FEDREC_ROUNDS) / 10) federated.action_map=affine \
+	$(FEDREC_SWEEP) $(FEDREC_PAGE) federated.warmup=$(FEDREC_WARMUP) federated.action_map=affine \
 		+federated.label=page-affine
 	$(FEDREC_SWEEP) $(FEDREC_PAGE) federated.warmup=$(FEDREC_ROUNDS) federated.action_map=released \
 		+federated.label=page-random; \

@@ -105,12 +105,13 @@ def run_key(tags: dict[str, str]) -> tuple[str, str] | None:
         else None
 
 
-def algorithm_order(name: str) -> tuple[int, str]:
-    return (ORDER.index(name), "") if name in ORDER else (len(ORDER), name)
+def algorithm_order(name: str, order: Sequence[str] = ORDER) -> tuple[int, str]:
+    return (order.index(name), "") if name in order else (len(order), name)
 
 
-def algorithms(runs: Sequence[FederatedRun]) -> list[str]:
-    return sorted({r.algorithm for r in runs}, key=algorithm_order)
+def algorithms(runs: Sequence[FederatedRun], order: Sequence[str] = ORDER) -> list[str]:
+    """The runs' algorithms (a report's rows) in ``order``; those not listed follow by name."""
+    return sorted({r.algorithm for r in runs}, key=lambda name: algorithm_order(name, order))
 
 
 def final_values(runs: Sequence[FederatedRun], algorithm: str, metric: str) -> list[float]:

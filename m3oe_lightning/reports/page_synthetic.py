@@ -27,8 +27,8 @@ from pathlib import Path
 from m3oe_lightning import metric_keys as keys
 from m3oe_lightning.federated.strategies.page import page_key
 from m3oe_lightning.reports import common
-from m3oe_lightning.reports.common import describe, fmt, fmt_p, mean_std, table_head, table_row, welch_p
-from m3oe_lightning.reports.federated import TIMES, FederatedRun, curves_plot, load_runs
+from m3oe_lightning.reports.common import describe, fmt_p, mean_std, table_head, table_row, welch_p
+from m3oe_lightning.reports.federated import TIMES, FederatedRun, algorithms, cell, curves_plot, load_runs
 from m3oe_lightning.tracking.provenance import git_commit
 
 GLOBAL_ACCURACY, LOCAL_ACCURACY = keys.key(keys.GLOBAL, keys.ACCURACY), keys.key(keys.PERSONAL, keys.ACCURACY)
@@ -51,15 +51,11 @@ def tail_mean(run: FederatedRun, metric: str, last: int) -> float:
 
 
 def arms(runs: Sequence[FederatedRun]) -> list[str]:
-    return sorted({r.algorithm for r in runs}, key=lambda a: (ORDER.index(a) if a in ORDER else len(ORDER), a))
+    return algorithms(runs, ORDER)
 
 
 def values(runs: Sequence[FederatedRun], arm: str, metric: str, last: int) -> list[float]:
     return [v for v in (tail_mean(r, metric, last) for r in runs if r.algorithm == arm) if math.isfinite(v)]
-
-
-def cell(xs: Sequence[float]) -> str:
-    return fmt(*mean_std(xs)) if xs else "–"
 
 
 def results_table(runs: Sequence[FederatedRun], last: int) -> list[str]:
@@ -124,8 +120,9 @@ def agents_table(runs: Sequence[FederatedRun], last: int) -> list[str]:
         summaries = [s for s in (agent_summary(r) for r in runs if r.algorithm == arm) if s]
         cells = [cell(values(runs, arm, SERVER_VALIDATION, last))]
         for name, _, form in AGENT_COLUMNS:
-            xs = [s[name] for s in summaries]
-            cells.append(f"{form.format(statistics.fmean(xs))} ± {form.format(statistics.pstdev(xs))}" if xs else "–")
+            mean, std = mean_std([s[name] for s in summaries])  # sample std over seeds, as every table here
+            cells.append(form.format(mean) + (f" ± {form.format(std)}" if math.isfinite(std) else "")
+                         if math.isfinite(mean) else "–")
         lines.append(table_row([arm, *cells]))
     return lines
 

@@ -32,8 +32,8 @@ the lr and epochs travel in each client's round config. Our decisions (docs/page
   ``[lr_min, lr_max]`` (so an untrained actor, u ≈ 0.5, plays ``lr_max`` and ``epochs_max``, FedAvg's own
   setting), ``lr = u``, ``epochs = max(1, int(u·int(epochs_max / lr_max)))``, and warm-up actions drawn
   uniformly in ``[lr_min, lr_max]`` as it does (the default: PAGE's Synthetic study favoured it on
-  validation, within noise; ``lr_scale: log`` needs ``affine``). Server weights are ``u_i + 1e-6`` normalised over the
-  clients that replied (a dropped client gets no weight) under both; row-sparse replies
+  validation, within noise; ``lr_scale: log`` needs ``affine``). Server weights are ``u_i + 1e-6``
+  normalised over the clients that replied (a dropped client gets no weight) under both; row-sparse replies
   (``federated.sparse_embeddings``) average each embedding row over the clients that updated it, these
   weights renormalised over them, and a client's state entry scores its model as :func:`expand` rebuilds it
   (the global model with the client's updated rows).
