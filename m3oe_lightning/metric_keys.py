@@ -30,6 +30,8 @@ ACCURACY = "accuracy"
 CROSS_ENTROPY = "cross_entropy"
 
 PERSONAL, GLOBAL, HELDOUT = "personal", "global", "heldout"
+# the global model on the union of the training clients' validation splits: what a report selects a round on
+GLOBAL_VAL = "global_val"
 BEST = "_best"  # suffix: the checkpoint callback's best value of a monitored key
 
 

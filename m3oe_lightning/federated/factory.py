@@ -66,7 +66,9 @@ FEDERATED_IDENTITY_DEFAULTS: dict[str, object] = {"sparse_embeddings": False, "d
 
 
 class ServerEvaluator:
-    """Flower's ``evaluate_fn``: the global model on the pooled global test set and held-out test set.
+    """Flower's ``evaluate_fn``: the global model on the pooled global test set and held-out test set, and
+    (``global_val``) on the union of the training clients' validation splits: ``global_val/auc_mean``, the one
+    signal a report may pick a round by (test never chooses; reports/federated.py's validation table).
 
     ``client_test_rows``: the global test set is the training clients' test splits one after another, of
     these sizes; then ``global/auc_client_mean`` is the plain mean over clients of the global model's AUC on
@@ -78,12 +80,13 @@ class ServerEvaluator:
 
     def __init__(self, model: MDMTModel, global_test: EncodedSplit, heldout_test: EncodedSplit | None,
                  batch_size: int = 65536, client_test_rows: Sequence[int] = (),
-                 family: TaskFamily = RECOMMENDATION) -> None:
+                 family: TaskFamily = RECOMMENDATION, global_val: EncodedSplit | None = None) -> None:
         if client_test_rows and sum(client_test_rows) != len(global_test):
             raise ValueError(f"client test splits of {sum(client_test_rows)} rows in all, but the global test set "
                              f"has {len(global_test)}")
         self.model = model
-        self.sets = {keys.GLOBAL: global_test, keys.HELDOUT: heldout_test}
+        self.sets = {keys.GLOBAL: global_test, keys.HELDOUT: heldout_test,
+                     keys.GLOBAL_VAL: global_val if global_val is not None and len(global_val) else None}
         self.batch_size = batch_size
         self.client_test_rows = [int(n) for n in client_test_rows]
         self.family = family
@@ -321,7 +324,8 @@ def build_federated(cfg: DictConfig) -> FederatedSetup:
                                  eval_batch_size=datamodule.eval_batch_size)
     clients = {c.client_id: make_client(c.client_id, c.data) for c in federation.clients}
     evaluator = ServerEvaluator(model, federation.global_test, federation.heldout_test, datamodule.eval_batch_size,
-                                client_test_rows=federation.global_test_rows(), family=family)
+                                client_test_rows=federation.global_test_rows(), family=family,
+                                global_val=pooled_split(federation, "val"))
     simulation = Simulation(strategy, in_process_transport(cfg, family, template, clients, datamodule.batch_size),
                             initial_arrays=get_arrays(template),
                             evaluate_fn=evaluator, client_timeout=fed.get("client_timeout"))

@@ -8,7 +8,9 @@ Reads finished ``m3oe-federate`` runs (never log files) tagged with the sweep's 
   mean ± std over seeds; the global model's AUC also as a mean over clients (``global/auc_client_mean``) and
   the personalization gap (personal minus global) on both bases; rounds to reach 99% of the final global AUC;
   wall time per run and the share of a round spent in local training; two-sided Welch t-tests of PAGE (and
-  federated M3oE) against FedAvg;
+  federated M3oE) against FedAvg; and, for runs that logged ``global_val/auc_mean``, the same test metrics at
+  the round whose global validation AUC was highest (chosen on validation only; a reference such as
+  ``centralized`` that overfits by its last round is judged at its best round too);
 - ``results.csv``: one line per run used (the newest finished run of each (algorithm, seed));
 - ``federated_curves.png``: global and personal AUC per round, mean over seeds, one line per algorithm.
 
@@ -46,6 +48,9 @@ FINAL = (PERSONAL_AUC, keys.key(keys.PERSONAL, keys.AUC_MEAN_WEIGHTED), GLOBAL_A
 # not decompose over clients) and per-client means (like-for-like; runs older than the metric have none)
 GAPS = (GLOBAL_AUC, keys.GLOBAL_AUC_CLIENT_MEAN)
 CURVES = (GLOBAL_AUC, PERSONAL_AUC)
+# the round a run is judged at in the validation table: the first one of highest global validation AUC
+SELECT_ON = keys.key(keys.GLOBAL_VAL, keys.AUC_MEAN)
+SELECTED = (GLOBAL_AUC, keys.GLOBAL_AUC_CLIENT_MEAN, keys.key(keys.HELDOUT, keys.AUC_MEAN))
 ROUND_SECONDS, FIT_SECONDS = "time/round_s", "time/fit_s"  # the simulation's timing of each round
 TIMES = (ROUND_SECONDS, FIT_SECONDS)
 BYTES_SENT = "comm/bytes_sent"
@@ -79,9 +84,19 @@ class FederatedRun:
         target = share * curve[-1]
         return float(next(k for k, v in enumerate(curve, start=1) if v >= target))
 
+    def best_round(self, metric: str = SELECT_ON) -> int | None:
+        """The first round (from 1) where ``metric`` peaks; None without its history."""
+        curve = self.history.get(metric, [])
+        return max(range(len(curve)), key=lambda k: (curve[k], -k)) + 1 if curve else None
+
+    def at_round(self, metric: str, server_round: int) -> float:
+        """``metric`` in round ``server_round`` (NaN where the run did not log it then)."""
+        curve = self.history.get(metric, [])
+        return curve[server_round - 1] if 0 < server_round <= len(curve) else math.nan
+
 
 def load_runs(tracking_uri: str, experiment: str, study: str | None,
-              histories: Sequence[str] = (*CURVES, *TIMES, BYTES_SENT)) -> list[FederatedRun]:
+              histories: Sequence[str] = (*CURVES, *TIMES, BYTES_SENT, SELECT_ON, *SELECTED)) -> list[FederatedRun]:
     """The newest finished run of each (algorithm, seed) among runs tagged ``study`` (any, when None), with the
     per-round ``histories`` of the metrics it logged."""
     latest = common.newest_finished_runs(tracking_uri, experiment, lambda run: run_key(run.data.tags),
@@ -157,6 +172,25 @@ def results_table(runs: Sequence[FederatedRun]) -> list[str]:
         cells += [cell(gaps(runs, name, basis)) for basis in GAPS]
         cells += [average(to99, "{:.1f}"), average(seconds, "{:.0f}"), average([100 * s for s in shares], "{:.0f}%")]
         lines.append(table_row([name, str(len(mine)), *cells]))
+    return lines
+
+
+def selected_table(runs: Sequence[FederatedRun]) -> list[str]:
+    """Per algorithm with a global model: the test metrics at each run's best round on global validation AUC
+    (mean ± std over the seeds that logged it), beside its last round's global AUC."""
+    chosen = [r for r in runs if r.best_round() is not None]
+    if not chosen:
+        return [f"(No run of this study logged `{SELECT_ON}`: runs made before the server scored the validation "
+                "union have none; rerun them to fill this table.)"]
+    lines = table_head(["algorithm", "seeds", "round chosen (median)", "global val AUC", "global AUC",
+                        "global AUC (client mean)", "held-out AUC", "global AUC, last round"])
+    for name in algorithms(chosen):
+        mine = [r for r in chosen if r.algorithm == name]
+        picks = [(r, r.best_round()) for r in mine]
+        cells = [cell([r.at_round(SELECT_ON, k) for r, k in picks])]
+        cells += [cell([v for v in (r.at_round(m, k) for r, k in picks) if math.isfinite(v)]) for m in SELECTED]
+        cells.append(cell([r.metrics[GLOBAL_AUC] for r in mine if GLOBAL_AUC in r.metrics]))
+        lines.append(table_row([name, str(len(mine)), f"{statistics.median(k for _, k in picks):g}", *cells]))
     return lines
 
 
@@ -252,6 +286,10 @@ def markdown(runs: Sequence[FederatedRun], *, command: str, source: str) -> str:
         "## Against FedAvg", "",
         "Difference of the means (×10⁻²) and a two-sided Welch t-test over seeds (`–`: fewer than two seeds "
         "on a side; `\\*`: p < 0.05).", "", *comparison_table(runs), "",
+        "## Selected on validation", "",
+        f"Each run judged at its round of highest `{SELECT_ON}` (the global model on the union of the training "
+        "clients' validation splits; no test row chooses), AUC ×10⁻², mean ± sample std over seeds.", "",
+        *selected_table(runs), "",
         "## Curves", "", "![global and personal AUC per round](federated_curves.png)", "",
     ])
 

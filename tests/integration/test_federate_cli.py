@@ -42,7 +42,7 @@ def test_federate_on_synthetic_logs_every_round_to_sqlite(tmp_path):
     assert tags["command"].startswith("python -m m3oe_lightning.federate")
     stored = run.data.metrics
     for key in ("personal/auc_mean", "personal/auc_mean_weighted", "global/auc_mean", "heldout/auc_mean",
-                "comm/bytes_sent", "train/loss", "time/fit_s"):
+                "global_val/auc_mean", "comm/bytes_sent", "train/loss", "time/fit_s"):
         assert stored[key] == pytest.approx(last[key]), key
     assert len([k for k in stored if k.startswith("client/") and k.endswith("/auc_mean")]) == 3  # 4 - 1 held out
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -234,3 +234,22 @@ def test_global_auc_client_mean_is_the_plain_mean_of_per_client_aucs():
     assert one_class(1, model.state_dict())[keys.GLOBAL_AUC_CLIENT_MEAN] == pytest.approx(roc_auc_score(a[1], a[0]))
     with pytest.raises(ValueError, match="global test set has 10"):
         ServerEvaluator(model, pooled, None, client_test_rows=[4, 5])
+
+
+def test_the_validation_union_is_scored_apart_from_every_test_set():
+    """``global_val/auc_mean`` is the global model on the training clients' validation rows only: the one
+    signal a report may choose a round by, so no test row may reach it."""
+    from m3oe_lightning.data.schema import DenseFeature
+
+    schema = FeatureSchema(sparse=(), dense=(DenseFeature("x"),), domains=("d",), tasks=("t",))
+    model = ScoreIsTheFirstDense(schema)
+    test = split_of([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
+    val = split_of([0.9, 0.2, 0.7, 0.6, 0.1], [1, 0, 0, 1, 0])
+    metrics = ServerEvaluator(model, test, None, global_val=val)(1, model.state_dict())
+    val_auc = metrics[keys.key(keys.GLOBAL_VAL, keys.AUC_MEAN)]
+    assert val_auc == pytest.approx(roc_auc_score([1, 0, 0, 1, 0], [0.9, 0.2, 0.7, 0.6, 0.1]), abs=1e-6)
+    assert val_auc != pytest.approx(metrics[keys.key(keys.GLOBAL, keys.AUC_MEAN)])
+    assert not any(k.startswith(keys.GLOBAL_VAL + "/auc/") for k in metrics)  # summaries only, as held-out
+    empty = split_of([], [])
+    without = ServerEvaluator(model, test, None, global_val=empty)(1, model.state_dict())
+    assert not any(k.startswith(keys.GLOBAL_VAL) for k in without)
