@@ -196,7 +196,10 @@ BENCH_ARGS ?= --batch-sizes 4096 40960
 FED_BENCH_100 ?= data=movielens1m federated=fedavg federated.partition=dirichlet federated.num_clients=100
 # PAGE's Synthetic setting (100 clients × 20 local epochs): the cohort fits against one Lightning fit per client
 FED_BENCH_SYNTHETIC ?= experiment=federated/page_synthetic federated=fedavg
-bench: $(STAMP) ## throughput/MFU/RSS, a federated round's time split, scoring speed, deployment latency, DP cost, start-up → experiments/bench/
+# a local checkout of the released M3oE code (Applied-Machine-Learning-Lab/M3oE; never downloaded): the side-by-side
+# row of experiments/bench/released-code.md; empty: that report shows the last measurement and its date
+RELEASED_CODE ?=
+bench: $(STAMP) ## throughput/MFU/RSS, a federated round's time split, scoring speed, deployment latency, DP cost, start-up, the released code side by side → experiments/bench/
 	$(BIN)/python -m m3oe_lightning.bench.throughput $(BENCH_ARGS) $(ARGS)
 	$(BIN)/python -m m3oe_lightning.bench.federated
 	$(BIN)/python -m m3oe_lightning.bench.federated --name federated-100 $(FED_BENCH_100)
@@ -207,6 +210,7 @@ bench: $(STAMP) ## throughput/MFU/RSS, a federated round's time split, scoring s
 	$(BIN)/python -m m3oe_lightning.bench.deployment
 	$(BIN)/python -m m3oe_lightning.bench.privacy
 	$(BIN)/python -m m3oe_lightning.bench.startup
+	$(BIN)/python -m m3oe_lightning.bench.released_code $(if $(RELEASED_CODE),--released-code $(RELEASED_CODE))
 
 bench-reproduce: $(STAMP) ## wall time of make reproduce-quick and the projected full make reproduce → experiments/bench/reproduce.md
 	$(BIN)/python -m m3oe_lightning.bench.reproduce $(ARGS)
