@@ -158,11 +158,14 @@ FEDREC_SEEDS ?= 1,2,3
 FEDREC_ROUNDS ?= 100
 FEDREC_CLIENTS ?= 20
 FEDREC_SPARSE ?= false,true
+# false: rerun finished runs too (the report takes the newest run of each arm and seed), e.g. runs made before
+# the server logged global_val/auc_mean, which the report's validation table needs
+FEDREC_SKIP ?= true
 FEDREC_region = federated.partition=region federated.heldout_clients=1
 FEDREC_dirichlet = federated.partition=dirichlet federated.num_clients=$(FEDREC_CLIENTS) federated.alpha=0.5 \
 	federated.fraction_train=0.5
 FEDREC_SWEEP = $(BIN)/python -m m3oe_lightning.federate -m data=$(FEDREC_DATA) model=m3oe seed=$(FEDREC_SEEDS) \
-	$(FEDREC_$(FEDREC_SETTING)) federated.rounds=$(FEDREC_ROUNDS) skip_finished=true \
+	$(FEDREC_$(FEDREC_SETTING)) federated.rounds=$(FEDREC_ROUNDS) skip_finished=$(FEDREC_SKIP) \
 	+logger.tags.study=federated_rec_$(FEDREC_SETTING) \
 	hydra.callbacks.mlflow_sweep.name=federated_rec_$(FEDREC_SETTING) $(LAUNCHER) $(ARGS)
 FEDREC_WARMUP = $(shell expr $(FEDREC_ROUNDS) / 10)
