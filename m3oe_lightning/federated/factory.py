@@ -317,17 +317,15 @@ def build_federated(cfg: DictConfig) -> FederatedSetup:
     if fed.get("centralized"):  # the reference: one client holding every training client's rows
         federation = pooled(federation)
     template = copy.deepcopy(model)  # the common initial weights of every client and the server
-    val_union = pooled_split(federation, "val")  # built once: PAGE's server set and the server's global_val
-    strategy.prepare(federation, lambda name: SplitEvaluator(
-        copy.deepcopy(template), val_union if name == "val" else pooled_split(federation, name),
-        datamodule.eval_batch_size, family))
+    strategy.prepare(federation, lambda name: SplitEvaluator(copy.deepcopy(template), pooled_split(federation, name),
+                                                             datamodule.eval_batch_size, family))
 
     make_client = client_builder(cfg, template, batch_size=datamodule.batch_size,
                                  eval_batch_size=datamodule.eval_batch_size)
     clients = {c.client_id: make_client(c.client_id, c.data) for c in federation.clients}
     evaluator = ServerEvaluator(model, federation.global_test, federation.heldout_test, datamodule.eval_batch_size,
                                 client_test_rows=federation.global_test_rows(), family=family,
-                                global_val=val_union)
+                                global_val=pooled_split(federation, "val"))
     simulation = Simulation(strategy, in_process_transport(cfg, family, template, clients, datamodule.batch_size),
                             initial_arrays=get_arrays(template),
                             evaluate_fn=evaluator, client_timeout=fed.get("client_timeout"))

@@ -178,8 +178,7 @@ def results_table(runs: Sequence[FederatedRun]) -> list[str]:
 def selected_table(runs: Sequence[FederatedRun]) -> list[str]:
     """Per algorithm with a global model: the test metrics at each run's best round on global validation AUC
     (mean ± std over the seeds that logged it), beside its last round's global AUC."""
-    picked = {r.run_id: k for r in runs if (k := r.best_round()) is not None}
-    chosen = [r for r in runs if r.run_id in picked]
+    chosen = [r for r in runs if r.best_round() is not None]
     if not chosen:
         return [f"(No run of this study logged `{SELECT_ON}`: runs made before the server scored the validation "
                 "union have none; rerun them to fill this table.)"]
@@ -187,7 +186,7 @@ def selected_table(runs: Sequence[FederatedRun]) -> list[str]:
                         "global AUC (client mean)", "held-out AUC", "global AUC, last round"])
     for name in algorithms(chosen):
         mine = [r for r in chosen if r.algorithm == name]
-        picks = [(r, picked[r.run_id]) for r in mine]
+        picks = [(r, r.best_round()) for r in mine]
         cells = [cell([r.at_round(SELECT_ON, k) for r, k in picks])]
         cells += [cell([v for v in (r.at_round(m, k) for r, k in picks) if math.isfinite(v)]) for m in SELECTED]
         cells.append(cell([r.metrics[GLOBAL_AUC] for r in mine if GLOBAL_AUC in r.metrics]))
