@@ -8,6 +8,7 @@ trace (``HYDRA_FULL_ERROR=1`` shows it). Hydra wraps exceptions raised inside ``
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import signal
@@ -150,3 +151,23 @@ def report_user_errors(fn: Callable[[DictConfig], T], cfg: DictConfig) -> T:
     except Interrupted as stop:
         print(f"interrupted by {signal.Signals(stop.signum).name}: the run is marked KILLED", file=sys.stderr)
         sys.exit(128 + stop.signum)
+
+
+def exits_on_interrupt(hydra_main: Callable[[], Any]) -> Callable[[], None]:
+    """An ``@hydra.main`` entry whose sweep's launching process (``-m``) stopped by SIGTERM/SIGINT ends with
+    one line and exit code 128 + the signal's number, not a traceback (:class:`MLflowSweepRun` has marked the
+    sweep's unfinished runs KILLED by then). A single run and each job exit through :func:`report_user_errors`.
+    """
+    @functools.wraps(hydra_main)
+    def main() -> None:
+        try:
+            hydra_main()
+        except (Interrupted, KeyboardInterrupt) as stop:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            signum = stop.signum if isinstance(stop, Interrupted) else int(signal.SIGINT)
+            print(f"interrupted by {signal.Signals(signum).name}: the sweep stopped; its unfinished runs are "
+                  f"marked KILLED", file=sys.stderr)
+            sys.exit(128 + signum)
+
+    return main

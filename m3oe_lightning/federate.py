@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig
 
 from m3oe_lightning import metric_keys as keys
-from m3oe_lightning.config import CONF_DIR, report_user_errors
+from m3oe_lightning.config import CONF_DIR, exits_on_interrupt, report_user_errors
 from m3oe_lightning.federated.labels import SERVER_STATE, algorithm_label
 
 # torch, Lightning, Flower and MLflow are imported inside federate(): `--help` answers without them
@@ -30,6 +30,7 @@ def federate(cfg: DictConfig) -> dict[str, float]:
     return run_federation(cfg, functools.partial(build_federated, cfg))
 
 
+@exits_on_interrupt
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="federate")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry; returns the last round's global score (personal for ``local``): AUC, or a classifier's

@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from m3oe_lightning import metric_keys as keys
-from m3oe_lightning.config import CONF_DIR, report_user_errors
+from m3oe_lightning.config import CONF_DIR, exits_on_interrupt, report_user_errors
 from m3oe_lightning.errors import UserInputError
 from m3oe_lightning.tracking import preflight, provenance
 from m3oe_lightning.training.settings import validate
@@ -90,6 +90,7 @@ def objective(cfg: DictConfig) -> float | None:
     return metrics.get(name) if metrics else None
 
 
+@exits_on_interrupt
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry; returns the value a sweeper optimises (``optimized_metric``, default ``val/auc_mean_best``)."""

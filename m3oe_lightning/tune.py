@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from m3oe_lightning import metric_keys as keys
-from m3oe_lightning.config import CONF_DIR, report_user_errors
+from m3oe_lightning.config import CONF_DIR, exits_on_interrupt, report_user_errors
 from m3oe_lightning.errors import Interrupted, UserInputError
 from m3oe_lightning.tracking import preflight, provenance
 from m3oe_lightning.training.settings import validate
@@ -196,6 +196,7 @@ def _finish(study, parent: ParentRun, params, settings: studies.TuneSettings, *,
             "best_params": {} if chosen is None else dict(chosen.params), "config": config_file}
 
 
+@exits_on_interrupt
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="tune")
 def _hydra_main(cfg: DictConfig) -> None:
     report_user_errors(tune, cfg)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -112,14 +112,18 @@ class RunHandle:
 
     def mark(self, status: str) -> None:
         """Record the run's state in its checkpoint folder (resume looks for unfinished runs)."""
-        state_file = state_path(self.checkpoint_dir)
-        state = json.loads(state_file.read_text())
-        state["status"] = status
-        write_json_atomic(state_file, state)
+        mark_state(self.checkpoint_dir, status)
 
 
 def state_path(checkpoint_dir: Path) -> Path:
     return checkpoint_dir.with_name(checkpoint_dir.name + STATE_SUFFIX)
+
+
+def mark_state(checkpoint_dir: Path, status: str) -> None:
+    """``status`` into the run's state file, when it has one."""
+    state_file = state_path(checkpoint_dir)
+    if state_file.exists():
+        write_json_atomic(state_file, {**json.loads(state_file.read_text()), "status": status})
 
 
 def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
@@ -177,6 +181,8 @@ def open_run(*, tracking_uri: str, experiment_name: str, artifact_location: str 
             run_id, resumed_from = found[0], checkpoint_io.usable(found[1])  # damaged: the kept previous one
     lock = None
     if run_id is None:
+        with store_errors(tracking_uri):  # the runs of processes killed outright, before this one starts
+            mark_orphans_killed(client, running_runs(client, experiment_id), checkpoint_root)
         with store_lock(tracking_uri), store_errors(tracking_uri):
             run_name = unique_run_name(client, experiment_id, base_name)
             run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
@@ -202,9 +208,7 @@ def open_run(*, tracking_uri: str, experiment_name: str, artifact_location: str 
             status = "KILLED" if isinstance(error, Interrupted) else "FAILED"
             with contextlib.suppress(Exception):
                 client.set_terminated(run_id, status)
-                if state_path(checkpoint_dir).exists():
-                    state = json.loads(state_path(checkpoint_dir).read_text())
-                    write_json_atomic(state_path(checkpoint_dir), {**state, "status": status})
+                mark_state(checkpoint_dir, status)
         if lock is not None:
             lock.close()
         raise
@@ -222,15 +226,61 @@ def run_lock(checkpoint_root: Path, run_id: str) -> IO[str] | None:
     checkpoint_root.mkdir(parents=True, exist_ok=True)
     if fcntl is None:
         return None
-    path = checkpoint_root / f"{run_id}.lock"
+    path = lock_path(checkpoint_root, run_id)
+    handle = try_lock(path)
+    if handle is None:
+        raise UserInputError(f"run {run_id} is in use by another process (lock {path}); wait for it to end, "
+                             f"or start a new run without resume=true")
+    return handle
+
+
+def lock_path(checkpoint_root: Path, run_id: str) -> Path:
+    return checkpoint_root / f"{run_id}.lock"
+
+
+def try_lock(path: Path) -> IO[str] | None:
+    """``path`` opened and exclusively locked, or None when another process holds it."""
     handle = open(path, "a")  # noqa: SIM115 - kept open as the lock
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         handle.close()
-        raise UserInputError(f"run {run_id} is in use by another process (lock {path}); wait for it to end, "
-                             f"or start a new run without resume=true") from None
+        return None
     return handle
+
+
+def mark_orphans_killed(client: MlflowClient, runs: Iterable[Run], checkpoint_root: Path) -> list[str]:
+    """Mark KILLED (in MLflow and the state file) each RUNNING run of ``runs`` whose process is gone.
+
+    Why: a process that is killed outright (``kill -9``; joblib tearing its sweep workers down on Ctrl-C)
+    cannot close its run, which would stay RUNNING for ever. Its process held ``<run_id>.lock`` under the
+    checkpoint root for the run's whole life, and the OS frees that lock when the process dies however it
+    dies: a RUNNING run whose lock can be taken has no process left. The status is read again under the
+    lock, so a run that its owner closed in the meantime is left as it is. Runs without a lock file here
+    (opened on another machine, or not yet past :func:`open_run`'s first step) are never touched.
+    Returns the ids of the runs it marked.
+    """
+    if fcntl is None:
+        return []
+    marked = []
+    for run in runs:
+        path = lock_path(checkpoint_root, run.info.run_id)
+        if run.info.status != "RUNNING" or not path.exists():
+            continue
+        handle = try_lock(path)
+        if handle is None:
+            continue  # its process is alive
+        with handle:
+            if client.get_run(run.info.run_id).info.status != "RUNNING":
+                continue
+            client.set_terminated(run.info.run_id, "KILLED")
+            mark_state(checkpoint_root / run.info.run_id, "KILLED")
+            marked.append(run.info.run_id)
+    return marked
+
+
+def running_runs(client: MlflowClient, experiment_id: str) -> list[Run]:
+    return client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=50_000)
 
 
 # MLflow 3's UI opens an experiment without this tag in its GenAI view, which lists no runs or metric columns

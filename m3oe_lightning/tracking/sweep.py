@@ -14,22 +14,29 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import signal
+import threading
+import time
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from m3oe_lightning import metric_keys as keys
+from m3oe_lightning.errors import Interrupted
 from m3oe_lightning.tracking import provenance
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
 
 # Hydra builds this callback for every run, a single one too: MLflow and Lightning are imported only once a
 # multirun starts, so `--help` and settings errors do not pay for them.
 
 log = logging.getLogger(__name__)
+ORPHAN_WAIT_S = 15.0  # how long a stopped sweep waits for its killed workers to exit before it gives up
 
 
 class MLflowSweepRun(Callback):
@@ -38,6 +45,8 @@ class MLflowSweepRun(Callback):
     def __init__(self, name: str | None = None) -> None:
         self.name = name
         self._parent: tuple[str, str] | None = None  # (tracking uri, parent run id) while the sweep runs
+        self._checkpoint_root = Path("logs/checkpoints")
+        self._signal: int | None = None  # the signal that stopped the sweep
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from mlflow.tracking import MlflowClient
@@ -55,13 +64,29 @@ class MLflowSweepRun(Callback):
                                                        list(config.hydra.overrides.task), multirun=True)}
             parent = client.create_run(experiment_id, run_name=name, tags=tags)
         self._parent = (uri, parent.info.run_id)
+        self._checkpoint_root = Path(str(config.paths.checkpoint_dir)).resolve()
         os.environ[provenance.PARENT_RUN_ENV] = parent.info.run_id
         os.environ[provenance.SWEEP_NAME_ENV] = name
         atexit.register(self._end, "FAILED")  # a job raised: Hydra re-raises and skips on_multirun_end
+        self._stop_on_signals()
         log.info("MLflow parent run %s (%s) in %s", name, parent.info.run_id, uri)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._end("FINISHED")
+
+    def _stop_on_signals(self) -> None:
+        """SIGTERM stops the launching process as Ctrl-C does (an exception in its main thread), so the
+        launcher stops its jobs and :meth:`_end` runs; by default SIGTERM would end this process at once and
+        leave the joblib workers training on, their runs and this one RUNNING."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            self._signal = signum
+            raise Interrupted(signum)
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, stop)
 
     def _end(self, status: str) -> None:
         if self._parent is None:
@@ -73,12 +98,33 @@ class MLflowSweepRun(Callback):
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(uri)
-        children = client.search_runs([client.get_run(run_id).info.experiment_id], max_results=50_000,
+        experiment_id = client.get_run(run_id).info.experiment_id
+        children = client.search_runs([experiment_id], max_results=50_000,
                                       filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")
+        if status != "FINISHED":
+            children = self._close_orphans(client, children)
+            if self._signal is not None or any(c.info.status == "KILLED" for c in children):
+                status = "KILLED"
         states = [c.info.status for c in children]
         client.set_tag(run_id, "runs", f"{states.count('FINISHED')} finished / {len(states)}")  # skipped: none
         client.set_terminated(run_id, status)
         print(summary_table(children), flush=True)
+
+    def _close_orphans(self, client: MlflowClient, children: list[Run]) -> list[Run]:
+        """The sweep's jobs again, those left RUNNING by a worker killed outright marked KILLED.
+
+        A stopped joblib launcher kills its workers without letting them close their runs; their locks are
+        freed when they have exited, which can take a moment after the launcher returns.
+        """
+        from m3oe_lightning.tracking import runs
+
+        deadline = time.monotonic() + ORPHAN_WAIT_S
+        while True:
+            runs.mark_orphans_killed(client, children, self._checkpoint_root)
+            children = [client.get_run(c.info.run_id) for c in children]
+            if all(c.info.status != "RUNNING" for c in children) or time.monotonic() > deadline:
+                return children
+            time.sleep(0.2)
 
 
 SUMMARY_METRICS = (keys.VAL_AUC_MEAN_BEST, keys.TEST_AUC_MEAN, keys.key(keys.GLOBAL, keys.AUC_MEAN),

@@ -4,6 +4,7 @@ a split without any AUC, stores that cannot work."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -13,9 +14,10 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from mlflow.tracking import MlflowClient
 
 from m3oe_lightning.errors import UserInputError
-from m3oe_lightning.tracking.runs import run_lock
+from m3oe_lightning.tracking.runs import mark_orphans_killed, open_run, run_lock, running_runs
 from tests.helpers import REPO_ROOT, isolated, run_module, seeded_store
 
 TINY = ["data=synthetic", "data.rows=600", "data.batch_size=128", "model.star_dim=8", "model.bottom_dim=8",
@@ -27,17 +29,19 @@ def runs_in(tmp_path: Path, experiment: str = "m3oe-lightning") -> list:
     return mlflow.search_runs(experiment_names=[experiment], output_format="list")
 
 
-def start(module: str, args: list[str]) -> subprocess.Popen[str]:
+def start(module: str, args: list[str], new_session: bool = False) -> subprocess.Popen[str]:
+    """``python -m module args``; ``new_session``: in a process group of its own (a terminal's Ctrl-C signals
+    the whole group)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=new_session)
 
 
-def wait_for_run(tmp_path: Path, proc: subprocess.Popen[str], timeout: float = 120) -> None:
-    """Until the process has opened its run (its lock file exists under the checkpoint root)."""
+def wait_for_run(tmp_path: Path, proc: subprocess.Popen[str], timeout: float = 120, runs: int = 1) -> None:
+    """Until the process has opened ``runs`` runs (their lock files exist under the checkpoint root)."""
     deadline = time.monotonic() + timeout
-    while not list((tmp_path / "logs" / "checkpoints").glob("*.lock")):
+    while len(list((tmp_path / "logs" / "checkpoints").glob("*.lock"))) < runs:
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "the run never started"
         time.sleep(0.2)
@@ -59,7 +63,7 @@ def test_a_signal_exits_non_zero_and_marks_the_run_killed(tmp_path, signum):
 
 
 @pytest.mark.slow
-def test_sigterm_in_a_multirun_fails_the_sweep(tmp_path):
+def test_sigterm_in_a_multirun_kills_the_sweep(tmp_path):
     seeded_store(tmp_path)
     proc = start("m3oe_lightning.train", ["-m", *isolated(tmp_path), *TINY, "data.rows=200000",
                                           "trainer.max_epochs=50", "seed=1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
@@ -68,7 +72,29 @@ def test_sigterm_in_a_multirun_fails_the_sweep(tmp_path):
     proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM
     statuses = {r.info.run_name.startswith("sweep"): r.info.status for r in runs_in(tmp_path)}
-    assert statuses == {False: "KILLED", True: "FAILED"}  # the job and its parent run; the second job never ran
+    assert statuses == {False: "KILLED", True: "KILLED"}  # the job and its parent run; the second job never ran
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_stopping_a_parallel_sweep_leaves_no_run_running(tmp_path, stop):
+    # Ctrl-C reaches the launcher and its joblib workers (one process group); SIGTERM the launcher alone,
+    # whose joblib then kills the workers outright: either way no job may stay RUNNING
+    seeded_store(tmp_path)
+    proc = start("m3oe_lightning.train", ["-m", *isolated(tmp_path), *TINY, "data.rows=200000",
+                                          "trainer.max_epochs=50", "seed=1,2", "hydra/launcher=joblib",
+                                          "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                 new_session=True)
+    wait_for_run(tmp_path, proc, runs=2)
+    signum = signal.SIGINT if stop == "ctrl-c" else signal.SIGTERM
+    os.killpg(proc.pid, signum) if stop == "ctrl-c" else proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, stderr
+    assert "Traceback" not in stderr and "the sweep stopped" in stderr
+    statuses = sorted((r.info.run_name.startswith("sweep"), r.info.status) for r in runs_in(tmp_path))
+    assert statuses == [(False, "KILLED"), (False, "KILLED"), (True, "KILLED")]
+    states = [json.loads(f.read_text())["status"] for f in (tmp_path / "logs" / "checkpoints").glob("*.run.json")]
+    assert states == ["KILLED", "KILLED"]  # resume and skip_finished read these
 
 
 @pytest.mark.slow
@@ -90,6 +116,38 @@ def test_a_run_in_use_cannot_be_continued_by_a_second_process(tmp_path):
         run_lock(tmp_path, "abc123")
     held.close()
     run_lock(tmp_path, "abc123").close()  # free again once the holder is gone
+
+
+def test_a_running_run_whose_process_is_gone_is_marked_killed(tmp_path):
+    # the runs' lock files: held by a live process (its own), free (its process was killed outright), absent
+    # (opened on another machine); a FINISHED run with a free lock stays as it is
+    root = tmp_path / "checkpoints"
+    root.mkdir()
+    client = MlflowClient(f"sqlite:///{seeded_store(tmp_path)}")
+    experiment_id = client.create_experiment("orphans")
+    alive, dead, elsewhere, finished = (client.create_run(experiment_id).info.run_id for _ in range(4))
+    client.set_terminated(finished, "FINISHED")
+    for run_id in (dead, finished):
+        (root / f"{run_id}.lock").touch()
+        (root / f"{run_id}.run.json").write_text(json.dumps({"run_id": run_id, "status": "RUNNING"}))
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(120)",
+                               str(root / f"{alive}.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        marked = mark_orphans_killed(client, running_runs(client, experiment_id), root)
+        status = {run_id: client.get_run(run_id).info.status for run_id in (alive, dead, elsewhere, finished)}
+    finally:
+        holder.kill()
+        holder.wait()
+    assert marked == [dead]
+    assert status == {alive: "RUNNING", dead: "KILLED", elsewhere: "RUNNING", finished: "FINISHED"}
+    assert json.loads((root / f"{dead}.run.json").read_text())["status"] == "KILLED"
+    assert json.loads((root / f"{finished}.run.json").read_text())["status"] == "RUNNING"  # untouched
+    # the next run opened in that experiment does the same for a process that died since
+    open_run(tracking_uri=client.tracking_uri, experiment_name="orphans", artifact_location=None, base_name="next",
+             tags={}, checkpoint_root=root, cfg_hash="h").release()
+    assert client.get_run(alive).info.status == "KILLED"
 
 
 def train_cli(tmp_path, *overrides: str):
