@@ -33,6 +33,7 @@ from omegaconf import DictConfig
 
 from m3oe_lightning.config import build, compose
 from m3oe_lightning.tracking import provenance
+from m3oe_lightning.training.precision import trainer_precision
 from m3oe_lightning.training.quiet import quiet_lightning
 
 MB = 1024 * 1024
@@ -232,7 +233,8 @@ def bench_trainer(cfg: DictConfig, callback: L.Callback, **settings: Any) -> L.T
     compile_node = (cfg.get("callbacks") or {}).get("compile")
     extra = [build(compile_node)] if compile_node is not None else []
     return build(cfg.trainer, callbacks=[callback, *extra], logger=False, enable_checkpointing=False,
-                 enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, **settings)
+                 enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                 **trainer_precision(cfg.trainer), **settings)
 
 
 def run_in_fresh_process(module: str, args: Sequence[str]) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from m3oe_lightning.errors import UserInputError
 from m3oe_lightning.models.base import MDMTModel, forward_in_chunks
 from m3oe_lightning.training.callbacks import RUNNING_LOSS
 from m3oe_lightning.training.metrics import DomainTaskMetrics, grouped_bce_loss
+from m3oe_lightning.training.precision import CastForward
 
 AutoMLMode = Literal["alternate", "joint", "frozen", "off"]
 AUTOML_MODES: tuple[str, ...] = ("alternate", "joint", "frozen", "off")
@@ -99,17 +100,28 @@ class MDMTModule(L.LightningModule):
         # model, e.g. FedProx's proximal term or Ditto's regulariser. Not a hyper-parameter, not saved;
         # ``train/loss`` stays the data loss.
         self.extra_loss: Callable[[nn.Module], torch.Tensor] | None = None
+        # the model's forward on bf16 copies of its fp32 weights (trainer.precision=bf16-true), or None: the model
+        self.cast_forward: CastForward | None = None
 
     # ------------------------------------------------------------------------------------ helpers
     @property
     def uses_architecture_step(self) -> bool:
         return self.hparams.automl_mode not in FIXED_MODES and bool(self.arch_params)
 
+    def use_compute_dtype(self, dtype: torch.dtype) -> None:
+        """Compute every forward and backward in ``dtype``, the weights and the optimisers' states staying
+        fp32 (the hook of :class:`~m3oe_lightning.training.precision.MasterWeightsPrecision`)."""
+        self.cast_forward = None if dtype == torch.float32 else CastForward(self.model, dtype)
+
+    @property
+    def logits_of(self) -> Callable[[Batch], torch.Tensor]:
+        return self.model if self.cast_forward is None else self.cast_forward
+
     def forward(self, batch: Batch) -> torch.Tensor:
-        return self.model(batch)
+        return self.logits_of(batch)
 
     def _loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(batch)
+        logits = self.logits_of(batch)
         return grouped_bce_loss(logits, batch["labels"], batch["domain"], self.model.num_domains), logits
 
     def _optimizers(self) -> tuple[Any, Any | None]:
@@ -168,7 +180,7 @@ class MDMTModule(L.LightningModule):
 
     # --------------------------------------------------------------------------------- evaluation
     def _eval_step(self, batch: Batch, stage: str, metrics: DomainTaskMetrics) -> None:
-        logits = forward_in_chunks(self.model, batch)
+        logits = forward_in_chunks(self.logits_of, batch)
         loss = grouped_bce_loss(logits, batch["labels"], batch["domain"], self.model.num_domains)
         metrics.update(logits, batch["labels"], batch["domain"])
         self.log(keys.key(stage, keys.LOSS), loss, on_step=False, on_epoch=True, batch_size=batch["domain"].shape[0],

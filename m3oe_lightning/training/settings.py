@@ -27,9 +27,9 @@ def validate(cfg: DictConfig) -> None:
                              "limit_train_batches is 0): a run's test metrics would be those of an untrained model; "
                              "use trainer.max_epochs >= 1")
     precision = str(trainer.get("precision", "32-true"))
-    if precision.endswith("-true") and precision != "32-true" or precision == "64":  # "64": Lightning's 64-true
-        raise UserInputError(f"trainer.precision={precision}: the models take float32 inputs and keep float32 "
-                             "weights; use 32-true or bf16-mixed (bf16 autocast)")
+    if precision.endswith("-true") and precision not in ("32-true", "bf16-true") or precision == "64":  # 64-true
+        raise UserInputError(f"trainer.precision={precision}: the models keep float32 weights; use 32-true, "
+                             "bf16-true (bf16 compute, fp32 master weights) or bf16-mixed (bf16 autocast)")
     for name in ("task_name", "logger.run_name", "logger.experiment_name"):
         value = OmegaConf.select(cfg, name)
         if value is not None and ("/" in str(value) or "\\" in str(value) or str(value) in (".", "..")):

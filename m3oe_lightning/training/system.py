@@ -24,6 +24,7 @@ from m3oe_lightning.training.allocator import DEFAULT_ALLOCATOR, apply_allocator
 from m3oe_lightning.training.callbacks import EpochLine, ModelLine, ProgressBar
 from m3oe_lightning.training.checkpoint_io import AtomicCheckpointIO
 from m3oe_lightning.training.module import MDMTModule
+from m3oe_lightning.training.precision import trainer_precision
 from m3oe_lightning.training.quiet import silence_noise
 from m3oe_lightning.training.settings import validate
 
@@ -84,8 +85,9 @@ def build_trainer(cfg: DictConfig, checkpoint_dir: Path, logger: Logger | bool) 
     shown = [ProgressBar() if cfg.trainer.get("enable_progress_bar", True) else EpochLine()]
     if cfg.trainer.get("enable_model_summary", True):
         shown.append(ModelLine())
+    precision = trainer_precision(cfg.trainer)
     return build(cfg.trainer, callbacks=[*build_callbacks(cfg, checkpoint_dir), *shown], logger=logger,
-                 plugins=[AtomicCheckpointIO()])
+                 **{**precision, "plugins": [AtomicCheckpointIO(), *precision.get("plugins", [])]})
 
 
 def fit_and_test(trainer: L.Trainer, system: MDMTModule, datamodule: MDMTDataModule, *,

@@ -32,7 +32,7 @@ def train_entry(tmp_path, capfd, *overrides: str):
         (["data=synthetic", "data.split=sideways"], "data.split", "entry"),
         (["data=synthetic", "automl.mode=sometimes"], "automl.mode='sometimes'", "entry"),
         (["allocator=jemalloc"], "allocator='jemalloc': use retain", "cli"),
-        (["trainer.precision=bf16-true"], "trainer.precision=bf16-true: the models take float32", "cli"),
+        (["trainer.precision=16-true"], "trainer.precision=16-true: the models keep float32 weights", "cli"),
     ],
     ids=["seed", "domains", "missing-data", "split", "automl", "allocator", "half-precision-weights"],
 )
