@@ -16,7 +16,7 @@ TEST_WORKERS ?= 2
 .PHONY: help install train test page-synthetic page-synthetic-report federated-rec federated-rec-setting \
 	federated-rec-report bench bench-scaling ui movielens movielens-report reproduce reproduce-quick report diagnose \
 	federated federated-report bench-reproduce clean clean-logs clean-checkpoints predict export serve tune \
-	tune-study tuning-report
+	tune-study tuning-report bf16-accuracy bf16-accuracy-report
 
 # Table 2/3 of the M3oE paper: every row of conf/experiment/paper/ (Hydra's glob() does not expand the
 # options of a subfolder, so the list is built here) × SEEDS, as one Hydra multirun.
@@ -192,6 +192,17 @@ FEDREC_OUT ?= logs/reports/federated_rec_$(FEDREC_SETTING)
 federated-rec-report: $(STAMP) ## the recommendation study's report for FEDREC_SETTING → FEDREC_OUT
 	$(BIN)/python -m m3oe_lightning.reports.federated --study federated_rec_$(FEDREC_SETTING) --out $(FEDREC_OUT) \
 		--command "make federated-rec FEDREC_SETTINGS=$(FEDREC_SETTING)"
+
+# issue #17: bf16 end to end (trainer.precision=bf16-true) against fp32, Table-2 M3oE × BF16_SEEDS, both precisions
+BF16_SEEDS ?= 2022,2023,2024,2025,2026
+BF16_OUT ?= experiments/bench/bf16-accuracy
+bf16-accuracy: $(STAMP) ## bf16 end to end vs fp32 test AUC: M3oE × BF16_SEEDS at both precisions (resumable), report → BF16_OUT
+	$(BIN)/python -m m3oe_lightning.train -m experiment=paper/m3oe seed=$(BF16_SEEDS) trainer.precision=32-true,bf16-true \
+		$(LAUNCHER) trainer.enable_progress_bar=false trainer.enable_model_summary=false skip_finished=true \
+		logger.tags.study=bf16-accuracy hydra.callbacks.mlflow_sweep.name=bf16-accuracy $(ARGS); status=$$?; \
+	$(MAKE) bf16-accuracy-report && exit $$status
+bf16-accuracy-report: $(STAMP) ## the bf16-vs-fp32 report (BF16_OUT) from MLflow
+	$(BIN)/python -m m3oe_lightning.reports.precision --out $(BF16_OUT)
 
 # every preset of m3oe_lightning/bench/throughput.py (M3oE paper/released, MMoE, STAR, bf16 autocast) at both batch sizes
 BENCH_ARGS ?= --batch-sizes 4096 40960
