@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
@@ -47,6 +47,11 @@ class MLflowSweepRun(Callback):
         self._parent: tuple[str, str] | None = None  # (tracking uri, parent run id) while the sweep runs
         self._checkpoint_root = Path("logs/checkpoints")
         self._signal: int | None = None  # the signal that stopped the sweep
+        self._lock: IO[str] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Without the lock's file handle: the joblib launcher pickles the callbacks into its workers."""
+        return {**self.__dict__, "_lock": None}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from mlflow.tracking import MlflowClient
@@ -65,6 +70,9 @@ class MLflowSweepRun(Callback):
             parent = client.create_run(experiment_id, run_name=name, tags=tags)
         self._parent = (uri, parent.info.run_id)
         self._checkpoint_root = Path(str(config.paths.checkpoint_dir)).resolve()
+        # held while the sweep lives, as each job holds its own: a launcher killed outright (kill -9) leaves
+        # a parent run that the next run started here marks KILLED (runs.mark_orphans_killed)
+        self._lock = runs.run_lock(self._checkpoint_root, parent.info.run_id)
         os.environ[provenance.PARENT_RUN_ENV] = parent.info.run_id
         os.environ[provenance.SWEEP_NAME_ENV] = name
         atexit.register(self._end, "FAILED")  # a job raised: Hydra re-raises and skips on_multirun_end
@@ -108,6 +116,9 @@ class MLflowSweepRun(Callback):
         states = [c.info.status for c in children]
         client.set_tag(run_id, "runs", f"{states.count('FINISHED')} finished / {len(states)}")  # skipped: none
         client.set_terminated(run_id, status)
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
         print(summary_table(children), flush=True)
 
     def _close_orphans(self, client: MlflowClient, children: list[Run]) -> list[Run]:

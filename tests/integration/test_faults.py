@@ -67,7 +67,7 @@ def test_sigterm_in_a_multirun_kills_the_sweep(tmp_path):
     seeded_store(tmp_path)
     proc = start("m3oe_lightning.train", ["-m", *isolated(tmp_path), *TINY, "data.rows=200000",
                                           "trainer.max_epochs=50", "seed=1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
-    wait_for_run(tmp_path, proc)
+    wait_for_run(tmp_path, proc, runs=2)  # the sweep's lock and its first job's
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM
@@ -85,7 +85,7 @@ def test_stopping_a_parallel_sweep_leaves_no_run_running(tmp_path, stop):
                                           "trainer.max_epochs=50", "seed=1,2", "hydra/launcher=joblib",
                                           "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
                  new_session=True)
-    wait_for_run(tmp_path, proc, runs=2)
+    wait_for_run(tmp_path, proc, runs=3)  # the sweep's lock and both jobs'
     signum = signal.SIGINT if stop == "ctrl-c" else signal.SIGTERM
     os.killpg(proc.pid, signum) if stop == "ctrl-c" else proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=120)
@@ -116,6 +116,23 @@ def test_a_run_in_use_cannot_be_continued_by_a_second_process(tmp_path):
         run_lock(tmp_path, "abc123")
     held.close()
     run_lock(tmp_path, "abc123").close()  # free again once the holder is gone
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_outright_is_marked_killed_by_the_next_run(tmp_path):
+    # kill -9 of a basic-launcher sweep: no handler runs, the job and its parent run stay RUNNING ...
+    seeded_store(tmp_path)
+    proc = start("m3oe_lightning.train", ["-m", *isolated(tmp_path), *TINY, "data.rows=200000",
+                                          "trainer.max_epochs=50", "seed=1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    wait_for_run(tmp_path, proc, runs=2)  # the parent's lock and the first job's
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert {r.info.status for r in runs_in(tmp_path)} == {"RUNNING"}
+    # ... until the next run in that store and checkpoint folder starts
+    result = train_cli(tmp_path, "trainer.max_epochs=1", "seed=3")
+    assert result.returncode == 0, result.stderr
+    statuses = sorted((r.data.params.get("seed", "sweep"), r.info.status) for r in runs_in(tmp_path))
+    assert statuses == [("1", "KILLED"), ("3", "FINISHED"), ("sweep", "KILLED")]
 
 
 def test_a_running_run_whose_process_is_gone_is_marked_killed(tmp_path):
