@@ -2,8 +2,8 @@
 
 Reads the study's FINISHED runs from MLflow (the runs of ``make bf16-accuracy``, tag ``study``), pairs each
 seed's fp32 run with its bf16 runs and writes ``README.md`` + ``results.csv``: test AUC per seed and
-precision, the paired difference, its mean, largest magnitude and a paired t-test, the wall time of each run,
-and the verdict against the target (|mean difference| ≤ 0.002, every seed paired).
+precision, the paired difference, its mean, largest magnitude and a paired t-test, the wall time of each run
+(not a speed figure), and the verdict against the target (|mean difference| ≤ 0.002, every seed paired).
 """
 
 from __future__ import annotations
@@ -71,21 +71,23 @@ def markdown(found: Sequence[Pair], *, command: str, source: str) -> str:
                                          for p in others],
                                        *[f"{pair.seconds.get(p, math.nan):.0f}" for p in (REFERENCE, *others)]]))
     lines += ["", "## Verdict", ""]
-    lines += common.table_head(["precision", "seeds paired", "mean difference", "largest |difference|",
-                                "paired p", "wall time vs fp32 (median ratio)", "within the target"])
+    lines += common.table_head(["precision", "seeds paired", "mean difference", "largest difference (abs.)",
+                                "paired p", "within the target"])
     for precision in others:
         both = [pair for pair in found if precision in pair.auc]
         diffs = [pair.auc[precision] - pair.auc[REFERENCE] for pair in both]
         mean = statistics.fmean(diffs) if diffs else math.nan
-        ratios = [pair.seconds[REFERENCE] / pair.seconds[precision] for pair in both]
         verdict = "–" if not diffs else "**yes**" if abs(mean) <= TOLERANCE else "**no**"
+        if len(diffs) == 1:
+            verdict += " (one seed: no test yet)"
         lines.append(common.table_row([f"`{precision}`", str(len(both)), common.fmt(mean),
                                        common.fmt(max((abs(d) for d in diffs), default=math.nan)),
                                        common.fmt_p(paired_p([p.auc[precision] for p in both],
                                                              [p.auc[REFERENCE] for p in both])),
-                                       f"{statistics.median(ratios):.2f}× faster" if ratios else "–", verdict]))
-    lines += ["", "Wall time is a whole run's (training, every validation and the test), measured on a machine "
-              "that may have been running other jobs: `make bench` (paper-bf16 vs paper) is the speed figure.", ""]
+                                       verdict]))
+    lines += ["", "Wall time is a whole run's (training, every validation and the test) on a machine that may "
+              "have been running other jobs or paused them: it is not a speed figure. `make bench` (paper-bf16 "
+              "vs paper, side by side in one run) is.", ""]
     return "\n".join(lines)
 
 
