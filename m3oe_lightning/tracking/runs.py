@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import signal
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,20 @@ def unique_run_name(client: MlflowClient, experiment_id: str, base: str) -> str:
     return f"{base}-{n}"
 
 
+class RunLogger(MLFlowLogger):
+    """Lightning's MLflow logger minus its say over the run's status.
+
+    Lightning ends the run itself when a ``fit`` ends: FINISHED before the test split is scored, FAILED when
+    a signal interrupts the fit. The run's owner (:func:`tracked_run`) marks it once, when the whole job
+    ends; a process killed after Lightning's mark would otherwise leave a finished-looking or FAILED run
+    where it was KILLED.
+    """
+
+    def finalize(self, status: str = "success") -> None:
+        if self._initialized and self._checkpoint_callback:
+            self._scan_and_log_checkpoints(self._checkpoint_callback)
+
+
 @dataclass
 class RunHandle:
     """The MLflow run of one training run and its checkpoint folder."""
@@ -100,11 +115,13 @@ class RunHandle:
     def finish(self, status: str) -> None:
         """End the MLflow run with ``status`` and record it beside the checkpoints.
 
-        Best effort when the run already failed: a full disk must not hide the first error.
+        Best effort when the run already failed: a full disk must not hide the first error. SIGTERM and
+        SIGINT wait until both marks are written (a sweep's launcher signals its jobs twice when stopped).
         """
         try:
-            self.client.set_terminated(self.run_id, status)
-            self.mark(status)
+            with signals_deferred():
+                self.client.set_terminated(self.run_id, status)
+                self.mark(status)
         except (OSError, MlflowException, UserInputError) as error:
             if status == "FINISHED":
                 raise
@@ -113,6 +130,17 @@ class RunHandle:
     def mark(self, status: str) -> None:
         """Record the run's state in its checkpoint folder (resume looks for unfinished runs)."""
         mark_state(self.checkpoint_dir, status)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGTERM and SIGINT held back while the body runs, delivered when it ends."""
+    held = {signal.SIGTERM, signal.SIGINT}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def state_path(checkpoint_dir: Path) -> Path:
@@ -201,8 +229,8 @@ def open_run(*, tracking_uri: str, experiment_name: str, artifact_location: str 
         if not state_file.exists():
             write_json_atomic(state_file, {"run_id": run_id, "run_name": run_name, "config_hash": cfg_hash,
                                            "status": "RUNNING"})
-        logger = MLFlowLogger(experiment_name=experiment_name, tracking_uri=tracking_uri, run_id=run_id,
-                              artifact_location=artifact_location)
+        logger = RunLogger(experiment_name=experiment_name, tracking_uri=tracking_uri, run_id=run_id,
+                           artifact_location=artifact_location)
     except BaseException as error:
         if not joining:  # a DDP worker leaves its rank 0's run to rank 0
             status = "KILLED" if isinstance(error, Interrupted) else "FAILED"

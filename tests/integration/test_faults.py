@@ -167,6 +167,37 @@ def test_a_running_run_whose_process_is_gone_is_marked_killed(tmp_path):
     assert client.get_run(alive).info.status == "KILLED"
 
 
+def test_lightning_leaves_the_run_status_to_the_job(tmp_path):
+    """Lightning ends its logger's run when a fit ends: FINISHED before the test split is scored, FAILED when a
+    signal stops the fit. The run stays RUNNING until the job marks it, so a job killed after its fit is never
+    FINISHED and one stopped by a signal ends KILLED."""
+    from lightning import Callback, Trainer
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from m3oe_lightning.errors import Interrupted
+
+    class SignalMidFit(Callback):
+        def on_train_batch_end(self, *args) -> None:
+            raise Interrupted(signal.SIGTERM)
+
+    root = tmp_path / "checkpoints"
+    root.mkdir()
+    client = MlflowClient(f"sqlite:///{seeded_store(tmp_path)}")
+    run = open_run(tracking_uri=client.tracking_uri, experiment_name="owner", artifact_location=None,
+                   base_name="fit", tags={}, checkpoint_root=root, cfg_hash="h")
+    quiet = {"logger": run.logger, "enable_checkpointing": False, "enable_progress_bar": False,
+             "enable_model_summary": False, "max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1}
+    Trainer(**quiet).fit(BoringModel())
+    assert client.get_run(run.run_id).info.status == "RUNNING"
+    with pytest.raises(Interrupted):
+        Trainer(**quiet, callbacks=[SignalMidFit()]).fit(BoringModel())
+    assert client.get_run(run.run_id).info.status == "RUNNING"
+    run.finish("KILLED")
+    run.release()
+    assert client.get_run(run.run_id).info.status == "KILLED"
+    assert json.loads((root / f"{run.run_id}.run.json").read_text())["status"] == "KILLED"
+
+
 def train_cli(tmp_path, *overrides: str):
     return run_module("m3oe_lightning.train", [*isolated(tmp_path), *TINY, *overrides], cwd=REPO_ROOT, timeout=180)
 
