@@ -175,6 +175,7 @@ federated-rec: $(STAMP) ## PAGE on recommendation: FEDREC_SETTINGS × 8 arms × 
 	status=0; for setting in $(FEDREC_SETTINGS); do \
 		$(MAKE) federated-rec-setting FEDREC_SETTING=$$setting || status=$$?; done; exit $$status
 federated-rec-setting: $(STAMP)
+	$(FEDREC_IMPORT)
 	$(FEDREC_SWEEP) experiment=federated/centralized
 	$(FEDREC_SWEEP) federated=fedavg,fedprox,ditto federated.sparse_embeddings=$(FEDREC_SPARSE)
 	$(FEDREC_SWEEP) experiment=federated/fedavg_m3oe federated.sparse_embeddings=$(FEDREC_SPARSE)
@@ -186,10 +187,19 @@ federated-rec-setting: $(STAMP)
 		+federated.label=page-random; \
 		status=$$?; $(MAKE) federated-rec-report FEDREC_OUT=experiments/federated/rec_$(FEDREC_SETTING) && exit $$status
 
-# the committed reports, experiments/federated/rec_<setting>, are written by make federated-rec
+# the committed reports, experiments/federated/rec_<setting>, are written by make federated-rec. Each finished
+# run is archived beside its report (FEDREC_ARCHIVE, one .json.gz a run: tags, params, metric histories) and
+# imported into the local store before a study or report runs, so a study resumed on a fresh machine skips
+# what already ran and its report covers every run.
 FEDREC_SETTING ?= region
 FEDREC_OUT ?= logs/reports/federated_rec_$(FEDREC_SETTING)
+FEDREC_ARCHIVE ?= experiments/federated/rec_$(FEDREC_SETTING)/runs
+FEDREC_IMPORT = $(if $(wildcard $(FEDREC_ARCHIVE)),$(BIN)/python -m m3oe_lightning.tracking.archive import \
+	--dir $(FEDREC_ARCHIVE))
 federated-rec-report: $(STAMP) ## the recommendation study's report for FEDREC_SETTING → FEDREC_OUT
+	$(FEDREC_IMPORT)
+	$(BIN)/python -m m3oe_lightning.tracking.archive export --study federated_rec_$(FEDREC_SETTING) \
+		--dir $(FEDREC_ARCHIVE)
 	$(BIN)/python -m m3oe_lightning.reports.federated --study federated_rec_$(FEDREC_SETTING) --out $(FEDREC_OUT) \
 		--command "make federated-rec FEDREC_SETTINGS=$(FEDREC_SETTING)"
 

@@ -36,6 +36,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from m3oe_lightning import metric_keys as keys  # noqa: E402
 from m3oe_lightning.reports import common  # noqa: E402
 from m3oe_lightning.reports.common import describe, fmt, fmt_p, mean_std, table_head, table_row, welch_p  # noqa: E402
+from m3oe_lightning.tracking.archive import origin_id  # noqa: E402
 from m3oe_lightning.tracking.provenance import git_commit  # noqa: E402
 
 # the report's row order; algorithms not listed follow in name order
@@ -63,7 +64,7 @@ class FederatedRun:
 
     algorithm: str
     seed: str
-    run_id: str
+    run_id: str  # the id it was trained under (an imported run: its archive file's name)
     metrics: dict[str, float]
     model: str = "?"
     partition: str = "?"
@@ -108,7 +109,7 @@ def load_runs(tracking_uri: str, experiment: str, study: str | None,
         history = {key: common.metric_history(client, info.run_id, key)
                    for key in histories if key in run.data.metrics}
         runs.append(FederatedRun(
-            algorithm=algorithm, seed=seed, run_id=info.run_id, metrics=dict(run.data.metrics),
+            algorithm=algorithm, seed=seed, run_id=origin_id(run), metrics=dict(run.data.metrics),
             model=tags.get("model", "?"), partition=tags.get("partition", "?"), data=tags.get("data", "?"),
             commit=common.short_commit(run), seconds=common.run_seconds(run), history=history))
     return sorted(runs, key=lambda r: (algorithm_order(r.algorithm), r.seed))
