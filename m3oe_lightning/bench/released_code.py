@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from m3oe_lightning.bench import common
+from m3oe_lightning.config import report_user_errors
+from m3oe_lightning.errors import UserInputError
 
 MODULE = "m3oe_lightning.bench.released_code"
 RESULTS, REPORT = "released-code.json", "released-code.md"
@@ -36,19 +38,12 @@ RELEASED_DEFAULTS = {"lr": 1e-2, "lr_darts": 1e-3, "weight_decay": 1e-5, "expert
                      "fcn_dims": [512, 256, 256, 64]}
 
 
-class NotACheckout(SystemExit):
-    """``--released-code`` that does not hold the released code: one line, exit 2."""
-
-    def __init__(self, path: Path) -> None:
-        missing = [name for name in RELEASED_FILES if not (path / name).is_file()]
-        super().__init__(f"--released-code {path}: no {', '.join(missing)} there; point it at a local checkout "
-                         "of Applied-Machine-Learning-Lab/M3oE (the bench never downloads it)")
-        self.code = 2
-
-
 def check_checkout(path: Path) -> Path:
-    if not all((path / name).is_file() for name in RELEASED_FILES):
-        raise NotACheckout(path)
+    """``path`` resolved, when it holds the released code (else a :class:`UserInputError` naming what is missing)."""
+    missing = [name for name in RELEASED_FILES if not (path / name).is_file()]
+    if missing:
+        raise UserInputError(f"--released-code {path}: no {', '.join(missing)} there; point it at a local checkout "
+                             "of Applied-Machine-Learning-Lab/M3oE (the bench never downloads it)")
     return path.resolve()
 
 
@@ -182,7 +177,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
+    """CLI entry; returns the measurement reported. Bad input: one line, exit code 2."""
     args = parse_args(argv)
+    return report_user_errors(lambda a: _main(a, argv), args)
+
+
+def _main(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any] | None:
     if args.worker_out is not None:  # the released code's child process
         args.worker_out.write_text(json.dumps(released_epoch(check_checkout(args.released_code), args.data_folder,
                                                              args.batch_size)))
