@@ -123,6 +123,13 @@ FED_REPORT_OUT ?= logs/reports/federated
 federated-report: $(STAMP) ## the federated report → FED_REPORT_OUT from the MLflow store
 	$(BIN)/python -m m3oe_lightning.reports.federated --study federated --out $(FED_REPORT_OUT) --command "make federated"
 
+# A study's finished runs are archived beside its committed report (python -m m3oe_lightning.tracking.archive: one
+# .json.gz a run with its tags, params, times and metric histories), imported into the local store before the study
+# or its report runs and exported after: a study resumed on a fresh machine skips what ran, its report covers all.
+ARCHIVE = $(BIN)/python -m m3oe_lightning.tracking.archive
+archive_import = $(if $(wildcard $(1)),$(ARCHIVE) import --dir $(1))
+archive_export = $(ARCHIVE) export --study $(1) --dir $(2) --experiment $(3)
+
 # PAGE's Synthetic setting (issue #13, item 5a): FedAvg, FedProx, Ditto, PAGE with the released and the affine
 # action map, and the random-action control (PAGE that never leaves warm-up: random lr/epochs every round, no
 # agent learning) × PAGE_SYN_SEEDS, Hydra multiruns, resumable (finished runs are skipped). federated.label names
@@ -133,6 +140,7 @@ PAGE_SYN_SWEEP = $(BIN)/python -m m3oe_lightning.federate -m experiment=federate
 	federated.rounds=$(PAGE_SYN_ROUNDS) skip_finished=true +logger.tags.study=page_synthetic \
 	hydra.callbacks.mlflow_sweep.name=page_synthetic $(LAUNCHER) $(ARGS)
 page-synthetic: $(STAMP) ## PAGE's Synthetic study: 6 arms × PAGE_SYN_SEEDS, PAGE_SYN_ROUNDS rounds (resumable)
+	$(call archive_import,$(PAGE_SYN_ARCHIVE))
 	$(PAGE_SYN_SWEEP) federated=fedavg,fedprox,ditto
 	$(PAGE_SYN_SWEEP) federated=page federated.action_map=released +federated.label=page-released
 	$(PAGE_SYN_SWEEP) federated=page federated.action_map=affine +federated.label=page-affine
@@ -142,7 +150,10 @@ page-synthetic: $(STAMP) ## PAGE's Synthetic study: 6 arms × PAGE_SYN_SEEDS, PA
 
 # the committed report, experiments/federated/page_synthetic, is written by make page-synthetic
 PAGE_SYN_OUT ?= logs/reports/page_synthetic
+PAGE_SYN_ARCHIVE = experiments/federated/page_synthetic/runs
 page-synthetic-report: $(STAMP) ## the Synthetic study's report → PAGE_SYN_OUT from the MLflow store
+	$(call archive_import,$(PAGE_SYN_ARCHIVE))
+	$(call archive_export,page_synthetic,$(PAGE_SYN_ARCHIVE),m3oe-federated)
 	$(BIN)/python -m m3oe_lightning.reports.page_synthetic --out $(PAGE_SYN_OUT) --command "make page-synthetic"
 
 # PAGE on recommendation (issue #13, item 5b), one study per setting of FEDREC_SETTINGS: `region` (a client per
@@ -187,31 +198,31 @@ federated-rec-setting: $(STAMP)
 		+federated.label=page-random; \
 		status=$$?; $(MAKE) federated-rec-report FEDREC_OUT=experiments/federated/rec_$(FEDREC_SETTING) && exit $$status
 
-# the committed reports, experiments/federated/rec_<setting>, are written by make federated-rec. Each finished
-# run is archived beside its report (FEDREC_ARCHIVE, one .json.gz a run: tags, params, metric histories) and
-# imported into the local store before a study or report runs, so a study resumed on a fresh machine skips
-# what already ran and its report covers every run.
+# the committed reports, experiments/federated/rec_<setting>, are written by make federated-rec; the runs are
+# archived in FEDREC_ARCHIVE
 FEDREC_SETTING ?= region
 FEDREC_OUT ?= logs/reports/federated_rec_$(FEDREC_SETTING)
 FEDREC_ARCHIVE ?= experiments/federated/rec_$(FEDREC_SETTING)/runs
-FEDREC_IMPORT = $(if $(wildcard $(FEDREC_ARCHIVE)),$(BIN)/python -m m3oe_lightning.tracking.archive import \
-	--dir $(FEDREC_ARCHIVE))
+FEDREC_IMPORT = $(call archive_import,$(FEDREC_ARCHIVE))
 federated-rec-report: $(STAMP) ## the recommendation study's report for FEDREC_SETTING → FEDREC_OUT
 	$(FEDREC_IMPORT)
-	$(BIN)/python -m m3oe_lightning.tracking.archive export --study federated_rec_$(FEDREC_SETTING) \
-		--dir $(FEDREC_ARCHIVE)
+	$(call archive_export,federated_rec_$(FEDREC_SETTING),$(FEDREC_ARCHIVE),m3oe-federated)
 	$(BIN)/python -m m3oe_lightning.reports.federated --study federated_rec_$(FEDREC_SETTING) --out $(FEDREC_OUT) \
 		--command "make federated-rec FEDREC_SETTINGS=$(FEDREC_SETTING)"
 
 # issue #17: bf16 end to end (trainer.precision=bf16-true) against fp32, Table-2 M3oE × BF16_SEEDS, both precisions
 BF16_SEEDS ?= 2022,2023,2024,2025,2026
 BF16_OUT ?= experiments/bench/bf16-accuracy
+BF16_ARCHIVE = experiments/bench/bf16-accuracy/runs
 bf16-accuracy: $(STAMP) ## bf16 end to end vs fp32 test AUC: M3oE × BF16_SEEDS at both precisions (resumable), report → BF16_OUT
+	$(call archive_import,$(BF16_ARCHIVE))
 	$(BIN)/python -m m3oe_lightning.train -m experiment=paper/m3oe seed=$(BF16_SEEDS) trainer.precision=32-true,bf16-true \
 		$(LAUNCHER) trainer.enable_progress_bar=false trainer.enable_model_summary=false skip_finished=true \
 		logger.tags.study=bf16-accuracy hydra.callbacks.mlflow_sweep.name=bf16-accuracy $(ARGS); status=$$?; \
 	$(MAKE) bf16-accuracy-report && exit $$status
 bf16-accuracy-report: $(STAMP) ## the bf16-vs-fp32 report (BF16_OUT) from MLflow
+	$(call archive_import,$(BF16_ARCHIVE))
+	$(call archive_export,bf16-accuracy,$(BF16_ARCHIVE),m3oe-lightning)
 	$(BIN)/python -m m3oe_lightning.reports.precision --out $(BF16_OUT)
 
 # every preset of m3oe_lightning/bench/throughput.py (M3oE paper/released, MMoE, STAR, bf16 autocast) at both batch sizes
