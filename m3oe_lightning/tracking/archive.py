@@ -29,6 +29,7 @@ from mlflow.tracking import MlflowClient
 
 from m3oe_lightning.errors import UserInputError
 from m3oe_lightning.tracking.runs import ensure_experiment
+from m3oe_lightning.training import checkpoint_io
 
 ORIGIN_TAG = "archive.run_id"  # the id a run had in the store it was exported from
 RUN_NAME_TAG = "mlflow.runName"
@@ -62,11 +63,8 @@ def run_record(client: MlflowClient, run: Run, experiment_name: str) -> dict[str
 
 def write_record(path: Path, record: dict[str, Any]) -> None:
     """Gzipped JSON with no timestamp in its header (the same run gives the same bytes), written whole."""
-    data = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
-    partial = path.with_name(path.name + ".part")
-    with partial.open("wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as handle:
-        handle.write(data)
-    partial.replace(path)
+    data = gzip.compress(json.dumps(record, sort_keys=True, separators=(",", ":")).encode(), mtime=0)
+    checkpoint_io.write_whole(path, lambda handle: handle.write(data))
 
 
 def read_record(path: Path) -> dict[str, Any]:
