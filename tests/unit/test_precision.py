@@ -10,7 +10,7 @@ from m3oe_lightning.config import compose
 from m3oe_lightning.data.datamodule import MDMTDataModule
 from m3oe_lightning.models.m3oe import M3oE
 from m3oe_lightning.training.module import MDMTModule
-from m3oe_lightning.training.precision import CastForward, MasterWeightsPrecision, trainer_precision
+from m3oe_lightning.training.precision import CastForward, MasterWeightsPrecision, cast_batch, trainer_precision
 from tests.unit.test_models import MODELS, build_case
 from tests.unit.test_module import tiny_dataset
 
@@ -65,3 +65,20 @@ def test_a_bf16_true_fit_keeps_fp32_weights_and_optimiser_states_and_learns(tiny
 def test_other_precisions_go_to_lightning_as_they_are():
     assert trainer_precision(compose("train", ["trainer.precision=bf16-mixed"]).trainer) == {}
     assert trainer_precision(compose("train").trainer) == {}
+
+
+def test_embedding_tables_stay_fp32_in_the_bf16_forward_with_the_values_of_cast_tables(tiny_schema, batch_factory):
+    torch.manual_seed(0)
+    model = build_case("model=m3oe", tiny_schema).eval()
+    batch = batch_factory(tiny_schema, 64, seed=5)
+    cast = CastForward(model, torch.bfloat16)
+    assert cast.kept and cast.kept == {name for name, _ in model.named_parameters() if ".tables." in name}
+    # casting after the gather gives exactly what casting every table first gives
+    everything_cast = {name: p.to(torch.bfloat16) for name, p in model.named_parameters()}
+    reference = torch.func.functional_call(model, everything_cast, (cast_batch(batch, torch.bfloat16),)).float()
+    logits = cast(batch)
+    torch.testing.assert_close(logits, reference, atol=0, rtol=0)
+    logits.sum().backward()
+    table = model.embedding.tables[0].weight
+    assert table.grad is not None and table.grad.dtype == torch.float32
+    assert table.grad.abs().sum(1).count_nonzero() == batch["sparse"][:, 0].unique().numel()  # only looked-up rows
