@@ -7,8 +7,9 @@ Reads finished ``m3oe-federate`` runs (never log files) tagged with the sweep's 
   test-row-weighted form), generalization (``global/auc_mean``) and held-out (``heldout/auc_mean``) AUC as
   mean ± std over seeds; the global model's AUC also as a mean over clients (``global/auc_client_mean``) and
   the personalization gap (personal minus global) on both bases; rounds to reach 99% of the final global AUC;
-  wall time per run and the share of a round spent in local training; two-sided Welch t-tests of PAGE (and
-  federated M3oE) against FedAvg; and, for runs that logged ``global_val/auc_mean``, the same test metrics at
+  wall time per run and the share of a round spent in local training; two-sided Welch t-tests of every arm
+  against FedAvg, of each PAGE arm against its random-action control and of each row-sparse arm against its
+  dense one; and, for runs that logged ``global_val/auc_mean``, the same test metrics at
   the round whose global validation AUC was highest (chosen on validation only; a reference such as
   ``centralized`` that overfits by its last round is judged at its best round too);
 - ``results.csv``: one line per run used (the newest finished run of each (algorithm, seed));
@@ -195,6 +196,19 @@ def selected_table(runs: Sequence[FederatedRun]) -> list[str]:
     return lines
 
 
+def delta_cells(runs: Sequence[FederatedRun], name: str, reference: str) -> list[str]:
+    """Per metric of ``FINAL``: ``name``'s mean minus ``reference``'s (×10⁻²) with Welch's two-sided p."""
+    row = []
+    for metric in FINAL:
+        ours, base = final_values(runs, name, metric), final_values(runs, reference, metric)
+        if not ours or not base:
+            row.append("–")
+            continue
+        delta = statistics.fmean(ours) - statistics.fmean(base)
+        row.append(f"{100 * delta:+.2f} ({fmt_p(welch_p(ours, base))})")
+    return row
+
+
 def comparison_table(runs: Sequence[FederatedRun], reference: str = "fedavg") -> list[str]:
     """Each other algorithm minus ``reference`` (Δ ×10⁻² of the mean) with Welch's two-sided p."""
     names = [n for n in algorithms(runs) if n not in (reference, "centralized")]
@@ -202,18 +216,39 @@ def comparison_table(runs: Sequence[FederatedRun], reference: str = "fedavg") ->
         return [f"(Needs {reference} runs and at least one other algorithm.)"]
     lines = table_head([f"vs {reference}", *[f"Δ {m} (p)" for m in FINAL], "Δ seconds per run"])
     for name in names:
-        row = []
-        for metric in FINAL:
-            ours, base = final_values(runs, name, metric), final_values(runs, reference, metric)
-            if not ours or not base:
-                row.append("–")
-                continue
-            delta = statistics.fmean(ours) - statistics.fmean(base)
-            row.append(f"{100 * delta:+.2f} ({fmt_p(welch_p(ours, base))})")
         secs = [[r.seconds for r in runs if r.algorithm == n and math.isfinite(r.seconds)] for n in (name, reference)]
         time_cell = (f"{statistics.fmean(secs[0]) - statistics.fmean(secs[1]):+.0f} s "
                      f"(×{statistics.fmean(secs[0]) / statistics.fmean(secs[1]):.2f})" if all(secs) else "–")
-        lines.append(table_row([name, *row, time_cell]))
+        lines.append(table_row([name, *delta_cells(runs, name, reference), time_cell]))
+    return lines
+
+
+SPARSE, RANDOM_CONTROL = "+sparse", "page-random"
+
+
+def control_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
+    """The like-for-like pairs a reader needs beside the FedAvg table: each PAGE arm against the random-action
+    control with the same suffix (do the agents beat random actions?) and each ``+sparse`` arm against the same
+    arm without it (what row-sparse aggregation changes); only pairs whose both sides ran."""
+    present = set(names)
+    pairs = []
+    for name in names:
+        if name.startswith("page-") and not name.startswith(RANDOM_CONTROL):
+            control = RANDOM_CONTROL + name[name.index("+"):] if "+" in name else RANDOM_CONTROL
+            if control in present:
+                pairs.append((name, control))
+    pairs += [(name, name.removesuffix(SPARSE)) for name in names
+              if name.endswith(SPARSE) and name.removesuffix(SPARSE) in present]
+    return pairs
+
+
+def controls_table(runs: Sequence[FederatedRun]) -> list[str]:
+    """One row per pair of :func:`control_pairs`: Δ of the means (×10⁻²) with Welch's two-sided p."""
+    pairs = control_pairs(algorithms(runs))
+    if not pairs:
+        return ["(No PAGE arm beside its random-action control and no `+sparse` arm beside its dense one.)"]
+    lines = table_head(["arm", "against", *[f"Δ {m} (p)" for m in FINAL]])
+    lines += [table_row([name, reference, *delta_cells(runs, name, reference)]) for name, reference in pairs]
     return lines
 
 
@@ -287,6 +322,10 @@ def markdown(runs: Sequence[FederatedRun], *, command: str, source: str) -> str:
         "## Against FedAvg", "",
         "Difference of the means (×10⁻²) and a two-sided Welch t-test over seeds (`–`: fewer than two seeds "
         "on a side; `\\*`: p < 0.05).", "", *comparison_table(runs), "",
+        "## Against the controls", "",
+        "Each PAGE arm against its random-action control at the same aggregation (do the agents beat random "
+        "actions?), and each row-sparse arm against the same arm without it; Δ of the means (×10⁻²), two-sided "
+        "Welch t-test over seeds.", "", *controls_table(runs), "",
         "## Selected on validation", "",
         f"Each run judged at its round of highest `{SELECT_ON}` (the global model on the union of the training "
         "clients' validation splits; no test row chooses), AUC ×10⁻², mean ± sample std over seeds.", "",
