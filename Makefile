@@ -14,7 +14,7 @@ TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help install train test page-synthetic page-synthetic-report federated-rec federated-rec-setting \
-	federated-rec-report bench bench-scaling ui movielens movielens-report reproduce reproduce-quick report diagnose \
+	federated-rec-report bench bench-scaling ui movielens movielens-report reproduce reproduce-quick report verdict diagnose \
 	federated federated-report bench-reproduce clean clean-logs clean-checkpoints predict export serve tune \
 	tune-study tuning-report bf16-accuracy bf16-accuracy-report
 
@@ -103,6 +103,12 @@ REPORT_OUT ?= logs/reports/movielens
 REPORT_COMMAND ?= make reproduce
 report: $(STAMP) ## README.md + results.csv + PNGs (Table 2/3 against the paper) in REPORT_OUT from the MLflow store
 	$(BIN)/python -m m3oe_lightning.reports.paper --study $(REPORT_STUDY) --out $(REPORT_OUT) --command "$(REPORT_COMMAND)"
+
+# the verdict table alone, from a committed per-run file (for a study whose store is gone)
+VERDICT_FROM ?= experiments/movielens/results.csv
+verdict: $(STAMP) ## which of the paper's Table 2–3 claims hold: VERDICT_FROM (a report's results.csv) → its folder's verdict.md
+	$(BIN)/python -m m3oe_lightning.reports.paper --verdict-from $(VERDICT_FROM) --out $(dir $(VERDICT_FROM)) \
+		--name verdict.md --command "make verdict VERDICT_FROM=$(VERDICT_FROM)"
 
 # The federated comparison on MovieLens-1M (region partition: a client per zip-code region, one held out):
 # the strategies of FED_ALGORITHMS and the presets of FED_VARIANTS (federated M3oE, the centralized

@@ -18,6 +18,7 @@ one) and the ``study`` tag of the sweep, and writes into ``--out``:
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime as dt
 import math
 import statistics
@@ -279,6 +280,71 @@ def ablation_table(records: Sequence[RunRecord]) -> list[str]:
     return lines
 
 
+ALPHA = 0.05  # the verdict table's significance level (two-sided Welch t-test)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim of the paper's Tables 2–3 as a difference of mean Overall AUC: ``better`` beats ``worse``."""
+
+    text: str
+    better: str
+    worse: str
+    paper_delta: float  # the paper's difference, AUC ×10⁻²
+
+
+def paper_claims() -> list[Claim]:
+    """Every comparison the paper's Tables 2–3 make: M3oE beats each Table-2 baseline, and each Table-3
+    variant (a module or AutoML removed, or fused another way) is worse than the full model."""
+    full2, full3 = PAPER_TABLE2[OURS][2], PAPER_TABLE3[OURS][1]
+    claims = [Claim(f"M3oE beats {row}", OURS, row, full2 - overall)
+              for row, (_, _, overall, _) in PAPER_TABLE2.items() if row != OURS]
+    claims += [Claim(f"M3oE beats {row} ({change})", OURS, row, full3 - auc)
+               for row, (change, auc) in PAPER_TABLE3.items() if row != OURS]
+    return claims
+
+
+def verdict(delta: float, p: float, seeds: tuple[int, int]) -> str:
+    """``holds`` (our difference has the paper's sign and p < ALPHA), ``reversed`` (the opposite sign, p <
+    ALPHA), ``not separated`` (p ≥ ALPHA) or ``not tested`` (fewer than two seeds on a side)."""
+    if min(seeds) < 2 or not math.isfinite(p):
+        return "not tested"
+    if p >= ALPHA:
+        return "not separated"
+    return "holds" if delta > 0 else "reversed"
+
+
+def verdict_rows(records: Sequence[RunRecord]) -> list[tuple[Claim, float, float, str, tuple[int, int]]]:
+    """Each claim of :func:`paper_claims` with our Δ of mean Overall AUC (×10⁻²), Welch's p and the verdict."""
+    out = []
+    for claim in paper_claims():
+        ours, theirs = values(records, claim.better, OVERALL_AUC), values(records, claim.worse, OVERALL_AUC)
+        seeds = (len(ours), len(theirs))
+        delta = 100 * (statistics.fmean(ours) - statistics.fmean(theirs)) if ours and theirs else math.nan
+        p = welch_p(ours, theirs) if min(seeds) >= 2 else math.nan
+        out.append((claim, delta, p, verdict(delta, p, seeds), seeds))
+    return out
+
+
+def verdict_table(records: Sequence[RunRecord]) -> list[str]:
+    """The verdict table and one line counting it: claim · paper's Δ · ours · p · verdict."""
+    rows = verdict_rows(records)
+    lines = table_head(["claim (paper)", "paper's Δ Overall AUC", "our Δ Overall AUC", "seeds", "p (Welch)",
+                        "verdict"])
+    for claim, delta, p, said, seeds in rows:
+        lines.append(table_row([claim.text, f"{claim.paper_delta:+.2f}",
+                                f"{delta:+.2f}" if math.isfinite(delta) else "–", f"{seeds[0]} vs {seeds[1]}",
+                                fmt_p(p), f"**{said}**" if said == "holds" else said]))
+    tally = {name: sum(1 for *_, said, _ in rows if said == name)
+             for name in ("holds", "not separated", "reversed", "not tested")}
+    tested = len(rows) - tally["not tested"]
+    lines += ["", f"In plain words: of the paper's {len(rows)} claims, {tested} have at least two seeds on each "
+              f"side here; {tally['holds']} hold (our difference has the paper's sign, p < {ALPHA}), "
+              f"{tally['not separated']} are not separated from no difference (p ≥ {ALPHA}), "
+              f"{tally['reversed']} are reversed, and {tally['not tested']} are not tested yet."]
+    return lines
+
+
 def val_curve_table(records: Sequence[RunRecord]) -> list[str]:
     """Mean validation AUC (×10⁻²) after each epoch per Table-2 row: where a gap opens, and who still climbs."""
     rows = table2_rows(records)
@@ -366,6 +432,36 @@ def write_csv(records: Sequence[RunRecord], groups: Sequence[tuple[str, str]], p
          f"{r.train_seconds:.1f}", r.run_id] for r in records))
 
 
+def read_csv(path: Path) -> list[RunRecord]:
+    """The runs of a committed ``results.csv`` (:func:`write_csv`'s columns) as records with their test and
+    validation metrics — for tables that need only those, when the store that made the file is gone."""
+    fixed = {"row", "seed", "split", "epochs", "train_seconds", "run_id"}
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as error:
+        raise SystemExit(f"error: {path}: {error.strerror}; name a results.csv written by `make report`") from None
+    if not rows or not {"row", "seed", OVERALL_AUC} <= set(rows[0]):
+        raise SystemExit(f"error: {path}: not a paper report's results.csv (needs the columns row, seed and "
+                         f"{OVERALL_AUC}); write one with `make report`")
+    return [RunRecord(row=r["row"], seed=r["seed"], split=r.get("split", "?"), run_id=r.get("run_id", ""),
+                      metrics={k: float(v) for k, v in r.items() if k not in fixed and v not in ("", None)},
+                      epochs=int(r.get("epochs") or 0))
+            for r in rows]
+
+
+def verdict_markdown(records: Sequence[RunRecord], *, command: str, source: str) -> str:
+    """The verdict table on its own page (for a study whose other tables are already committed)."""
+    return "\n".join([
+        "# M3oE paper, Tables 2–3: which claims hold here", "",
+        f"Generated by `{command}` on {dt.date.today().isoformat()} (report code at commit {git_commit()[:10]}) "
+        f"from {source}: {len(records)} runs; seeds {describe([r.seed for r in records])}, split "
+        f"{describe([r.split for r in records])}. Overall AUC ×10⁻² is the mean of a run's per-(domain, task) "
+        "test AUCs at its best-validation checkpoint; **holds**: the paper's sign and a two-sided Welch p < 0.05; "
+        "**not separated**: p ≥ 0.05; **reversed**: the other sign, p < 0.05; **not tested**: fewer than two "
+        "seeds on a side.", "", *verdict_table(records), ""])
+
+
 PAPER_DATA = "movielens1m"  # the paper's Table 2 is on MovieLens-1M
 
 
@@ -413,6 +509,12 @@ def markdown(records: Sequence[RunRecord], groups: Sequence[tuple[str, str]], *,
         "Per column, over the seeds of each row (`–`: fewer than two seeds on a side). `\\*`: p < 0.05 — in "
         "either direction; the Δ column gives the sign.", "", *welch_table(records, groups), "",
         "## Table 3: ablation (Overall AUC ×10⁻²)", "", *ablation_table(records), "",
+        "## Verdict: each claim of Tables 2–3", "",
+        "Each comparison the paper's tables make, as the difference of mean Overall AUC (×10⁻²) between the "
+        "row the paper ranks higher and the other, over the seeds here, with a two-sided Welch t-test. "
+        "**holds**: same sign as the paper and p < 0.05; **not separated**: p ≥ 0.05 (the runs cannot tell the "
+        "rows apart); **reversed**: the other sign, p < 0.05; **not tested**: fewer than two seeds on a side.",
+        "", *verdict_table(records), "",
         "## Validation AUC by epoch (mean over seeds, ×10⁻²)", "",
         "The selection metric after each epoch. A row whose best epoch is the last was still improving when "
         "the epoch cap stopped it.", "", *val_curve_table(records), "",
@@ -437,8 +539,18 @@ def main(argv: Sequence[str] | None = None) -> None:
                                out="logs/reports/movielens", command="make reproduce")
     parser.add_argument("--split", default=None, help="only runs of this split (default: all)")
     parser.add_argument("--name", default="README.md", help="file name of the report inside --out")
+    parser.add_argument("--verdict-from", type=Path, default=None, metavar="RESULTS_CSV",
+                        help="write only the verdict table (--name in --out) from a committed results.csv")
     args = parser.parse_args(argv)
 
+    if args.verdict_from is not None:
+        records = read_csv(args.verdict_from)
+        args.out.mkdir(parents=True, exist_ok=True)
+        common.write_atomic(args.out / args.name, verdict_markdown(
+            records, command=args.command, source=f"the per-run file `{args.verdict_from}` (itself written from "
+                                                   "MLflow by the paper report; each line names its run id)"))
+        print(f"wrote {args.out / args.name} ({len(records)} runs)")
+        return
     records = load_runs(args.tracking_uri, args.experiment, args.study or None, args.split)
     if not records:
         raise SystemExit(f"error: no finished runs with a `row` tag (study={args.study!r}) in {args.tracking_uri}; "
