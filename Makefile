@@ -82,6 +82,7 @@ movielens-report: $(STAMP) ## presets.md (+ PNG) → PRESETS_OUT from the MLflow
 		$(if $(filter experiments/%,$(PRESETS_OUT)),--readme README.md)
 
 reproduce: $(STAMP) ## Table 2 + 3 (MovieLens-1M): every paper row × SEEDS, resumable (finished runs are skipped), then the report
+	$(call archive_import,$(PAPER_ARCHIVE))
 	$(PAPER_SWEEP) seed=$(SEEDS) skip_finished=true \
 		hydra.callbacks.mlflow_sweep.name=reproduce $(ARGS); status=$$?; \
 	$(MAKE) report REPORT_OUT=experiments/movielens && exit $$status
@@ -92,6 +93,7 @@ reproduce-quick: $(STAMP) ## smoke: every paper row once (seed 2022, QUICK_EPOCH
 	$(MAKE) report REPORT_STUDY=paper-quick REPORT_OUT=$(QUICK_OUT) REPORT_COMMAND="make reproduce-quick" && exit $$status
 
 diagnose: $(STAMP) ## our M3oE diagnostics (e.g. w/o STAR layer) × DIAGNOSE_SEEDS, resumable, then the report
+	$(call archive_import,$(PAPER_ARCHIVE))
 	$(BIN)/python -m m3oe_lightning.train -m experiment=$(DIAGNOSE_ROWS) seed=$(DIAGNOSE_SEEDS) $(LAUNCHER) \
 		trainer.enable_progress_bar=false trainer.enable_model_summary=false skip_finished=true \
 		hydra.callbacks.mlflow_sweep.name=diagnose $(ARGS); status=$$?; \
@@ -101,7 +103,12 @@ REPORT_STUDY ?= paper
 # the committed report, experiments/movielens, is written by make reproduce / make diagnose
 REPORT_OUT ?= logs/reports/movielens
 REPORT_COMMAND ?= make reproduce
+# the committed report's runs are archived beside it (PAPER_ARCHIVE; see "A study's finished runs are archived" below)
+PAPER_ARCHIVE = experiments/movielens/runs
+COMMITTED_PAPER_REPORT = $(filter experiments/movielens,$(patsubst %/,%,$(REPORT_OUT)))
 report: $(STAMP) ## README.md + results.csv + PNGs (Table 2/3 against the paper) in REPORT_OUT from the MLflow store
+	$(if $(COMMITTED_PAPER_REPORT),$(call archive_import,$(PAPER_ARCHIVE)))
+	$(if $(COMMITTED_PAPER_REPORT),$(call archive_export,$(REPORT_STUDY),$(PAPER_ARCHIVE),m3oe-lightning))
 	$(BIN)/python -m m3oe_lightning.reports.paper --study $(REPORT_STUDY) --out $(REPORT_OUT) --command "$(REPORT_COMMAND)"
 
 # the verdict table alone, from a committed per-run file (for a study whose store is gone)
