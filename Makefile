@@ -251,6 +251,8 @@ bench: $(STAMP) ## throughput/MFU/RSS, a federated round's time split, scoring s
 	$(BIN)/python -m m3oe_lightning.bench.throughput $(BENCH_ARGS) $(ARGS)
 	$(BIN)/python -m m3oe_lightning.bench.federated
 	$(BIN)/python -m m3oe_lightning.bench.federated --name federated-100 $(FED_BENCH_100)
+	$(BIN)/python -m m3oe_lightning.bench.federated --name federated-100-evaluate-every-5 --rounds 5 \
+		$(FED_BENCH_100) federated.evaluate_every=5
 	$(BIN)/python -m m3oe_lightning.bench.federated --name federated-synthetic-cohort $(FED_BENCH_SYNTHETIC)
 	$(BIN)/python -m m3oe_lightning.bench.federated --name federated-synthetic-per-client --rounds 1 \
 		$(FED_BENCH_SYNTHETIC) federated.cohort=false

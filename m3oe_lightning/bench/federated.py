@@ -13,6 +13,11 @@ round's parts:
   the pooled global test set (server side);
 * **server**: aggregation and everything else the runner does (the round time minus the above).
 
+Rounds are evaluated as :meth:`Simulation.run` would evaluate them (``federated.evaluate_every``: every k-th
+round and the last), so with ``federated.evaluate_every=k --rounds k`` the figures are those of a long run
+that evaluates every k-th round. The table gives the mean round (what a run pays per round on average) and
+the share is of the rounds' summed time.
+
 The share of the round that is *not* local training is the figure issues #4 (10 clients) and #13 (100
 clients in one process) target: ≤ 15 %. ``make bench`` runs both settings. Results: ``<out>/<name>.json`` and
 ``<out>/<name>.md`` (``--name``, default ``federated``).
@@ -40,7 +45,7 @@ MODULE = "m3oe_lightning.bench.federated"
 TARGET_OTHER_SHARE = 0.15
 # the simulation's per-round figures (seconds of the whole round, of the clients' fits and of evaluation)
 ROUND_SECONDS, FIT_SECONDS, EVALUATE_SECONDS = "time/round_s", "time/fit_s", "time/evaluate_s"
-CLIENTS_OK = "round/clients_ok"
+CLIENTS_OK, EVALUATED = "round/clients_ok", "round/evaluated"
 GLOBAL_AUC = keys.key(keys.GLOBAL, keys.AUC_MEAN)
 
 
@@ -80,42 +85,51 @@ def measure(overrides: Sequence[str], rounds: int) -> dict[str, Any]:
         cohort = getattr(setup.simulation.transport, "trainer", None)
         per_round = []
         with quiet_lightning():
-            for _ in range(rounds):
+            for server_round in range(1, rounds + 1):
                 clock.seconds = 0.0
                 cohort_before = cohort.seconds if cohort is not None else 0.0
-                metrics = setup.simulation.run_round()
+                metrics = setup.simulation.run_round(evaluate=setup.simulation.evaluates(server_round, rounds))
                 if cohort is not None:
                     clock.seconds += cohort.seconds - cohort_before
                 total, fit, evaluate = metrics[ROUND_SECONDS], metrics[FIT_SECONDS], metrics[EVALUATE_SECONDS]
                 per_round.append({"round_s": total, "local_training_s": clock.seconds,
                                   "trainer_overhead_s": fit - clock.seconds, "evaluation_s": evaluate,
                                   "server_s": max(0.0, total - fit - evaluate),
-                                  "clients": int(metrics[CLIENTS_OK]),
+                                  "clients": int(metrics[CLIENTS_OK]), "evaluated": bool(metrics[EVALUATED]),
                                   "global_auc": metrics.get(GLOBAL_AUC, float("nan"))})
-    median = {key: statistics.median(r[key] for r in per_round)
-              for key in ("round_s", "local_training_s", "trainer_overhead_s", "evaluation_s", "server_s")}
+    parts = ("round_s", "local_training_s", "trainer_overhead_s", "evaluation_s", "server_s")
+    median = {key: statistics.median(r[key] for r in per_round) for key in parts}
+    mean = {key: statistics.fmean(r[key] for r in per_round) for key in parts}
+    evaluated = [r for r in per_round if r["evaluated"]]
     clients = per_round[-1]["clients"]
     return {
         "overrides": list(overrides), "rounds": rounds, "clients": clients,
+        "evaluate_every": setup.simulation.evaluate_every, "evaluated_rounds": len(evaluated),
         "train_rows": sum(len(c.data.train) for c in setup.federation.clients),
-        "build_seconds": build_seconds, "per_round": per_round, "median": median,
-        "other_share": 1.0 - median["local_training_s"] / median["round_s"],
-        "trainer_overhead_per_fit_ms": 1000 * median["trainer_overhead_s"] / max(1, clients),
-        "fit_ms": 1000 * (median["local_training_s"] + median["trainer_overhead_s"]) / max(1, clients),
-        "evaluation_per_client_ms": 1000 * median["evaluation_s"] / max(1, clients),
+        "build_seconds": build_seconds, "per_round": per_round, "median": median, "mean": mean,
+        "other_share": 1.0 - mean["local_training_s"] / mean["round_s"],
+        "trainer_overhead_per_fit_ms": 1000 * mean["trainer_overhead_s"] / max(1, clients),
+        "fit_ms": 1000 * (mean["local_training_s"] + mean["trainer_overhead_s"]) / max(1, clients),
+        "evaluation_per_client_ms": 1000 * statistics.fmean(r["evaluation_s"] for r in evaluated) / max(1, clients),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "lightning": L.__version__,
     }
 
 
+def round_row(server_round: int, r: dict[str, Any]) -> str:
+    evaluation, auc = (f"{r['evaluation_s']:.2f}", f"{r['global_auc']:.4f}") if r["evaluated"] else ("not evaluated", "–")
+    return (f"| {server_round} | {r['round_s']:.2f} | {r['local_training_s']:.2f} | {r['trainer_overhead_s']:.2f} "
+            f"| {evaluation} | {r['server_s']:.2f} | {auc} |")
+
+
 def render(result: dict[str, Any], meta: dict[str, Any]) -> str:
-    m = result["median"]
+    m = result["mean"]
     share = lambda key: f"{100 * m[key] / m['round_s']:.1f} %"  # noqa: E731
     ok = "met" if result["other_share"] <= TARGET_OTHER_SHARE else "**missed**"
-    rows = "\n".join(
-        f"| {k} | {r['round_s']:.2f} | {r['local_training_s']:.2f} | {r['trainer_overhead_s']:.2f} "
-        f"| {r['evaluation_s']:.2f} | {r['server_s']:.2f} | {r['global_auc']:.4f} |"
-        for k, r in enumerate(result["per_round"], start=1))
+    rows = "\n".join(round_row(k, r) for k, r in enumerate(result["per_round"], start=1))
     machine, load = meta["machine"], common.format_load(meta["load_before"])
+    every = result["evaluate_every"]
+    evaluated = ("every round evaluated" if every == 1 else
+                 f"`federated.evaluate_every={every}`: {result['evaluated_rounds']} evaluated")
     return f"""# Benchmark: one federated round
 
 Generated by `m3oe_lightning/bench/federated.py`; rerun `make bench`. Figures of one run on one machine.
@@ -127,7 +141,7 @@ Generated by `m3oe_lightning/bench/federated.py`; rerun `make bench`. Figures of
 - setup: `python -m m3oe_lightning.federate {' '.join(result['overrides'])}`: {result['clients']} clients,
   {result['train_rows']:,} local training rows per round in all (one local epoch each)
 
-## Median round ({result['rounds']} rounds)
+## Mean round ({result['rounds']} rounds, {evaluated})
 
 | part | seconds | share of the round |
 |---|---:|---:|
@@ -141,8 +155,8 @@ Everything but local training: **{100 * result['other_share']:.1f} %** of a roun
 {100 * TARGET_OTHER_SHARE:.0f} % with {result['clients']} clients: {ok}). A client's local fit costs
 {result['fit_ms']:.0f} ms, of which the Lightning Trainer is {result['trainer_overhead_per_fit_ms']:.0f} ms beyond
 its training epochs (that, not the training loop, is all Lightning Fabric could save); evaluation costs
-{result['evaluation_per_client_ms']:.0f} ms per client and round (its personalized model on its test split, and its
-share of the global model's pooled test set).
+{result['evaluation_per_client_ms']:.0f} ms per client and evaluated round (its personalized model on its test split,
+and its share of the global model's pooled test and validation sets).
 
 ## Every round
 

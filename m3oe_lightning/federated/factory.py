@@ -62,7 +62,7 @@ NOT_FEDERATED_IDENTITY = ("resume", "kill_after_round", "cohort", "label")
 # ``federated.*`` settings of no strategy added after runs were stored: at these values they are left out of a
 # run's identity (as a strategy's ``identity_defaults``), so a run that did not have them keeps its hash
 FEDERATED_IDENTITY_DEFAULTS: dict[str, object] = {"sparse_embeddings": False, "dp": DP_DEFAULTS, "sites": None,
-                                                  "heldout_sites": None}
+                                                  "heldout_sites": None, "evaluate_every": 1}
 
 
 class ServerEvaluator:
@@ -135,6 +135,7 @@ def check_federated(fed: DictConfig) -> None:
     """Settings checks that need no data."""
     check_int("federated.rounds", fed.rounds)
     check_int("federated.kill_after_round", fed.get("kill_after_round"), optional=True)
+    check_int("federated.evaluate_every", fed.get("evaluate_every", 1))
     check_number("federated.client_timeout", fed.get("client_timeout"), low=0, low_open=True, optional=True)
     check_settings(partition=fed.partition, num_clients=fed.num_clients, alpha=fed.alpha,
                    heldout_clients=fed.heldout_clients, local_split=list(fed.local_split))
@@ -328,6 +329,7 @@ def build_federated(cfg: DictConfig) -> FederatedSetup:
                                 global_val=pooled_split(federation, "val"))
     simulation = Simulation(strategy, in_process_transport(cfg, family, template, clients, datamodule.batch_size),
                             initial_arrays=get_arrays(template),
-                            evaluate_fn=evaluator, client_timeout=fed.get("client_timeout"))
+                            evaluate_fn=evaluator, client_timeout=fed.get("client_timeout"),
+                            evaluate_every=int(fed.get("evaluate_every", 1)))
     return FederatedSetup(simulation=simulation, federation=federation, strategy=strategy, model=model,
                           rounds=int(fed.rounds), encoders=dataset.encoders)

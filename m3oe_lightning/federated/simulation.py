@@ -22,9 +22,16 @@ and ``global/auc/{domain}/{task}``), ``global/auc_client_mean`` (the global mode
 test split, mean over clients: like-for-like with ``personal/auc_mean``), ``heldout/auc_mean``
 (+ logloss), ``global_val/auc_mean`` (the global model on the training clients' validation union: what a
 report may choose a round by), ``train/loss``, ``comm/bytes_down``, ``comm/bytes_up`` (row-sparse replies: the rows sent
-and their int64 ids), ``comm/bytes_sent``, ``round/clients_*`` and ``time/{round,fit,evaluate,other}_s``,
+and their int64 ids), ``comm/bytes_sent``, ``round/clients_*``, ``round/evaluated`` and ``time/{round,fit,evaluate,other}_s``,
 plus the metrics the strategy's ``aggregate_train`` returns (PAGE: ``page/*``; ``federated.dp``:
 ``dp/clipped_fraction``, ``dp/noise_std``, see :mod:`.privacy`).
+
+Evaluation (the personal, global, held-out and validation-union metrics above) runs every
+``evaluate_every``-th round and on the last one; the other rounds log training, communication and time
+only. Scoring every model on every split costs about a fifth of a 100-client MovieLens round (``make
+bench``), so a long study that reads only its last round, or a curve at every 5th round, saves that.
+No strategy learns from these metrics (PAGE scores its own signals inside ``aggregate_train``), so the
+training is the same whichever rounds are evaluated.
 """
 
 from __future__ import annotations
@@ -229,14 +236,19 @@ class Simulation:
         initial_arrays: the global model's initial weights.
         evaluate_fn: server-side evaluation of the global model (global and held-out test sets).
         client_timeout: seconds after which a client's reply counts as late and is discarded (``None``: off).
+        evaluate_every: :meth:`run` evaluates every ``evaluate_every``-th round and the last one.
     """
 
     def __init__(self, strategy: Strategy, transport: Transport, *, initial_arrays: Arrays | None,
-                 evaluate_fn: EvaluateFn | None = None, client_timeout: float | None = None) -> None:
+                 evaluate_fn: EvaluateFn | None = None, client_timeout: float | None = None,
+                 evaluate_every: int = 1) -> None:
+        if evaluate_every < 1:
+            raise ValueError(f"evaluate_every must be at least 1, got {evaluate_every}")
         self.strategy = strategy
         self.transport = transport
         self.evaluate_fn = evaluate_fn
         self.client_timeout = client_timeout
+        self.evaluate_every = evaluate_every
         self.state = ServerState(global_arrays=initial_arrays if strategy.has_global_model else None)
 
     def with_transport(self, transport: Transport) -> Simulation:
@@ -261,8 +273,13 @@ class Simulation:
                     reason)
         self.state.failures.append({"round": server_round, "client": cid, "phase": phase, "error": reason})
 
-    def run_round(self) -> Metrics:
-        """One round: configure → fit → aggregate → evaluate; returns (and records) its metrics."""
+    def evaluates(self, server_round: int, num_rounds: int) -> bool:
+        """Whether :meth:`run` evaluates round ``server_round`` of ``num_rounds``."""
+        return server_round % self.evaluate_every == 0 or server_round >= num_rounds
+
+    def run_round(self, evaluate: bool = True) -> Metrics:
+        """One round: configure → fit → aggregate → evaluate (``evaluate=False``: no evaluation, its
+        metrics are absent); returns (and records) its metrics."""
         strategy, state, transport = self.strategy, self.state, self.transport
         server_round = state.server_round + 1
         round_start = time.perf_counter()
@@ -287,13 +304,15 @@ class Simulation:
                         server_round, len(replies), len(instructions), strategy.min_clients)
 
         eval_start = time.perf_counter()
-        eval_ins = strategy.configure_evaluate(server_round, state.global_arrays, list(replies))
-        bytes_down += sum(nbytes(ins.arrays) for ins in eval_ins.values())
-        evaluations = transport.evaluate(server_round, eval_ins, timeout=self.client_timeout,
-                                         fail=self.record_failure)
-        metrics: Metrics = dict(strategy.aggregate_evaluate(server_round, evaluations))
-        if strategy.has_global_model and self.evaluate_fn is not None and state.global_arrays is not None:
-            metrics.update(self.evaluate_fn(server_round, state.global_arrays))
+        metrics: Metrics = {}
+        if evaluate:
+            eval_ins = strategy.configure_evaluate(server_round, state.global_arrays, list(replies))
+            bytes_down += sum(nbytes(ins.arrays) for ins in eval_ins.values())
+            evaluations = transport.evaluate(server_round, eval_ins, timeout=self.client_timeout,
+                                             fail=self.record_failure)
+            metrics.update(strategy.aggregate_evaluate(server_round, evaluations))
+            if strategy.has_global_model and self.evaluate_fn is not None and state.global_arrays is not None:
+                metrics.update(self.evaluate_fn(server_round, state.global_arrays))
         eval_seconds = time.perf_counter() - eval_start
 
         metrics.update(strategy_metrics)
@@ -307,7 +326,7 @@ class Simulation:
             "comm/bytes_sent": float(bytes_down + bytes_up),
             "round/clients_sampled": float(len(instructions)), "round/clients_ok": float(len(replies)),
             "round/clients_failed": float(len(state.failures) - failures_before),
-            "round/aggregated": float(aggregated),
+            "round/aggregated": float(aggregated), "round/evaluated": float(evaluate),
             "time/round_s": round_seconds, "time/fit_s": fit_seconds, "time/evaluate_s": eval_seconds,
             "time/other_s": max(0.0, round_seconds - fit_seconds - eval_seconds),
         })
@@ -337,7 +356,7 @@ class Simulation:
         ``checkpoint``: written (atomically) after each round, before ``on_round_end`` is called.
         """
         while self.state.server_round < num_rounds:
-            metrics = self.run_round()
+            metrics = self.run_round(evaluate=self.evaluates(self.state.server_round + 1, num_rounds))
             if checkpoint is not None:
                 self.save(checkpoint)
             if on_round_end is not None:

@@ -267,7 +267,8 @@ def coordinator_setup(coordinator: Coordinator, transport: Transport, evaluate_a
     strategy.prepare(roster, lambda name: SiteSplitScore(evaluate_at, coordinator.training, name))
     simulation = Simulation(strategy, transport, initial_arrays=coordinator.initial_arrays,
                             evaluate_fn=SiteEvaluator(evaluate_at, coordinator.training, coordinator.heldout),
-                            client_timeout=cfg.federated.get("client_timeout"))
+                            client_timeout=cfg.federated.get("client_timeout"),
+                            evaluate_every=int(cfg.federated.get("evaluate_every", 1)))
     return FederatedSetup(simulation=simulation, federation=roster, strategy=strategy, model=coordinator.template,
                           rounds=int(cfg.federated.rounds))
 

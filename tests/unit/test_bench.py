@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -113,17 +114,21 @@ def test_federated_round_bench_splits_the_round_and_writes_its_files(tmp_path: P
 
     result = bench_federated.main(["--rounds", "2", "--out", str(tmp_path), "--name", "federated-3",
                                    "data=synthetic", "data.rows=2000", "data.batch_size=128", "threads=1",
-                                   "federated=fedavg"])
+                                   "federated=fedavg", "federated.evaluate_every=2"])
     assert result["clients"] == 3 and len(result["per_round"]) == 2  # synthetic: domain partition, 3 domains
     for r in result["per_round"]:
         parts = r["local_training_s"] + r["trainer_overhead_s"] + r["evaluation_s"] + r["server_s"]
         assert r["local_training_s"] > 0 and r["trainer_overhead_s"] > 0 and parts == pytest.approx(r["round_s"])
-    assert 0 < result["other_share"] < 1
-    m = result["median"]
+    first, second = result["per_round"]  # evaluated as a run would: every 2nd round
+    assert not first["evaluated"] and second["evaluated"] and result["evaluated_rounds"] == 1
+    assert first["evaluation_s"] < 1e-3 < second["evaluation_s"] and np.isnan(first["global_auc"])
+    m = result["mean"]
+    assert result["other_share"] == pytest.approx(1 - m["local_training_s"] / m["round_s"]) and 0 < result["other_share"] < 1
     assert result["fit_ms"] == pytest.approx(1000 * (m["local_training_s"] + m["trainer_overhead_s"]) / 3)
     assert json.loads((tmp_path / "federated-3.json").read_text())["clients"] == 3
     text = (tmp_path / "federated-3.md").read_text()
     assert "Everything but local training" in text and "% with 3 clients" in text
+    assert "`federated.evaluate_every=2`: 1 evaluated" in text and "| 1 |" in text and "not evaluated" in text
     assert f"A client's local fit costs\n{result['fit_ms']:.0f} ms" in text
 
 

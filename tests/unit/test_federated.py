@@ -157,6 +157,29 @@ def test_bad_strategy_settings_fail_before_training(tmp_path):
         setup_for(tmp_path, "federated.rounds=0")
     with pytest.raises(UserInputError, match="federated.mu=-1"):
         setup_for(tmp_path, "federated=fedprox", "federated.mu=-1")
+    with pytest.raises(UserInputError, match="federated.evaluate_every=0: use a positive integer"):
+        setup_for(tmp_path, "federated.evaluate_every=0")
+
+
+@pytest.mark.parametrize("algorithm", ["fedavg", "page"])
+def test_evaluating_every_kth_round_skips_the_others_and_trains_the_same(tmp_path, algorithm):
+    """Rounds 1 and 3 of 4 are not scored at all; the global model comes out as when every round is."""
+    import lightning as L
+
+    finals, histories = {}, {}
+    for every in (1, 2):
+        L.seed_everything(5, verbose=False)
+        setup = setup_for(tmp_path / str(every), f"federated={algorithm}", f"federated.evaluate_every={every}")
+        state = setup.simulation.run(4)
+        finals[every], histories[every] = state.global_arrays, state.history
+    assert [m["round/evaluated"] for m in histories[2]] == [0.0, 1.0, 0.0, 1.0]
+    for m in histories[2][::2]:
+        assert not any(k.startswith(("personal/", "global/", "global_val/", "client/")) for k in m)
+        assert m["time/evaluate_s"] < 1e-3 and m["round/clients_ok"] == 3
+    for m in histories[2][1::2]:
+        assert {"personal/auc_mean", "global/auc_mean", "global_val/auc_mean", "client/d0/auc_mean"} <= set(m)
+    assert histories[2][3]["global/auc_mean"] == histories[1][3]["global/auc_mean"]
+    assert all(torch.equal(finals[1][n], finals[2][n]) for n in finals[1])
 
 
 # ---------------------------------------------------------------------------------------------- rounds
