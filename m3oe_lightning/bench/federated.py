@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result = measure(overrides, args.rounds)
     out = common.write_outputs(args.out, {f"{args.name}.json": {**result, **meta},
                                           f"{args.name}.md": render(result, meta)})
-    print(f"bench: federated round ({result['clients']} clients) {result['median']['round_s']:.2f} s, "
+    print(f"bench: federated round ({result['clients']} clients) {result['mean']['round_s']:.2f} s (mean), "
           f"{100 * result['other_share']:.1f} % not local training; wrote {out / f'{args.name}.md'}")
     return result
 
