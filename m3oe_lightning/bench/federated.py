@@ -116,7 +116,8 @@ def measure(overrides: Sequence[str], rounds: int) -> dict[str, Any]:
 
 
 def round_row(server_round: int, r: dict[str, Any]) -> str:
-    evaluation, auc = (f"{r['evaluation_s']:.2f}", f"{r['global_auc']:.4f}") if r["evaluated"] else ("not evaluated", "–")
+    evaluation, auc = ((f"{r['evaluation_s']:.2f}", f"{r['global_auc']:.4f}") if r["evaluated"]
+                       else ("not evaluated", "–"))
     return (f"| {server_round} | {r['round_s']:.2f} | {r['local_training_s']:.2f} | {r['trainer_overhead_s']:.2f} "
             f"| {evaluation} | {r['server_s']:.2f} | {auc} |")
 

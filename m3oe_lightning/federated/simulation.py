@@ -22,7 +22,8 @@ and ``global/auc/{domain}/{task}``), ``global/auc_client_mean`` (the global mode
 test split, mean over clients: like-for-like with ``personal/auc_mean``), ``heldout/auc_mean``
 (+ logloss), ``global_val/auc_mean`` (the global model on the training clients' validation union: what a
 report may choose a round by), ``train/loss``, ``comm/bytes_down``, ``comm/bytes_up`` (row-sparse replies: the rows sent
-and their int64 ids), ``comm/bytes_sent``, ``round/clients_*``, ``round/evaluated`` and ``time/{round,fit,evaluate,other}_s``,
+and their int64 ids), ``comm/bytes_sent``, ``round/clients_*``, ``round/evaluated`` and
+``time/{round,fit,evaluate,other}_s``,
 plus the metrics the strategy's ``aggregate_train`` returns (PAGE: ``page/*``; ``federated.dp``:
 ``dp/clipped_fraction``, ``dp/noise_std``, see :mod:`.privacy`).
 
