@@ -29,7 +29,7 @@ plus the metrics the strategy's ``aggregate_train`` returns (PAGE: ``page/*``; `
 
 Evaluation (the personal, global, held-out and validation-union metrics above) runs every
 ``evaluate_every``-th round and on the last one; the other rounds log training, communication and time
-only. Scoring every model on every split costs about a fifth of a 100-client MovieLens round (``make
+only. Scoring every model on every split costs about a sixth of a 100-client MovieLens round (``make
 bench``), so a long study that reads only its last round, or a curve at every 5th round, saves that.
 No strategy learns from these metrics (PAGE scores its own signals inside ``aggregate_train``), so the
 training is the same whichever rounds are evaluated.

@@ -79,6 +79,13 @@ def metric_history(client: MlflowClient, run_id: str, name: str) -> list[float]:
     return [m.value for m in sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)]
 
 
+def metric_by_step(client: MlflowClient, run_id: str, name: str) -> list[float]:
+    """A metric's values indexed by step − 1 (steps from 1, e.g. federated rounds), NaN at each step it was not
+    logged (a run with ``federated.evaluate_every`` > 1 scores only some rounds)."""
+    logged = {m.step: m.value for m in client.get_metric_history(run_id, name)}
+    return [logged.get(step, math.nan) for step in range(1, max(logged, default=0) + 1)]
+
+
 def short_commit(run: Run) -> str:
     """The first ten characters of the run's ``git_commit`` tag ('' without one)."""
     return run.data.tags.get("git_commit", "")[:10]

@@ -72,7 +72,8 @@ class FederatedRun:
     data: str = "?"
     commit: str = ""
     seconds: float = math.nan
-    history: dict[str, list[float]] = field(default_factory=dict)  # metric → value per round (step order)
+    # metric → its value in round k at index k − 1 (NaN in a round that did not log it: federated.evaluate_every)
+    history: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def rounds(self) -> int:
@@ -87,9 +88,10 @@ class FederatedRun:
         return float(next(k for k, v in enumerate(curve, start=1) if v >= target))
 
     def best_round(self, metric: str = SELECT_ON) -> int | None:
-        """The first round (from 1) where ``metric`` peaks; None without its history."""
+        """The first round (from 1) where ``metric`` peaks among the rounds that logged it; None without any."""
         curve = self.history.get(metric, [])
-        return max(range(len(curve)), key=lambda k: (curve[k], -k)) + 1 if curve else None
+        logged = [k for k, v in enumerate(curve) if math.isfinite(v)]
+        return max(logged, key=lambda k: (curve[k], -k)) + 1 if logged else None
 
     def at_round(self, metric: str, server_round: int) -> float:
         """``metric`` in round ``server_round`` (NaN where the run did not log it then)."""
@@ -107,7 +109,7 @@ def load_runs(tracking_uri: str, experiment: str, study: str | None,
     runs = []
     for (algorithm, seed), run in latest.items():
         info, tags = run.info, run.data.tags
-        history = {key: common.metric_history(client, info.run_id, key)
+        history = {key: common.metric_by_step(client, info.run_id, key)
                    for key in histories if key in run.data.metrics}
         runs.append(FederatedRun(
             algorithm=algorithm, seed=seed, run_id=origin_id(run), metrics=dict(run.data.metrics),
@@ -266,8 +268,10 @@ def curves_plot(runs: Sequence[FederatedRun], path: Path, *, names: Sequence[str
             if not histories:
                 continue
             length = min(len(c) for c in histories)
-            mean = [statistics.fmean(c[k] for c in histories) for k in range(length)]
-            ax.plot(range(1, length + 1), mean, color=colors[name], label=f"{name} (n={len(histories)})", **style)
+            points = [(k + 1, statistics.fmean(c[k] for c in histories)) for k in range(length)]
+            points = [(x, y) for x, y in points if math.isfinite(y)]  # rounds the runs did not score: no point
+            ax.plot([x for x, _ in points], [y for _, y in points], color=colors[name],
+                    label=f"{name} (n={len(histories)})", **style)
         ax.set_title(f"{metric} per round (mean over seeds)")
         ax.set_xlabel("round")
         ax.set_ylabel(ylabel)

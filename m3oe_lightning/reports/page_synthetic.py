@@ -45,9 +45,9 @@ CSV_COLUMNS = ("arm", "seed", "rounds", "global_accuracy_last", "local_accuracy_
 
 
 def tail_mean(run: FederatedRun, metric: str, last: int) -> float:
-    """The mean of ``metric`` over the run's last ``last`` rounds (NaN without a history)."""
-    curve = run.history.get(metric, [])
-    return statistics.fmean(curve[-last:]) if curve else math.nan
+    """The mean of ``metric`` over those of the run's last ``last`` rounds that logged it (NaN without any)."""
+    scored = [v for v in run.history.get(metric, [])[-last:] if math.isfinite(v)]
+    return statistics.fmean(scored) if scored else math.nan
 
 
 def arms(runs: Sequence[FederatedRun]) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -73,3 +74,19 @@ def test_report_reads_the_runs_from_mlflow_and_writes_tables_csv_and_curves(tmp_
 def test_report_without_runs_exits_with_one_line(tmp_path):
     with pytest.raises(SystemExit, match="no finished federated runs"):
         report_federated.main(["--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}", "--out", str(tmp_path)])
+
+
+def test_a_run_scored_every_other_round_is_read_by_round_not_by_position(tmp_path):
+    """federated.evaluate_every=2 over 3 rounds logs the scores at rounds 2 and 3 only: the report's histories
+    keep each value at its round, choose only among scored rounds and plot only those."""
+    seeded_store(tmp_path)
+    final = federate(compose_train([*SYNTHETIC, "federated=fedavg", "federated.rounds=3", "federated.evaluate_every=2",
+                                    "seed=1", *isolated(tmp_path)[:4]], config_name="federate"))
+    (run,) = report_federated.load_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "m3oe-federated", "fedtest")
+    curve, val = run.history["global/auc_mean"], run.history["global_val/auc_mean"]
+    assert len(curve) == len(val) == 3 and math.isnan(curve[0]) and math.isnan(val[0])
+    assert curve[2] == pytest.approx(final["global/auc_mean"]) and math.isnan(run.at_round("global/auc_mean", 1))
+    assert run.best_round() == (2 if val[1] >= val[2] else 3)
+    assert len(run.history["time/round_s"]) == 3  # logged every round
+    report_federated.curves_plot([run], tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 5_000
