@@ -98,7 +98,6 @@ def measure(overrides: Sequence[str], rounds: int) -> dict[str, Any]:
                                   "clients": int(metrics[CLIENTS_OK]), "evaluated": bool(metrics[EVALUATED]),
                                   "global_auc": metrics.get(GLOBAL_AUC, float("nan"))})
     parts = ("round_s", "local_training_s", "trainer_overhead_s", "evaluation_s", "server_s")
-    median = {key: statistics.median(r[key] for r in per_round) for key in parts}
     mean = {key: statistics.fmean(r[key] for r in per_round) for key in parts}
     evaluated = [r for r in per_round if r["evaluated"]]
     clients = per_round[-1]["clients"]
@@ -106,7 +105,7 @@ def measure(overrides: Sequence[str], rounds: int) -> dict[str, Any]:
         "overrides": list(overrides), "rounds": rounds, "clients": clients,
         "evaluate_every": setup.simulation.evaluate_every, "evaluated_rounds": len(evaluated),
         "train_rows": sum(len(c.data.train) for c in setup.federation.clients),
-        "build_seconds": build_seconds, "per_round": per_round, "median": median, "mean": mean,
+        "build_seconds": build_seconds, "per_round": per_round, "mean": mean,
         "other_share": 1.0 - mean["local_training_s"] / mean["round_s"],
         "trainer_overhead_per_fit_ms": 1000 * mean["trainer_overhead_s"] / max(1, clients),
         "fit_ms": 1000 * (mean["local_training_s"] + mean["trainer_overhead_s"]) / max(1, clients),
