@@ -16,7 +16,7 @@ TEST_WORKERS ?= 2
 .PHONY: help install train test page-synthetic page-synthetic-report federated-rec federated-rec-setting \
 	federated-rec-report bench bench-scaling ui movielens movielens-report reproduce reproduce-quick report verdict diagnose \
 	federated federated-report bench-reproduce clean clean-logs clean-checkpoints predict export serve tune \
-	tune-study tuning-report bf16-accuracy bf16-accuracy-report
+	tune-study tuning-report bf16-accuracy bf16-accuracy-report reproduce-tuned tuned-report
 
 # Table 2/3 of the M3oE paper: every row of conf/experiment/paper/ (Hydra's glob() does not expand the
 # options of a subfolder, so the list is built here) × SEEDS, as one Hydra multirun.
@@ -110,6 +110,26 @@ report: $(STAMP) ## README.md + results.csv + PNGs (Table 2/3 against the paper)
 	$(if $(COMMITTED_PAPER_REPORT),$(call archive_import,$(PAPER_ARCHIVE)))
 	$(if $(COMMITTED_PAPER_REPORT),$(call archive_export,$(REPORT_STUDY),$(PAPER_ARCHIVE),m3oe-lightning))
 	$(BIN)/python -m m3oe_lightning.reports.paper --study $(REPORT_STUDY) --out $(REPORT_OUT) --command "$(REPORT_COMMAND)"
+
+# Issue #12, parts b and c: every Table-2 row at the lr its study chose on validation (conf/experiment/tuned/, made
+# by make tune-study PROTOCOL=...) × SEEDS under PROTOCOL, one resumable Hydra multirun (finished runs are skipped;
+# the runs are archived in TUNED_OUT/runs, so a sitting on a fresh machine resumes), then its report and verdict
+TUNED_ROWS ?= $(TABLE2_ROWS)
+TUNED_OUT ?= experiments/movielens/tuned-$(PROTOCOL)
+TUNED_STUDY = tuned-$(PROTOCOL)
+TUNED_EXPERIMENTS = $(shell echo $(foreach row,$(TUNED_ROWS),tuned/paper-$(row)-movielens1m-$(PROTOCOL)) | tr ' ' ,)
+reproduce-tuned: $(STAMP) ## Table 2 at the tuned lr: TUNED_ROWS × SEEDS under PROTOCOL (resumable), report + verdict → TUNED_OUT
+	$(call archive_import,$(TUNED_OUT)/runs)
+	$(BIN)/python -m m3oe_lightning.train -m experiment=$(TUNED_EXPERIMENTS) protocol=$(PROTOCOL) seed=$(SEEDS) \
+		$(LAUNCHER) trainer.enable_progress_bar=false trainer.enable_model_summary=false skip_finished=true \
+		++logger.tags.study=$(TUNED_STUDY) hydra.callbacks.mlflow_sweep.name=$(TUNED_STUDY) $(ARGS); status=$$?; \
+	$(MAKE) tuned-report && exit $$status
+
+tuned-report: $(STAMP) ## the tuned study's report (Table 2, verdict) → TUNED_OUT from the MLflow store and its archive
+	$(call archive_import,$(TUNED_OUT)/runs)
+	$(call archive_export,$(TUNED_STUDY),$(TUNED_OUT)/runs,m3oe-lightning)
+	$(BIN)/python -m m3oe_lightning.reports.paper --study $(TUNED_STUDY) --out $(TUNED_OUT) \
+		--command "make reproduce-tuned PROTOCOL=$(PROTOCOL)"
 
 # the verdict table alone, from a committed per-run file (for a study whose store is gone)
 VERDICT_FROM ?= experiments/movielens/results.csv
