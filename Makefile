@@ -16,7 +16,7 @@ TEST_WORKERS ?= 2
 .PHONY: help install train test page-synthetic page-synthetic-report federated-rec federated-rec-setting \
 	federated-rec-report bench bench-scaling ui movielens movielens-report reproduce reproduce-quick report verdict diagnose \
 	federated federated-report bench-reproduce clean clean-logs clean-checkpoints predict export serve tune \
-	tune-study tuning-report bf16-accuracy bf16-accuracy-report reproduce-tuned tuned-report
+	tune-study tuning-report bf16-accuracy bf16-accuracy-report reproduce-tuned tuned-report automl-arms automl-report
 
 # Table 2/3 of the M3oE paper: every row of conf/experiment/paper/ (Hydra's glob() does not expand the
 # options of a subfolder, so the list is built here) × SEEDS, as one Hydra multirun.
@@ -130,6 +130,28 @@ tuned-report: $(STAMP) ## the tuned study's report (Table 2, verdict) → TUNED_
 	$(call archive_export,$(TUNED_STUDY),$(TUNED_OUT)/runs,m3oe-lightning)
 	$(BIN)/python -m m3oe_lightning.reports.paper --study $(TUNED_STUDY) --out $(TUNED_OUT) \
 		--command "make reproduce-tuned PROTOCOL=$(PROTOCOL)"
+
+# Issue #12, part d: M3oE's AutoML arms (paper, joint, darts) and controls (frozen, off) × SEEDS under PROTOCOL, all
+# from M3oE's tuned config (its lr for every arm); the `paper` arm is the same configuration as part b's M3oE row, so
+# a finished run of that is reused, not rerun. Resumable (archived in AUTOML_OUT/runs); report → AUTOML_OUT
+AUTOML_OUT ?= experiments/movielens/automl-$(PROTOCOL)
+AUTOML_STUDY = automl-$(PROTOCOL)
+AUTOML_TUNED = paper-m3oe-movielens1m-$(PROTOCOL)
+AUTOML_SWEEP = $(BIN)/python -m m3oe_lightning.train -m experiment=tuned/$(AUTOML_TUNED) protocol=$(PROTOCOL) \
+	seed=$(SEEDS) $(LAUNCHER) trainer.enable_progress_bar=false trainer.enable_model_summary=false skip_finished=true \
+	++logger.tags.study=$(AUTOML_STUDY) hydra.callbacks.mlflow_sweep.name=$(AUTOML_STUDY) $(ARGS)
+automl-arms: $(STAMP) ## M3oE's AutoML arms + controls × SEEDS under PROTOCOL at the tuned lr (resumable), report → AUTOML_OUT
+	$(call archive_import,$(TUNED_OUT)/runs)
+	$(call archive_import,$(AUTOML_OUT)/runs)
+	$(AUTOML_SWEEP) automl.mode=alternate,joint,frozen,off && $(AUTOML_SWEEP) automl.every=1 automl.source=val; \
+		status=$$?; $(MAKE) automl-report && exit $$status
+
+automl-report: $(STAMP) ## the AutoML arms' report (arms, controls, the default chosen on validation) → AUTOML_OUT
+	$(call archive_import,$(TUNED_OUT)/runs)
+	$(call archive_import,$(AUTOML_OUT)/runs)
+	$(call archive_export,$(AUTOML_STUDY),$(AUTOML_OUT)/runs,m3oe-lightning)
+	$(BIN)/python -m m3oe_lightning.reports.automl --tuned $(AUTOML_TUNED) --out $(AUTOML_OUT) \
+		--command "make automl-arms PROTOCOL=$(PROTOCOL)"
 
 # the verdict table alone, from a committed per-run file (for a study whose store is gone)
 VERDICT_FROM ?= experiments/movielens/results.csv

@@ -32,6 +32,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+from mlflow.entities import Run  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from m3oe_lightning import metric_keys as keys  # noqa: E402
@@ -121,21 +122,22 @@ def load_runs(tracking_uri: str, experiment: str, study: str | None, split: str 
     latest = common.newest_finished_runs(
         tracking_uri, experiment, lambda run: run_key(run.data.tags), tags={"study": study, "split": split})
     client = MlflowClient(tracking_uri)
-    records = []
-    for (row, run_split, seed), run in latest.items():
-        info, data = run.info, run.data
-        arch = {key: metric_history(client, info.run_id, key) for key in sorted(data.metrics)
-                if key.startswith(ARCH_PREFIX)}
-        val_curve = metric_history(client, info.run_id, keys.VAL_AUC_MEAN)
-        records.append(RunRecord(
-            row=row, seed=seed, split=run_split, run_id=info.run_id, metrics=dict(data.metrics),
-            epochs=len(val_curve), val_curve=val_curve,
-            max_epochs=data.params.get("trainer.max_epochs", "?"),
-            train_seconds=common.run_seconds(run),
-            data=data.tags.get("data", "?"), commit=common.short_commit(run),
-            command=data.tags.get("command", ""), arch=arch, lr=data.params.get("optimizer.lr", "?"),
-            batch_size=data.params.get("data.batch_size", "?")))
+    records = [record_of(client, run, row) for (row, _, _), run in latest.items()]
     return sorted(records, key=lambda r: (row_order(r.row), r.split, r.seed))
+
+
+def record_of(client: MlflowClient, run: Run, row: str) -> RunRecord:
+    """One finished run as a record named ``row``, with its per-epoch validation and ``arch/*`` histories."""
+    info, data = run.info, run.data
+    arch = {key: metric_history(client, info.run_id, key) for key in sorted(data.metrics)
+            if key.startswith(ARCH_PREFIX)}
+    val_curve = metric_history(client, info.run_id, keys.VAL_AUC_MEAN)
+    return RunRecord(
+        row=row, seed=data.tags.get("seed", "?"), split=data.tags.get("split", "?"), run_id=info.run_id,
+        metrics=dict(data.metrics), epochs=len(val_curve), val_curve=val_curve,
+        max_epochs=data.params.get("trainer.max_epochs", "?"), train_seconds=common.run_seconds(run),
+        data=data.tags.get("data", "?"), commit=common.short_commit(run), command=data.tags.get("command", ""),
+        arch=arch, lr=data.params.get("optimizer.lr", "?"), batch_size=data.params.get("data.batch_size", "?"))
 
 
 def run_key(tags: dict[str, str]) -> tuple[str, str, str] | None:
@@ -450,6 +452,19 @@ def read_csv(path: Path) -> list[RunRecord]:
             for r in rows]
 
 
+def settings_line(records: Sequence[RunRecord]) -> str:
+    """The optimiser and batch settings: one lr for all rows (the paper's), or each row's own (a tuned study)."""
+    rows = sorted({r.row for r in records}, key=row_order)
+    lr_of = {row: describe([r.lr for r in records if r.row == row]) for row in rows}
+    if len(set(lr_of.values())) <= 1:
+        lr = f"Adam lr {describe([r.lr for r in records])} (`conf/shared/paper_rows.yaml`)"
+    else:
+        lr = ("Adam lr per row, each chosen on validation by its tuning study (`conf/experiment/tuned/`): "
+              + ", ".join(f"{row} {lr_of[row]}" for row in rows))
+    return (f"{lr}; batch size {describe([r.batch_size for r in records])}; each row is one file of "
+            "`conf/experiment/paper/`, whose `row` tag names it here")
+
+
 def verdict_markdown(records: Sequence[RunRecord], *, command: str, source: str) -> str:
     """The verdict table on its own page (for a study whose other tables are already committed)."""
     return "\n".join([
@@ -489,9 +504,7 @@ def markdown(records: Sequence[RunRecord], groups: Sequence[tuple[str, str]], *,
         f"AUC; trained {min(trained, default=0)}–{max(trained, default=0)} epochs; test metrics are those of the "
         "best-validation checkpoint",
         f"- **Runs trained at commit(s):** {commits}",
-        f"- **Settings:** Adam lr {describe([r.lr for r in records])}, batch size "
-        f"{describe([r.batch_size for r in records])} (`conf/shared/paper_rows.yaml`); each row is one file of "
-        "`conf/experiment/paper/`, whose `row` tag names it here", "",
+        f"- **Settings:** {settings_line(records)}", "",
         "AUC and logloss are ×10⁻² (as in the paper); cells are mean ± sample std over seeds. "
         "Overall AUC is the mean of the per-(domain, task) AUCs of each run (the paper's, and the selection metric's "
         "kind); Pooled AUC is each task's AUC over the rows of every domain together, averaged over tasks (the "

@@ -190,3 +190,13 @@ def test_verdict_from_a_missing_or_foreign_file_stops_with_one_line(tmp_path, co
     with pytest.raises(SystemExit, match=r"results\.csv.*make report"):
         rp.main(["--verdict-from", str(path), "--out", str(tmp_path / "v")])
     assert not (tmp_path / "v" / "README.md").exists()
+
+
+def test_settings_name_each_rows_lr_when_rows_were_tuned_apart():
+    def record(row: str, lr: str) -> rp.RunRecord:
+        return rp.RunRecord(row=row, seed="1", split="random", run_id=row + lr, metrics={}, lr=lr, batch_size="4096")
+
+    shared = rp.settings_line([record("MLP", "0.01"), record("M3oE", "0.01")])
+    assert shared.startswith("Adam lr 0.01 (`conf/shared/paper_rows.yaml`)")
+    tuned = rp.settings_line([record("MLP", "0.001"), record("M3oE", "0.003"), record("M3oE", "0.003")])
+    assert "lr per row" in tuned and "MLP 0.001, M3oE 0.003" in tuned
