@@ -112,17 +112,35 @@ report: $(STAMP) ## README.md + results.csv + PNGs (Table 2/3 against the paper)
 	$(BIN)/python -m m3oe_lightning.reports.paper --study $(REPORT_STUDY) --out $(REPORT_OUT) --command "$(REPORT_COMMAND)"
 
 # Issue #12, parts b and c: every Table-2 row at the lr its study chose on validation (conf/experiment/tuned/, made
-# by make tune-study PROTOCOL=...) × SEEDS under PROTOCOL, one resumable Hydra multirun (finished runs are skipped;
-# the runs are archived in TUNED_OUT/runs, so a sitting on a fresh machine resumes), then its report and verdict
-TUNED_ROWS ?= $(TABLE2_ROWS)
+# by make tune-study PROTOCOL=...) × SEEDS under PROTOCOL, and the Table-3 variants of TUNED_VARIANTS at M3oE's tuned
+# lr (they are M3oE with one part changed; not tuned apart), as resumable Hydra multiruns (finished runs are skipped;
+# the runs are archived in TUNED_OUT/runs, so a sitting on a fresh machine resumes), then its report and verdict.
+# Part b (paper) is all of Table 2; part c (released) the rows the issue names and Table 3.
+TUNED_ROWS_paper = $(TABLE2_ROWS)
+TUNED_ROWS_released = mlp star m2m m3oe shbot_mdmt mmoe_mdmt ple_mdmt
+TUNED_ROWS ?= $(TUNED_ROWS_$(PROTOCOL))
+TABLE3_VARIANTS := m3oe_wo_automl m3oe_concat m3oe_gated m3oe_wo_domain m3oe_wo_task m3oe_wo_domain_task
+TUNED_VARIANTS_paper =
+TUNED_VARIANTS_released = $(TABLE3_VARIANTS)
+TUNED_VARIANTS ?= $(TUNED_VARIANTS_$(PROTOCOL))
 TUNED_OUT ?= experiments/movielens/tuned-$(PROTOCOL)
 TUNED_STUDY = tuned-$(PROTOCOL)
-TUNED_EXPERIMENTS = $(shell echo $(foreach row,$(TUNED_ROWS),tuned/paper-$(row)-movielens1m-$(PROTOCOL)) | tr ' ' ,)
-reproduce-tuned: $(STAMP) ## Table 2 at the tuned lr: TUNED_ROWS × SEEDS under PROTOCOL (resumable), report + verdict → TUNED_OUT
+comma := ,
+space := $(subst ,, )
+TUNED_EXPERIMENTS = $(subst $(space),$(comma),$(strip $(foreach row,$(TUNED_ROWS),tuned/paper-$(row)-movielens1m-$(PROTOCOL))))
+TUNED_VARIANT_EXPERIMENTS = $(subst $(space),$(comma),$(strip $(foreach row,$(TUNED_VARIANTS),paper/$(row))))
+# M3oE's tuned lr, read from its generated config when the variants run
+M3OE_TUNED = conf/experiment/tuned/paper-m3oe-movielens1m-$(PROTOCOL).yaml
+M3OE_TUNED_LR = $$($(BIN)/python -c "from omegaconf import OmegaConf; print(OmegaConf.load('$(M3OE_TUNED)').optimizer.lr)")
+TUNED_SWEEP = $(BIN)/python -m m3oe_lightning.train -m protocol=$(PROTOCOL) seed=$(SEEDS) $(LAUNCHER) \
+	trainer.enable_progress_bar=false trainer.enable_model_summary=false skip_finished=true \
+	++logger.tags.study=$(TUNED_STUDY) hydra.callbacks.mlflow_sweep.name=$(TUNED_STUDY) $(ARGS)
+reproduce-tuned: $(STAMP) ## Table 2 (+ TUNED_VARIANTS) at the tuned lr × SEEDS under PROTOCOL (resumable), report + verdict → TUNED_OUT
+	$(if $(TUNED_VARIANTS),@test -f $(M3OE_TUNED) || { echo "error: $(M3OE_TUNED) is missing (the variants run at \
+		M3oE's tuned lr): run make tune-study PROTOCOL=$(PROTOCOL) TUNE_ROWS=m3oe first" >&2; exit 2; })
 	$(call archive_import,$(TUNED_OUT)/runs)
-	$(BIN)/python -m m3oe_lightning.train -m experiment=$(TUNED_EXPERIMENTS) protocol=$(PROTOCOL) seed=$(SEEDS) \
-		$(LAUNCHER) trainer.enable_progress_bar=false trainer.enable_model_summary=false skip_finished=true \
-		++logger.tags.study=$(TUNED_STUDY) hydra.callbacks.mlflow_sweep.name=$(TUNED_STUDY) $(ARGS); status=$$?; \
+	$(TUNED_SWEEP) experiment=$(TUNED_EXPERIMENTS) $(if $(TUNED_VARIANTS),&& $(TUNED_SWEEP) \
+		experiment=$(TUNED_VARIANT_EXPERIMENTS) optimizer.lr=$(M3OE_TUNED_LR)); status=$$?; \
 	$(MAKE) tuned-report && exit $$status
 
 tuned-report: $(STAMP) ## the tuned study's report (Table 2, verdict) → TUNED_OUT from the MLflow store and its archive
