@@ -129,12 +129,16 @@ comma := ,
 space := $(subst ,, )
 TUNED_EXPERIMENTS = $(subst $(space),$(comma),$(strip $(foreach row,$(TUNED_ROWS),tuned/paper-$(row)-movielens1m-$(PROTOCOL))))
 TUNED_VARIANT_EXPERIMENTS = $(subst $(space),$(comma),$(strip $(foreach row,$(TUNED_VARIANTS),paper/$(row))))
-# M3oE's tuned lr, read from its generated config when the variants run
-M3OE_TUNED = conf/experiment/tuned/paper-m3oe-movielens1m-$(PROTOCOL).yaml
+# M3oE's tuning study under PROTOCOL and its generated config; its lr is read from that when the variants run
+M3OE_TUNED_STUDY = paper-m3oe-movielens1m-$(PROTOCOL)
+M3OE_TUNED = conf/experiment/tuned/$(M3OE_TUNED_STUDY).yaml
 M3OE_TUNED_LR = $$($(BIN)/python -c "from omegaconf import OmegaConf; print(OmegaConf.load('$(M3OE_TUNED)').optimizer.lr)")
-TUNED_SWEEP = $(BIN)/python -m m3oe_lightning.train -m protocol=$(PROTOCOL) seed=$(SEEDS) $(LAUNCHER) \
+# a resumable multirun of study $(1) under PROTOCOL × SEEDS (the tag is forced with ++: in a multirun over
+# `experiment` the primary config has no study tag yet to override)
+study_sweep = $(BIN)/python -m m3oe_lightning.train -m protocol=$(PROTOCOL) seed=$(SEEDS) $(LAUNCHER) \
 	trainer.enable_progress_bar=false trainer.enable_model_summary=false skip_finished=true \
-	++logger.tags.study=$(TUNED_STUDY) hydra.callbacks.mlflow_sweep.name=$(TUNED_STUDY) $(ARGS)
+	++logger.tags.study=$(1) hydra.callbacks.mlflow_sweep.name=$(1) $(ARGS)
+TUNED_SWEEP = $(call study_sweep,$(TUNED_STUDY))
 reproduce-tuned: $(STAMP) ## Table 2 (+ TUNED_VARIANTS) at the tuned lr × SEEDS under PROTOCOL (resumable), report + verdict → TUNED_OUT
 	$(if $(TUNED_VARIANTS),@test -f $(M3OE_TUNED) || { echo "error: $(M3OE_TUNED) is missing (the variants run at \
 		M3oE's tuned lr): run make tune-study PROTOCOL=$(PROTOCOL) TUNE_ROWS=m3oe first" >&2; exit 2; })
@@ -154,10 +158,7 @@ tuned-report: $(STAMP) ## the tuned study's report (Table 2, verdict) → TUNED_
 # a finished run of that is reused, not rerun. Resumable (archived in AUTOML_OUT/runs); report → AUTOML_OUT
 AUTOML_OUT ?= experiments/movielens/automl-$(PROTOCOL)
 AUTOML_STUDY = automl-$(PROTOCOL)
-AUTOML_TUNED = paper-m3oe-movielens1m-$(PROTOCOL)
-AUTOML_SWEEP = $(BIN)/python -m m3oe_lightning.train -m experiment=tuned/$(AUTOML_TUNED) protocol=$(PROTOCOL) \
-	seed=$(SEEDS) $(LAUNCHER) trainer.enable_progress_bar=false trainer.enable_model_summary=false skip_finished=true \
-	++logger.tags.study=$(AUTOML_STUDY) hydra.callbacks.mlflow_sweep.name=$(AUTOML_STUDY) $(ARGS)
+AUTOML_SWEEP = $(call study_sweep,$(AUTOML_STUDY)) experiment=tuned/$(M3OE_TUNED_STUDY)
 automl-arms: $(STAMP) ## M3oE's AutoML arms + controls × SEEDS under PROTOCOL at the tuned lr (resumable), report → AUTOML_OUT
 	$(call archive_import,$(TUNED_OUT)/runs)
 	$(call archive_import,$(AUTOML_OUT)/runs)
@@ -168,7 +169,7 @@ automl-report: $(STAMP) ## the AutoML arms' report (arms, controls, the default 
 	$(call archive_import,$(TUNED_OUT)/runs)
 	$(call archive_import,$(AUTOML_OUT)/runs)
 	$(call archive_export,$(AUTOML_STUDY),$(AUTOML_OUT)/runs,m3oe-lightning)
-	$(BIN)/python -m m3oe_lightning.reports.automl --tuned $(AUTOML_TUNED) --out $(AUTOML_OUT) \
+	$(BIN)/python -m m3oe_lightning.reports.automl --tuned $(M3OE_TUNED_STUDY) --out $(AUTOML_OUT) \
 		--command "make automl-arms PROTOCOL=$(PROTOCOL)"
 
 # the verdict table alone, from a committed per-run file (for a study whose store is gone)

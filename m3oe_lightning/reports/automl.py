@@ -44,7 +44,8 @@ CONTROLS = {
     "frozen": "control: α/β kept at their initial value (sigmoid(1) = 0.731), trained by nobody",
     "off": "control, the paper's \"w/o AutoML\": every fusion weight fixed at 0.5",
 }
-ARM_ORDER = (*LEARNING_ARMS, *CONTROLS)
+DESCRIPTIONS = {**LEARNING_ARMS, **CONTROLS}
+ARM_ORDER = tuple(DESCRIPTIONS)
 VAL = keys.VAL_AUC_MEAN_BEST
 TEST = keys.TEST_AUC_MEAN
 POOLED = keys.TEST_AUC_POOLED_MEAN
@@ -86,6 +87,11 @@ def best_epoch(record: RunRecord) -> int:
     return max(range(len(curve)), key=curve.__getitem__) + 1 if curve else 0
 
 
+def fusion_keys(records: Sequence[RunRecord]) -> list[str]:
+    """The ``arch/*`` fusion weights any record has a history of."""
+    return sorted({k for r in records for k in r.arch})
+
+
 def arms_in(records: Sequence[RunRecord]) -> list[str]:
     return sorted({r.row for r in records}, key=arm_order)
 
@@ -99,7 +105,7 @@ def weight_cell(values: Sequence[float]) -> str:
 
 
 def arm_table(records: Sequence[RunRecord]) -> list[str]:
-    fusion = sorted({k for r in records for k in r.arch})
+    fusion = fusion_keys(records)
     lines = table_head(["arm", "what it does", "seeds", "val AUC (selection)", "test AUC", "pooled test AUC",
                         "best epoch (median) / trained", *[f"final {k.removeprefix(ARCH_PREFIX)}" for k in fusion],
                         "wall min (mean)"])
@@ -107,7 +113,7 @@ def arm_table(records: Sequence[RunRecord]) -> list[str]:
         runs = [r for r in records if r.row == arm]
         finals = [weight_cell([r.arch[k][-1] for r in runs if r.arch.get(k)]) for k in fusion]
         lines.append(table_row([
-            f"`{arm}`", {**LEARNING_ARMS, **CONTROLS}.get(arm, "outside the presets"), str(len(runs)),
+            f"`{arm}`", DESCRIPTIONS.get(arm, "outside the presets"), str(len(runs)),
             fmt(*mean_std(metric(records, arm, VAL))), fmt(*mean_std(metric(records, arm, TEST))),
             fmt(*mean_std(metric(records, arm, POOLED))),
             f"{statistics.median(best_epoch(r) for r in runs):g} / {statistics.median(r.epochs for r in runs):g}",
@@ -195,7 +201,7 @@ def markdown(records: Sequence[RunRecord], *, command: str, source: str, fusion:
 
 
 def write_csv(records: Sequence[RunRecord], path: Path) -> None:
-    fusion = sorted({k for r in records for k in r.arch})
+    fusion = fusion_keys(records)
     common.write_csv_atomic(path, ["arm", "seed", "split", "lr", "epochs", "best_epoch", VAL, TEST, POOLED,
                                    *[f"{k}_final" for k in fusion], "train_seconds", "run_id"], (
         [r.row, r.seed, r.split, r.lr, r.epochs, best_epoch(r),
